@@ -42,6 +42,7 @@ class ReadReport:
     dropped_self_relations: int = 0
     dropped_duplicate_relations: int = 0
     dropped_images_without_relations: int = 0
+    dropped_images_without_boxes: int = 0
 
     def add_graph(self, graph: SceneGraph) -> None:
         self.images += 1
