@@ -38,6 +38,7 @@ Every graph goes through :func:`sgg_jax.data.validation.build_graph`, so malform
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.resources
 import json
@@ -169,6 +170,7 @@ def read_vocab(dicts_path: str | os.PathLike) -> Vocab:
     return _vocab_from_dicts(load_json(path), path)
 
 
+@functools.lru_cache(maxsize=1)
 def load_bundled_vocab() -> Vocab:
     """The VG150 vocabulary bundled with the package (a gzip copy of the SGB dicts file).
 
