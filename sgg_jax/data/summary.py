@@ -94,38 +94,37 @@ def text_table(rows: list[list[str]], left_columns: tuple[int, ...] = (0,)) -> l
     return lines
 
 
-_REPORT_COLUMNS = (
-    ("repaired_boxes", "repaired_boxes"),
-    ("self_relations", "self_relations"),
-    ("dropped_empty", "dropped_images_without_relations"),
-)
+def _report_counts(report: ReadReport) -> list[int]:
+    """Repaired boxes, self-relations, and images dropped for holding no box or no relation."""
+    return [
+        report.repaired_boxes,
+        report.self_relations,
+        report.dropped_images_without_boxes + report.dropped_images_without_relations,
+    ]
 
 
 def format_splits(splits: Sequence[SplitSummary], *, with_report: bool = True) -> list[str]:
-    """One row per split (images, boxes, relations[, the reader's repairs]) and a total row."""
-    report_columns = _REPORT_COLUMNS if with_report else ()
-    rows = [["split", "images", "boxes", "relations", *(c for c, _ in report_columns)]]
+    """One row per split and a total row: images, boxes, relations[, what the reader repaired].
+
+    Args:
+      splits: split summaries.
+      with_report: add the columns ``repaired_boxes``, ``self_relations`` and ``dropped_images``
+        (images dropped for holding no box or no relation) from each split's reader report.
+
+    Returns:
+      Text lines of the table.
+    """
+    header = ["images", "boxes", "relations"]
+    if with_report:
+        header += ["repaired_boxes", "self_relations", "dropped_images"]
+    counts = {}
     for split in splits:
-        rows.append(
-            [
-                split.name,
-                str(split.images),
-                str(split.boxes),
-                str(split.relations),
-                *(str(getattr(split.report, key)) for _, key in report_columns),
-            ]
-        )
-    if len(splits) > 1:
-        rows.append(
-            [
-                "total",
-                *(
-                    str(sum(getattr(s, key) for s in splits))
-                    for key in ("images", "boxes", "relations")
-                ),
-                *(str(sum(getattr(s.report, key) for s in splits)) for _, key in report_columns),
-            ]
-        )
+        values = [split.images, split.boxes, split.relations]
+        counts[split.name] = values + (_report_counts(split.report) if with_report else [])
+    totals = [sum(column) for column in zip(*counts.values(), strict=True)]
+    rows = [["split", *header]]
+    rows += [[name, *map(str, values)] for name, values in counts.items()]
+    rows.append(["total", *map(str, totals)])
     return text_table(rows)
 
 

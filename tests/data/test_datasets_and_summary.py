@@ -39,6 +39,7 @@ def test_summary_counts_and_tables():
     assert summary.format_splits([split], with_report=False) == [
         "split  images  boxes  relations",
         "test        2      4          3",
+        "total       2      4          3",
     ]
     lines = summary.format_predicate_histogram([split], vocab.predicate_names)
     assert lines[0] == "predicates: 3, 2 occur; all by total count"
