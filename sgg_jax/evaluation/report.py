@@ -73,13 +73,17 @@ def metrics_table(
 def results_document(
     *, experiment: str, dataset: str, task: str, seed: int, runs: Mapping[str, Mapping[str, object]]
 ) -> dict:
-    """The ``results.json`` document: scalar metrics as floats, per-predicate lists kept as lists."""
+    """The ``results.json`` document: scalar metrics as floats, per-predicate lists kept as lists.
+
+    Numbers become JSON floats (ints and bools stay as they are), lists of numbers lists of floats,
+    lists of names (e.g. ``predicate_names``) lists of strings; other values are left out.
+    """
     clean_runs = {}
     for run, metrics in runs.items():
         clean = {}
         for name, value in metrics.items():
             if isinstance(value, np.ndarray | list | tuple):
-                clean[name] = [float(v) for v in value]
+                clean[name] = [v if isinstance(v, str) else float(v) for v in value]
             elif isinstance(value, bool | int | float | np.integer | np.floating):
                 clean[name] = value if isinstance(value, bool | int) else float(value)
         clean_runs[run] = clean
@@ -124,6 +128,7 @@ def plot_per_predicate_recall(
     k: int = 100,
     label: str = "model",
     baseline_label: str = "baseline",
+    num_images: Sequence[int] | None = None,
 ) -> None:
     """Bar chart of per-predicate recall, predicates sorted by training frequency (head → tail).
 
@@ -136,6 +141,9 @@ def plot_per_predicate_recall(
         (green = better than the baseline, red = worse).
       k: the K of R@K, for the title.
       label, baseline_label: legend names.
+      num_images: float[P] images holding each predicate in the evaluated split (the evaluator's
+        ``per_predicate_num_images``); predicates absent from it are marked with a grey ``x`` so a
+        missing predicate is not mistaken for a recall of 0.
     """
     recalls = np.asarray(recalls, np.float64)
     num_predicates = recalls.shape[0]
@@ -161,6 +169,18 @@ def plot_per_predicate_recall(
         bottom.set_ylabel(f"Δ R@{k}")
     else:
         top.bar(positions, recalls[order], 0.8, color="#1f77b4")
+    if num_images is not None:
+        absent = np.flatnonzero(np.asarray(num_images)[-num_predicates:][order] == 0)
+        if absent.size:
+            top.scatter(
+                absent,
+                np.full(absent.size, 0.03),
+                marker="x",
+                color="#777777",
+                label="not in the evaluated split",
+                zorder=3,
+            )
+            top.legend(loc="upper right")
     top.set_ylabel(f"R@{k}")
     top.set_ylim(0, 1)
     top.set_title(f"Per-predicate R@{k}, predicates by training frequency (head → tail)")
