@@ -1,5 +1,5 @@
 """Evaluation: scene graph generation metrics (Scene-Graph-Benchmark protocol)."""
 
-from sgg_jax.evaluation.sgg import DEFAULT_KS, MODES, evaluate
+from sgg_jax.evaluation.sgg import DEFAULT_KS, MODES, evaluate, frequency_groups
 
-__all__ = ["DEFAULT_KS", "MODES", "evaluate"]
+__all__ = ["DEFAULT_KS", "MODES", "evaluate", "frequency_groups"]

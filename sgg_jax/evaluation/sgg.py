@@ -936,3 +936,31 @@ def _finalise(
 
 
 __all__ = ["DEFAULT_KS", "MODES", "evaluate"]
+
+
+def frequency_groups(
+    predicate_counts: Sequence[int], thresholds: tuple[int, int] = (10_000, 500)
+) -> dict[str, list[int]]:
+    """Head / body / tail predicate groups from training counts, for ``predicate_groups``.
+
+    The default thresholds are the usual VG150 convention (BGNN, Li et al. CVPR 2021): head = more
+    than 10,000 training relations, tail = fewer than 500, body = the rest. For smaller datasets pass
+    thresholds that fit their counts.
+
+    Args:
+      predicate_counts: int[P+1] training counts (index 0, background, ignored).
+      thresholds: ``(head_above, tail_below)``.
+
+    Returns:
+      ``{"head": ids, "body": ids, "tail": ids}`` with 1-based predicate ids in id order.
+    """
+    head_above, tail_below = thresholds
+    if tail_below > head_above:
+        raise ConfigError("thresholds", f"tail_below {tail_below} exceeds head_above {head_above}")
+    counts = np.asarray(predicate_counts, np.int64)
+    ids = np.arange(1, counts.shape[0])
+    return {
+        "head": ids[counts[1:] > head_above].tolist(),
+        "body": ids[(counts[1:] <= head_above) & (counts[1:] >= tail_below)].tolist(),
+        "tail": ids[counts[1:] < tail_below].tolist(),
+    }

@@ -108,3 +108,15 @@ def test_predictions_npz_bad_files(tmp_path):
     np.savez(path, **arrays)
     with pytest.raises(DataError, match="field 'pair_offsets'"):
         predictions_io.load_predictions(path)
+
+
+def test_frequency_groups_thresholds():
+    from sgg_jax.evaluation import frequency_groups
+
+    groups = frequency_groups([0, 20_000, 10_001, 10_000, 500, 499, 3])
+    assert groups == {"head": [1, 2], "body": [3, 4], "tail": [5, 6]}
+    assert frequency_groups([0, 50, 5, 1], thresholds=(10, 2)) == {
+        "head": [1],
+        "body": [2],
+        "tail": [3],
+    }
