@@ -248,6 +248,8 @@ class SceneGraphBatch:
       num_truncated_pairs: int32[B] candidate pairs dropped because they were over ``max_pairs``.
       images: optional float32[B, H, W, 3].
       soft_targets: optional float32[B, P, C] multi-label target distribution per pair.
+      object_features: optional float32[B, N, D] precomputed object features (e.g. detector RoI
+        features saved to disk); zeros where padded.
     """
 
     boxes: jax.Array
@@ -263,6 +265,7 @@ class SceneGraphBatch:
     num_truncated_pairs: jax.Array
     images: jax.Array | None = None
     soft_targets: jax.Array | None = None
+    object_features: jax.Array | None = None
 
     @property
     def batch_size(self) -> int:

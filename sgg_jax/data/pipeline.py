@@ -404,6 +404,7 @@ def pad_graph(
     max_pairs: int,
     image_index: int,
     num_truncated_objects: int = 0,
+    object_features: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Pads one image to the budgets.
 
@@ -413,12 +414,14 @@ def pad_graph(
       max_objects, max_pairs: budgets N, P.
       image_index: index of the image in its source.
       num_truncated_objects: objects dropped before sampling.
+      object_features: optional float32[N, D] features of the graph's objects.
 
     Returns:
       One example: the fields of :class:`SceneGraphBatch` without the batch axis (``boxes[N, 4]``,
       ``labels[N]``, ``object_mask[N]``, ``pairs[P, 2]``, ``pair_labels[P]``, ``pair_mask[P]``,
       ``image_size[2]`` (height, width), scalar ``graph_mask``, ``image_index``,
-      ``num_truncated_objects``, ``num_truncated_pairs``, and ``soft_targets[P, C]`` when sampled).
+      ``num_truncated_objects``, ``num_truncated_pairs``, ``soft_targets[P, C]`` when sampled and
+      ``object_features[N, D]`` when given).
     """
     num_objects, num_pairs = graph.num_objects, sampled.pairs.shape[0]
     if num_objects > max_objects:
@@ -428,7 +431,13 @@ def pad_graph(
     if num_pairs > max_pairs:
         raise ValueError(f"image {graph.image_id}: {num_pairs} pairs > max_pairs={max_pairs}")
     num_classes = None if sampled.soft_targets is None else sampled.soft_targets.shape[1]
-    example = padding_example(max_objects=max_objects, max_pairs=max_pairs, num_classes=num_classes)
+    feature_dim = None if object_features is None else object_features.shape[1]
+    example = padding_example(
+        max_objects=max_objects,
+        max_pairs=max_pairs,
+        num_classes=num_classes,
+        object_feature_dim=feature_dim,
+    )
     example["boxes"][:num_objects] = graph.boxes
     example["labels"][:num_objects] = graph.labels
     example["object_mask"][:num_objects] = True
@@ -442,17 +451,24 @@ def pad_graph(
     example["num_truncated_pairs"][...] = sampled.num_truncated_pairs
     if num_classes is not None:
         example["soft_targets"][:num_pairs] = sampled.soft_targets
+    if object_features is not None:
+        example["object_features"][:num_objects] = object_features[:num_objects]
     return example
 
 
 def padding_example(
-    *, max_objects: int, max_pairs: int, num_classes: int | None = None
+    *,
+    max_objects: int,
+    max_pairs: int,
+    num_classes: int | None = None,
+    object_feature_dim: int | None = None,
 ) -> dict[str, np.ndarray]:
     """A padding image: all masks False, ``image_index`` -1, every other field 0.
 
     Args:
       max_objects, max_pairs: budgets N, P.
       num_classes: C of ``soft_targets[P, C]``; None = no soft targets.
+      object_feature_dim: D of ``object_features[N, D]``; None = no object features.
 
     Returns:
       An example with the same keys and shapes as :func:`pad_graph`'s.
@@ -472,11 +488,18 @@ def padding_example(
     }
     if num_classes is not None:
         example["soft_targets"] = np.zeros((max_pairs, num_classes), np.float32)
+    if object_feature_dim is not None:
+        example["object_features"] = np.zeros((max_objects, object_feature_dim), np.float32)
     return example
 
 
 def prepare_example(
-    graph: SceneGraph, *, image_index: int, epoch: int, config: PipelineConfig
+    graph: SceneGraph,
+    *,
+    image_index: int,
+    epoch: int,
+    config: PipelineConfig,
+    object_features: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Truncates, samples pairs for and pads one image, as the loader does.
 
@@ -485,11 +508,21 @@ def prepare_example(
       image_index: its index in the source (part of the sampling seed).
       epoch: the epoch (part of the sampling seed).
       config: pipeline configuration.
+      object_features: optional float32[N, D], one row per object of ``graph``.
 
     Returns:
       One padded example (see :func:`pad_graph`).
     """
     check_graph(graph, config.num_predicates)
+    if object_features is not None:
+        object_features = np.asarray(object_features, np.float32)
+        if object_features.ndim != 2 or object_features.shape[0] != graph.num_objects:
+            raise DataError(
+                f"expected [{graph.num_objects}, D] (one row per object), got "
+                f"{list(object_features.shape)}",
+                record=graph.image_id,
+                field="object_features",
+            )
     graph, num_truncated_objects = truncate_objects(graph, config.max_objects)
     if num_truncated_objects:
         _warn_once(
@@ -525,6 +558,7 @@ def prepare_example(
         max_pairs=config.max_pairs,
         image_index=image_index,
         num_truncated_objects=num_truncated_objects,
+        object_features=object_features,
     )
 
 
@@ -584,10 +618,20 @@ class SceneGraphLoader:
         source: Sequence[Any],
         config: PipelineConfig,
         decode: Callable[[Any], SceneGraph] | None = None,
+        object_features: Sequence[np.ndarray] | None = None,
     ):
         self.config = config
         self.shard_index, self.shard_count = config.resolved_shards()
         self.num_records = len(source)
+        self._object_features = object_features
+        self._object_feature_dim = None
+        if object_features is not None:
+            if len(object_features) != self.num_records:
+                raise ConfigError(
+                    "object_features",
+                    f"{len(object_features)} feature arrays for {self.num_records} images",
+                )
+            self._object_feature_dim = int(np.shape(object_features[0])[1])
         if self.num_records == 0:
             raise DataError("the data source is empty")
         global_batch = config.batch_size * self.shard_count
@@ -640,6 +684,7 @@ class SceneGraphLoader:
                 max_objects=self.config.max_objects,
                 max_pairs=self.config.max_pairs,
                 num_classes=self.config.num_soft_target_classes,
+                object_feature_dim=self._object_feature_dim,
             )
         image_index = self.source_index(epoch, position)
         graph = self._records[image_index]
@@ -648,7 +693,23 @@ class SceneGraphLoader:
                 f"decoded to {type(graph).__name__}, expected SceneGraph",
                 record=f"#{image_index}",
             )
-        return prepare_example(graph, image_index=image_index, epoch=epoch, config=self.config)
+        features = None
+        if self._object_features is not None:
+            features = self._object_features[image_index]
+            if np.shape(features)[1:] != (self._object_feature_dim,):
+                raise DataError(
+                    f"feature dimension {list(np.shape(features))} differs from the first "
+                    f"image's {self._object_feature_dim}",
+                    record=graph.image_id,
+                    field="object_features",
+                )
+        return prepare_example(
+            graph,
+            image_index=image_index,
+            epoch=epoch,
+            config=self.config,
+            object_features=features,
+        )
 
     def iter_from(self, step: int = 0) -> Iterator[SceneGraphBatch]:
         """Iterates the batches from global step ``step`` on (e.g. after restoring a checkpoint)."""
@@ -667,6 +728,7 @@ def make_loader(
     source: Sequence[Any],
     config: PipelineConfig,
     decode: Callable[[Any], SceneGraph] | None = None,
+    object_features: Sequence[np.ndarray] | None = None,
 ) -> SceneGraphLoader:
     """Builds the input pipeline of ``source``.
 
@@ -675,12 +737,15 @@ def make_loader(
         ``as_data_source`` split, an ``ArrayRecordDataSource``).
       config: budgets and options.
       decode: applied to each record to get its SceneGraph; None = records are SceneGraphs.
+      object_features: optional precomputed features, ``object_features[i]`` float32[N_i, D] for
+        the objects of ``source[i]`` (see :mod:`sgg_jax.data.feature_store`); batches then carry
+        ``object_features[B, N, D]``.
 
     Returns:
       A :class:`SceneGraphLoader`; iterate it for :class:`SceneGraphBatch` of numpy arrays with
       B = ``config.batch_size``, N = ``config.max_objects``, P = ``config.max_pairs``.
     """
-    return SceneGraphLoader(source, config, decode)
+    return SceneGraphLoader(source, config, decode, object_features)
 
 
 # ----------------------------------------------------------------------------------------------
