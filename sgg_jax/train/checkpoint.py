@@ -1,0 +1,279 @@
+"""Checkpoints of the training state in ``<workdir>/checkpoints`` (orbax ``CheckpointManager``).
+
+Each checkpoint is a step folder holding two items: ``state`` (the :class:`TrainState` pytree,
+saved with orbax's PyTree handler, every array at its sharding) and ``config`` (the run's
+configuration as JSON), so a checkpoint always says how it was made. ``<workdir>/config.json`` holds
+the configuration of the latest run as well.
+
+* Saves are asynchronous: the arrays are copied off the devices and the train loop goes on while
+  they are written; :meth:`Checkpointer.wait_until_finished` (called by :meth:`close`) blocks until
+  every save is on disk. A checkpoint becomes visible only once complete (orbax commits a step
+  folder atomically), so a run killed mid-save resumes from the previous one.
+* ``save_every`` and the final step decide when to save; the oldest checkpoints beyond
+  ``max_to_keep`` are deleted.
+* :meth:`Checkpointer.restore_latest` restores the newest step onto the shardings of a template
+  state (e.g. replicated on the current mesh), whatever mesh the checkpoint was written from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from sgg_jax.errors import ConfigError
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
+STATE_ITEM = "state"
+CONFIG_ITEM = "config"
+
+_LOG = logging.getLogger(__name__)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types (dataclasses → dicts, tuples → lists, numpy → Python)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            field.name: jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)
+        }
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    if isinstance(value, np.ndarray | np.generic | jax.Array):
+        return np.asarray(value).tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise ConfigError("config", f"value {value!r} of type {type(value).__name__} is not JSON")
+
+
+def abstract_like(tree: Any) -> Any:
+    """``ShapeDtypeStruct`` (with sharding) of every array leaf of ``tree``: a restore target."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def write_json(path: str | os.PathLike, document: Any) -> None:
+    """Writes ``document`` as indented JSON (atomically: temporary file, then rename)."""
+    temporary = f"{os.fspath(path)}.tmp"
+    with open(temporary, "w") as handle:
+        json.dump(document, handle, indent=2)
+        handle.write("\n")
+    os.replace(temporary, path)
+
+
+def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = sorted(set(saved) | set(current))
+        out = []
+        for key in keys:
+            out += _differences(saved.get(key), current.get(key), f"{prefix}{key}.")
+        return out
+    return [] if saved == current else [prefix.rstrip(".")]
+
+
+class Checkpointer:
+    """Saves and restores :class:`TrainState` in ``<workdir>/checkpoints``.
+
+    Args:
+      workdir: the run's folder.
+      save_every: save when ``step % save_every == 0`` (and always at the final step, see
+        :meth:`maybe_save`); 0 = only at the end.
+      max_to_keep: newest checkpoints kept; None = all.
+      async_save: write checkpoints in the background.
+      config: the run's configuration (JSON-able), stored with every checkpoint and in
+        ``<workdir>/config.json``.
+      read_only: only read checkpoints (nothing is created, saved or deleted).
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        save_every: int = 1000,
+        max_to_keep: int | None = 3,
+        async_save: bool = True,
+        config: Mapping[str, Any] | None = None,
+        read_only: bool = False,
+    ):
+        if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 0:
+            raise ConfigError("checkpoint_every", f"must be an integer >= 0, got {save_every!r}")
+        if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
+            raise ConfigError(
+                "max_to_keep", f"must be a positive integer or None, got {max_to_keep!r}"
+            )
+        self.workdir = os.path.abspath(os.fspath(workdir))
+        self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
+        self.save_every = save_every
+        self.config = jsonable(dict(config or {}))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            read_only=read_only,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={
+                STATE_ITEM: ocp.PyTreeCheckpointHandler(),
+                CONFIG_ITEM: ocp.JsonCheckpointHandler(),
+            },
+        )
+        if jax.process_index() == 0 and config is not None and not read_only:
+            write_json(os.path.join(self.workdir, CONFIG_FILE), self.config)
+
+    # -- saving --------------------------------------------------------------------------------
+
+    def save(self, step: int, state: Any) -> bool:
+        """Saves ``state`` as checkpoint ``step`` (asynchronously); False if it already exists."""
+        step = int(step)
+        if step in self.manager.all_steps():
+            return False
+        return bool(
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        STATE_ITEM: ocp.args.PyTreeSave(state),
+                        CONFIG_ITEM: ocp.args.JsonSave(self.config),
+                    }
+                ),
+                force=True,
+            )
+        )
+
+    def maybe_save(self, step: int, state: Any, *, final: bool = False) -> bool:
+        """Saves when ``step`` is a multiple of ``save_every`` or ``final``; True if it saved."""
+        due = final or (self.save_every > 0 and step % self.save_every == 0)
+        return self.save(step, state) if due else False
+
+    def wait_until_finished(self) -> None:
+        """Blocks until every pending asynchronous save is on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- restoring -----------------------------------------------------------------------------
+
+    @property
+    def steps(self) -> list[int]:
+        """Steps with a checkpoint, ascending."""
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest checkpointed step, or None."""
+        return self.manager.latest_step()
+
+    def restore(self, step: int, template: Any) -> Any:
+        """Restores checkpoint ``step`` onto the structure, dtypes and shardings of ``template``.
+
+        Args:
+          step: a checkpointed step.
+          template: a state of the same structure (arrays or ``ShapeDtypeStruct`` with sharding),
+            e.g. a freshly created state placed on the current mesh.
+
+        Returns:
+          The restored state, every leaf with ``template``'s sharding.
+        """
+        target = abstract_like(template)
+        restored = self.manager.restore(
+            int(step),
+            args=ocp.args.Composite(
+                **{
+                    STATE_ITEM: ocp.args.PyTreeRestore(
+                        item=target,
+                        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    ),
+                    CONFIG_ITEM: ocp.args.JsonRestore(),
+                }
+            ),
+        )
+        saved_config = restored[CONFIG_ITEM]
+        changed = _differences(saved_config, self.config) if self.config else []
+        if changed:
+            _LOG.warning(
+                "checkpoint %d of %s was written with a different config (%s)",
+                step,
+                self.directory,
+                ", ".join(changed),
+            )
+        return restored[STATE_ITEM]
+
+    def restore_latest(self, template: Any) -> tuple[Any, int] | None:
+        """Restores the newest checkpoint; None when there is none.
+
+        Returns:
+          ``(state, step)`` or None.
+        """
+        step = self.latest_step()
+        if step is None:
+            return None
+        return self.restore(step, template), int(step)
+
+    def restore_config(self, step: int | None = None) -> dict[str, Any]:
+        """The configuration stored with checkpoint ``step`` (default: the newest)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{self.directory}: no checkpoint")
+        restored = self.manager.restore(
+            int(step), args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()})
+        )
+        return restored[CONFIG_ITEM]
+
+    def restore_variables(
+        self, step: int | None = None, sharding: jax.sharding.Sharding | None = None
+    ) -> dict[str, Any]:
+        """Restores only the model variables (params and other collections) of a checkpoint.
+
+        Needs no template: shapes come from the checkpoint's metadata, so this works without the
+        model code, on any device count.
+
+        Args:
+          step: the checkpoint; None = the newest.
+          sharding: where to put the arrays; None = the first local device.
+
+        Returns:
+          ``{"params": ..., **collections}``.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{self.directory}: no checkpoint")
+        if sharding is None:
+            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        metadata = self.manager.item_metadata(int(step))[STATE_ITEM].tree
+        wanted = {"params": metadata["params"], "collections": metadata["collections"]}
+        target = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), wanted
+        )
+        restored = self.manager.restore(
+            int(step),
+            args=ocp.args.Composite(
+                **{
+                    STATE_ITEM: ocp.args.PyTreeRestore(
+                        item=target,
+                        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                        partial_restore=True,
+                    )
+                }
+            ),
+        )[STATE_ITEM]
+        return {"params": restored["params"], **restored["collections"]}

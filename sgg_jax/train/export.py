@@ -1,0 +1,359 @@
+"""Export a trained model as a serialised, model-code-free predict function, and load it back.
+
+:func:`export` writes ``out_dir`` (by default ``<workdir>/export``)::
+
+    params/              the model variables (orbax StandardCheckpointer: params, batch_stats)
+    config.json          the configuration the caller passes (e.g. the experiment flags)
+    manifest.json        input names and dtypes, one entry per exported batch budget, platforms
+    predict_b{B}_n{N}_p{P}.jax_exported   the jitted predict function, serialised (jax.export)
+
+The predict function is ``predict(variables, boxes, labels, object_mask, pairs, pair_mask,
+image_size[, object_features][, images]) -> outputs`` for one fixed budget (B images, N objects,
+P pairs), exported with ``jax.export.export(jax.jit(predict))(variables_spec, *input_specs)``:
+StableHLO plus the input/output tree structure, so running it needs neither the model code nor
+flax.
+
+:func:`load_exported` (also ``sgg_jax.load_exported``) returns a callable over plain arrays. This
+module imports only the standard library, numpy, jax and orbax at import time, so the file can be
+loaded on its own (e.g. with ``importlib.util.spec_from_file_location``) where sgg_jax is not
+installed; only :func:`export` imports sgg_jax.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+INPUT_NAMES = ("boxes", "labels", "object_mask", "pairs", "pair_mask", "image_size")
+OPTIONAL_INPUT_NAMES = ("object_features", "images")
+PARAMS_DIR = "params"
+CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
+EXPORT_DIR = "export"
+FORMAT = "sgg_jax.export"
+FORMAT_VERSION = 1
+
+# Shape of each input in terms of the budget (B, N, P); "*" keeps the example's size.
+_INPUT_SHAPES = {
+    "boxes": ("B", "N", 4),
+    "labels": ("B", "N"),
+    "object_mask": ("B", "N"),
+    "pairs": ("B", "P", 2),
+    "pair_mask": ("B", "P"),
+    "image_size": ("B", 2),
+    "object_features": ("B", "N", "*"),
+    "images": ("B", "*", "*", "*"),
+}
+
+
+def _function_file(budget: tuple[int, int, int]) -> str:
+    batch_size, max_objects, max_pairs = budget
+    return f"predict_b{batch_size}_n{max_objects}_p{max_pairs}.jax_exported"
+
+
+def _input_shape(name: str, example_shape: Sequence[int], budget: tuple[int, int, int]):
+    """The shape of input ``name`` for ``budget`` (B, N, P); ``"*"`` axes keep the example's."""
+    budget_sizes = dict(zip("BNP", budget, strict=True))
+    shape = []
+    for axis, dim in enumerate(_INPUT_SHAPES[name]):
+        if dim == "*":
+            shape.append(int(example_shape[axis]))
+        elif isinstance(dim, str):
+            shape.append(budget_sizes[dim])
+        else:
+            shape.append(dim)
+    return tuple(shape)
+
+
+def _host_copy(leaf: Any) -> np.ndarray:
+    """A numpy copy of a (replicated) array leaf."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        leaf = leaf.addressable_data(0)
+    return np.asarray(jax.device_get(leaf))
+
+
+# ----------------------------------------------------------------------------------------------
+# Export
+# ----------------------------------------------------------------------------------------------
+
+
+def export(
+    source: Any,
+    predict_fn: Callable[[Mapping[str, Any], Any], Any],
+    example_inputs: Any,
+    config: Mapping[str, Any] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    budgets: Sequence[tuple[int, int, int]] | None = None,
+    platforms: Sequence[str] | None = None,
+) -> str:
+    """Serialises ``predict_fn`` and the model variables into ``out_dir``.
+
+    Args:
+      source: where the variables come from: a workdir (path; its newest checkpoint), a
+        ``TrainState`` (``.variables``) or a variables mapping ``{"params": ..., ...}``.
+      predict_fn: ``predict_fn(variables, batch) -> outputs`` where ``batch`` is a
+        ``SceneGraphBatch`` built from the inputs (``pair_labels`` 0, ``graph_mask`` =
+        any object, ``image_index`` = row, no truncation counts) and ``outputs`` a pytree of
+        arrays made of dicts / lists / tuples (e.g. ``model.apply(variables, batch,
+        train=False)[0]``).
+      example_inputs: a ``SceneGraphBatch`` or a mapping with at least
+        ``boxes[B,N,4], labels[B,N], object_mask[B,N], pairs[B,P,2], pair_mask[B,P],
+        image_size[B,2]`` (and optionally ``object_features[B,N,D]``, ``images[B,H,W,3]``);
+        gives the dtypes and, unless ``budgets`` is given, the one budget (B, N, P).
+      config: JSON-able configuration written to ``config.json``.
+      out_dir: output folder; None = ``<source>/export`` when ``source`` is a workdir.
+      budgets: the (B, N, P) budgets to export, one function each; None = the example's.
+      platforms: lowering platforms (e.g. ``("cpu", "cuda")``); None = the current backend.
+
+    Returns:
+      The export folder.
+    """
+    from sgg_jax.errors import ConfigError
+    from sgg_jax.structures import SceneGraphBatch
+    from sgg_jax.train.checkpoint import Checkpointer, jsonable, write_json
+
+    if isinstance(source, str | os.PathLike):
+        workdir = os.fspath(source)
+        with Checkpointer(workdir, read_only=True) as checkpointer:
+            if checkpointer.latest_step() is None:
+                raise ConfigError("source", f"{workdir} holds no checkpoint to export")
+            variables = checkpointer.restore_variables()
+        if out_dir is None:
+            out_dir = os.path.join(workdir, EXPORT_DIR)
+    elif hasattr(source, "variables") and hasattr(source, "opt_state"):
+        variables = source.variables
+    elif isinstance(source, Mapping) and "params" in source:
+        variables = dict(source)
+    else:
+        raise ConfigError(
+            "source", f"expected a workdir, a TrainState or variables, got {type(source).__name__}"
+        )
+    if out_dir is None:
+        raise ConfigError("out_dir", "is required unless exporting from a workdir")
+    out_dir = os.path.abspath(os.fspath(out_dir))
+
+    inputs = _inputs_of(example_inputs)
+    missing = [name for name in INPUT_NAMES if inputs.get(name) is None]
+    if missing:
+        raise ConfigError("example_inputs", f"missing inputs {missing}")
+    names = list(INPUT_NAMES) + [n for n in OPTIONAL_INPUT_NAMES if inputs.get(n) is not None]
+    inputs = {name: np.asarray(inputs[name]) for name in names}
+    example_budget = (
+        int(inputs["boxes"].shape[0]),
+        int(inputs["boxes"].shape[1]),
+        int(inputs["pairs"].shape[1]),
+    )
+    budgets = [example_budget] if budgets is None else [tuple(map(int, b)) for b in budgets]
+    if not budgets:
+        raise ConfigError("budgets", "at least one (B, N, P) budget is needed")
+    for budget in budgets:
+        if len(budget) != 3 or min(budget) < 1:
+            raise ConfigError("budgets", f"each budget is (B, N, P) >= 1, got {budget}")
+    if len(set(budgets)) != len(budgets):
+        raise ConfigError("budgets", f"duplicate budgets in {budgets}")
+
+    variables = jax.tree.map(_host_copy, dict(variables))
+    variables_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
+
+    def predict_from_arrays(model_variables, *arrays):
+        named = dict(zip(names, arrays, strict=True))
+        batch_size, max_pairs = named["pairs"].shape[:2]
+        batch = SceneGraphBatch(
+            boxes=named["boxes"],
+            labels=named["labels"],
+            object_mask=named["object_mask"],
+            pairs=named["pairs"],
+            pair_labels=jnp.zeros((batch_size, max_pairs), jnp.int32),
+            pair_mask=named["pair_mask"],
+            image_size=named["image_size"],
+            graph_mask=named["object_mask"].any(axis=-1),
+            image_index=jnp.arange(batch_size, dtype=jnp.int32),
+            num_truncated_objects=jnp.zeros((batch_size,), jnp.int32),
+            num_truncated_pairs=jnp.zeros((batch_size,), jnp.int32),
+            images=named.get("images"),
+            object_features=named.get("object_features"),
+        )
+        return predict_fn(model_variables, batch)
+
+    jitted = jax.jit(predict_from_arrays)
+    os.makedirs(out_dir, exist_ok=True)
+    functions, lowered_platforms = [], []
+    for budget in budgets:
+        input_specs = [
+            jax.ShapeDtypeStruct(_input_shape(name, inputs[name].shape, budget), inputs[name].dtype)
+            for name in names
+        ]
+        exported = jax.export.export(jitted, platforms=platforms)(variables_spec, *input_specs)
+        file_name = _function_file(budget)
+        if jax.process_index() == 0:
+            with open(os.path.join(out_dir, file_name), "wb") as handle:
+                handle.write(exported.serialize())
+        functions.append(
+            {
+                "file": file_name,
+                "batch_size": budget[0],
+                "max_objects": budget[1],
+                "max_pairs": budget[2],
+            }
+        )
+        lowered_platforms = list(exported.platforms)
+
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(out_dir, PARAMS_DIR), variables, force=True)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+
+    if jax.process_index() == 0:
+        manifest = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "inputs": names,
+            "input_dtypes": {name: inputs[name].dtype.name for name in names},
+            "input_shapes": {
+                name: [d if isinstance(d, int) else str(d) for d in _INPUT_SHAPES[name]]
+                for name in names
+            },
+            "functions": functions,
+            "platforms": lowered_platforms,
+            "params": PARAMS_DIR,
+            "jax_version": jax.__version__,
+        }
+        write_json(os.path.join(out_dir, MANIFEST_FILE), manifest)
+        write_json(os.path.join(out_dir, CONFIG_FILE), jsonable(dict(config or {})))
+    return out_dir
+
+
+def _inputs_of(value: Any) -> dict[str, Any]:
+    """Named inputs of a mapping or of an object with input attributes (a SceneGraphBatch)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    return {
+        name: getattr(value, name)
+        for name in INPUT_NAMES + OPTIONAL_INPUT_NAMES
+        if getattr(value, name, None) is not None
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading (standalone: no sgg_jax, no flax)
+# ----------------------------------------------------------------------------------------------
+
+
+class ExportedPredictor:
+    """A loaded export: call it with the input arrays of one exported budget.
+
+    Accepted call forms: positional arrays in ``input_names`` order, keyword arrays, or one
+    mapping / object with attributes named like the inputs (e.g. a ``SceneGraphBatch``); extra
+    keys are ignored. Inputs are cast to the exported dtypes; shapes must match a budget exactly.
+
+    Attributes:
+      path: the export folder.
+      config: the contents of ``config.json``.
+      manifest: the contents of ``manifest.json``.
+      input_names: the input order of positional calls.
+      budgets: the exported (B, N, P) budgets.
+      variables: the restored model variables (on the first local device).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.path.abspath(os.fspath(path))
+        with open(os.path.join(self.path, MANIFEST_FILE)) as handle:
+            self.manifest = json.load(handle)
+        if self.manifest.get("format") != FORMAT:
+            raise ValueError(f"{self.path}: not an sgg_jax export (no '{FORMAT}' manifest)")
+        if self.manifest.get("version", 0) > FORMAT_VERSION:
+            raise ValueError(
+                f"{self.path}: export format version {self.manifest['version']} is newer than "
+                f"this loader's {FORMAT_VERSION}"
+            )
+        with open(os.path.join(self.path, CONFIG_FILE)) as handle:
+            self.config = json.load(handle)
+        self.input_names = tuple(self.manifest["inputs"])
+        self._dtypes = {name: np.dtype(d) for name, d in self.manifest["input_dtypes"].items()}
+        self._functions = {}
+        variables_template = None
+        for entry in self.manifest["functions"]:
+            budget = (entry["batch_size"], entry["max_objects"], entry["max_pairs"])
+            with open(os.path.join(self.path, entry["file"]), "rb") as handle:
+                exported = jax.export.deserialize(bytearray(handle.read()))
+            if variables_template is None:
+                (arguments, _) = jax.tree.unflatten(exported.in_tree, exported.in_avals)
+                variables_template = arguments[0]
+            self._functions[budget] = (exported, jax.jit(exported.call))
+        self.budgets = tuple(self._functions)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda aval: jax.ShapeDtypeStruct(aval.shape, aval.dtype, sharding=device),
+            variables_template,
+        )
+        checkpointer = ocp.StandardCheckpointer()
+        self.variables = checkpointer.restore(
+            os.path.join(self.path, self.manifest["params"]), target
+        )
+        checkpointer.close()
+
+    def _arrays(self, args: tuple, kwargs: dict) -> list[np.ndarray]:
+        if len(args) == 1 and not kwargs and not hasattr(args[0], "shape"):
+            named = _inputs_of(args[0])
+        elif args and kwargs:
+            raise TypeError("pass the inputs positionally, by keyword or as one mapping")
+        elif args:
+            if len(args) != len(self.input_names):
+                raise TypeError(f"expected {len(self.input_names)} inputs {self.input_names}")
+            named = dict(zip(self.input_names, args, strict=True))
+        else:
+            named = kwargs
+        missing = [name for name in self.input_names if named.get(name) is None]
+        if missing:
+            raise ValueError(f"{self.path}: missing inputs {missing}")
+        return [np.asarray(named[name], self._dtypes[name]) for name in self.input_names]
+
+    def __call__(self, *args, **kwargs) -> Any:
+        """Runs the exported predict function.
+
+        Returns:
+          The outputs of the exported ``predict_fn`` (same pytree, jax arrays).
+        """
+        arrays = self._arrays(args, kwargs)
+        named = dict(zip(self.input_names, arrays, strict=True))
+        budget = (
+            int(named["boxes"].shape[0]),
+            int(named["boxes"].shape[1]),
+            int(named["pairs"].shape[1]),
+        )
+        if budget not in self._functions:
+            raise ValueError(
+                f"{self.path}: inputs of budget (B, N, P) = {budget}; exported budgets are "
+                f"{list(self.budgets)}"
+            )
+        exported, call = self._functions[budget]
+        for name, array, aval in zip(
+            self.input_names, arrays, exported.in_avals[-len(arrays) :], strict=True
+        ):
+            if array.shape != aval.shape:
+                raise ValueError(
+                    f"{self.path}: input '{name}' has shape {array.shape}, expected {aval.shape}"
+                )
+        return call(self.variables, *arrays)
+
+
+def load_exported(path: str | os.PathLike) -> ExportedPredictor:
+    """Loads an export written by :func:`export`.
+
+    Args:
+      path: the export folder (``<workdir>/export``).
+
+    Returns:
+      An :class:`ExportedPredictor`: ``predictor(boxes, labels, object_mask, pairs, pair_mask,
+      image_size)`` (or keywords, or one mapping of them) returns the predict outputs, e.g.
+      ``{"relation_logits": f32[B,P,C], "object_labels": i32[B,N], "object_scores": f32[B,N]}``.
+    """
+    return ExportedPredictor(path)

@@ -1,0 +1,138 @@
+"""Device mesh, shardings and the host-to-device move of a batch (data parallelism).
+
+One mesh axis, ``"data"``: parameters and optimizer state are replicated on every device
+(``NamedSharding(mesh, P())``) and a batch is split along its leading (batch) axis
+(``NamedSharding(mesh, P("data"))``). A single ``jax.jit`` of the train step then runs on the whole
+mesh and XLA inserts the gradient all-reduce; this replaces ``pmap``.
+
+The mesh axis is of type ``AxisType.Auto`` (the compiler propagates shardings), not
+``AxisType.Explicit``: model code is written for one device and never has to name the mesh.
+
+Multi-host: call :func:`initialize_distributed` first; every process builds the same mesh over all
+devices, reads its own shard of the data (``PipelineConfig.shard_index``) and :func:`shard_batch`
+assembles the per-process batches into one global array with
+``jax.make_array_from_process_local_data``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from sgg_jax.errors import ConfigError
+from sgg_jax.structures import SceneGraphBatch
+
+DATA_AXIS = "data"
+
+_LOG = logging.getLogger(__name__)
+
+
+def initialize_distributed(enabled: bool, **options: Any) -> bool:
+    """Connects the processes of a multi-host job (``jax.distributed.initialize``).
+
+    Must run before any other JAX call when ``enabled``. On a single host leave it disabled.
+
+    Args:
+      enabled: whether to initialise; False does nothing.
+      **options: passed to ``jax.distributed.initialize`` (``coordinator_address``,
+        ``num_processes``, ``process_id``, ...); empty = detect the cluster (SLURM, TPU pods, ...).
+
+    Returns:
+      True when ``jax.distributed.initialize`` was called.
+    """
+    if not enabled:
+        return False
+    jax.distributed.initialize(**options)
+    _LOG.info(
+        "process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return True
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis ``"data"`` mesh.
+
+    Args:
+      devices: the devices of the mesh; None = all devices (``jax.devices()``) of all processes.
+
+    Returns:
+      ``Mesh`` of shape ``(len(devices),)`` with axis name ``"data"`` (``AxisType.Auto``).
+    """
+    if devices is None:
+        devices = jax.devices()
+    devices = list(devices)
+    if not devices:
+        raise ConfigError("devices", "the mesh needs at least one device")
+    return jax.make_mesh(
+        (len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding that keeps a full copy on every device of ``mesh`` (params, optimizer state)."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding that splits the leading (batch) axis over the ``"data"`` axis of ``mesh``."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def local_device_count(mesh: Mesh) -> int:
+    """Number of devices of ``mesh`` owned by this process."""
+    return len(mesh.local_devices)
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    """Raises ConfigError unless this process's batch splits evenly over its devices of ``mesh``.
+
+    Args:
+      batch_size: images per batch per process (``PipelineConfig.batch_size``).
+      mesh: the device mesh.
+    """
+    devices = local_device_count(mesh)
+    if batch_size % devices:
+        raise ConfigError(
+            "batch_size",
+            f"{batch_size} images per process do not split evenly over the {devices} devices of "
+            f"this process on the '{DATA_AXIS}' mesh axis",
+        )
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Puts every leaf of ``tree`` on all devices of ``mesh`` (the same value everywhere)."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def shard_batch(batch: SceneGraphBatch, mesh: Mesh) -> SceneGraphBatch:
+    """Moves this process's host batch onto ``mesh``, split along the batch axis.
+
+    With several processes, each passes its own ``B`` images and the result is one global batch of
+    ``B * process_count`` images (process ``k``'s images in rows ``k * B ... (k + 1) * B - 1``, as
+    the pipeline's global order).
+
+    Args:
+      batch: a :class:`SceneGraphBatch` of numpy arrays with leading axis B (``None`` fields stay
+        None).
+
+    Returns:
+      The batch as global ``jax.Array`` leaves with sharding ``P("data")``.
+
+    Raises:
+      ConfigError: ``batch_size`` when B is not divisible by this process's devices of ``mesh``.
+    """
+    check_batch_size(int(np.shape(batch.boxes)[0]), mesh)
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(
+        lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), batch
+    )
