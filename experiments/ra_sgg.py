@@ -1,12 +1,20 @@
 """RA-SGG: retrieval-augmented scene graph generation via multi-prototype learning.
 
-``python -m experiments.ra_sgg --flagfile=experiments/flags/ra_sgg_gqa200_mini.flags``
+``python -m experiments.ra_sgg --flagfile=experiments/flags/penet_gqa200_mini.flags``
 
-This version runs the data stage of the experiment: it loads the named dataset (train / val / test),
-runs one pass of the static-shape input pipeline over each split with the configured budgets, prints
-a summary (images, relations, the predicate long tail, batches, truncations) and writes
-``<workdir>/data_summary.json``. Training of the PE-Net base model (phase 1) and of RA-SGG (phase 2)
-is not part of this version; the command says so and exits cleanly after the data stage.
+Methods (``--method``):
+
+* ``penet`` — phase 1 of RA-SGG: the PE-Net base model (Zheng et al., CVPR 2023) trained on the
+  device mesh with checkpoints (auto-resume from ``--workdir``), periodic evaluation on val, a final
+  evaluation on test next to the frequency baseline (FREQ: the predicate distribution of the
+  (subject class, object class) pair in the training split), ``results.json`` / ``results.md``, plots
+  and an export of the predict function (``<workdir>/export``, loadable with
+  ``sgg_jax.load_exported``).
+* ``data`` — the data stage only: load the splits, run one pass of the input pipeline over each,
+  print a summary and write ``data_summary.json``.
+
+The retrieval-augmented phase 2 (memory bank, label-inconsistency selection, inverse-propensity
+augmentation) builds on the phase-1 checkpoint and is not part of this version.
 """
 
 from __future__ import annotations
@@ -18,103 +26,67 @@ import time
 
 from absl import app, flags
 
-from sgg_jax.data import datasets, pipeline
-from sgg_jax.data.summary import (
-    format_predicate_histogram,
-    format_splits,
-    summarize_split,
-    text_table,
-)
+from experiments import common
+from sgg_jax.data import pipeline
+from sgg_jax.data.summary import format_predicate_histogram, format_splits, summarize_split
+from sgg_jax.data.summary import text_table
 from sgg_jax.errors import ConfigError, DataError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", "gqa200_mini", datasets.DATASETS, "Dataset to use.")
-flags.DEFINE_string("gqa200_train", None, "GQA_200_Train.json (dataset=gqa200).")
-flags.DEFINE_string("gqa200_test", None, "GQA_200_Test.json (dataset=gqa200).")
-flags.DEFINE_string("gqa200_id_info", None, "GQA_200_ID_Info.json (dataset=gqa200).")
-flags.DEFINE_string("vg150_h5", None, "VG-SGG-with-attri.h5 (dataset=vg150).")
-flags.DEFINE_string("vg150_dicts", None, "VG-SGG-dicts-with-attri.json (dataset=vg150).")
-flags.DEFINE_string("vg150_image_data", None, "image_data.json (dataset=vg150).")
-flags.DEFINE_string("tfds_data_dir", None, "data_dir of a data_prep dataset (dataset=tfds).")
-flags.DEFINE_string("tfds_name", None, "name of a data_prep dataset (dataset=tfds).")
-flags.DEFINE_integer("num_val", 5000, "Validation images taken from train (gqa200, vg150).")
-flags.DEFINE_enum("task", "predcls", ["predcls", "sgcls", "sgdet"], "SGG task.")
-flags.DEFINE_string("workdir", "/tmp/sgg_jax/ra_sgg", "Output directory.")
-flags.DEFINE_integer("seed", 0, "Seed of shuffling, pair sampling and initialisation.")
-flags.DEFINE_integer("batch_size", 8, "Images per batch per process.")
-flags.DEFINE_integer("max_objects", 40, "Object budget per image.")
-flags.DEFINE_integer("max_pairs", 256, "Pair budget per training image.")
-flags.DEFINE_integer("max_fg", 64, "Foreground pairs sampled per training image.")
-flags.DEFINE_integer(
-    "eval_max_pairs", 1560, "Pair budget per evaluation image (all ordered pairs)."
-)
+common.define_data_flags()
+flags.DEFINE_enum("method", "penet", ["penet", "data"], "What to run.")
+flags.DEFINE_enum("model_size", "small", ["small", "official"], "PE-Net sizes.")
+flags.DEFINE_string("glove", None, "GloVe text file to initialise the word embeddings.")
+flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw"], "Optimizer.")
+flags.DEFINE_float("learning_rate", 1e-3, "Base learning rate.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("weight_decay", 1e-4, "Weight decay.")
+flags.DEFINE_integer("warmup_steps", 500, "Linear warmup updates.")
+flags.DEFINE_float("warmup_factor", 0.1, "Learning-rate factor at step 0.")
+flags.DEFINE_list("decay_steps", [], "Milestones where the learning rate is multiplied by 0.1.")
+flags.DEFINE_float("clip_norm", 5.0, "Global-norm gradient clipping (0 = off).")
+flags.DEFINE_integer("num_steps", 1000, "Training updates.")
+flags.DEFINE_integer("eval_every", 0, "Evaluate on val every N updates (0 = only at the end).")
+flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every N updates (and at the end).")
+flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.")
+flags.DEFINE_integer("log_every", 20, "Write training metrics every N updates.")
+flags.DEFINE_bool("export", True, "Export the predict function at the end.")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
-def _paths() -> dict[str, str]:
-    values = {
-        "train": FLAGS.gqa200_train,
-        "test": FLAGS.gqa200_test,
-        "id_info": FLAGS.gqa200_id_info,
-        "h5": FLAGS.vg150_h5,
-        "dicts": FLAGS.vg150_dicts,
-        "image_data": FLAGS.vg150_image_data,
-        "data_dir": FLAGS.tfds_data_dir,
-        "name": FLAGS.tfds_name,
-    }
-    return {k: v for k, v in values.items() if v}
+# ----------------------------------------------------------------------------------------------
+# Data stage
+# ----------------------------------------------------------------------------------------------
 
 
 def _one_pass(graphs, config: pipeline.PipelineConfig) -> dict:
     loader = pipeline.make_loader(graphs, config)
     start = time.perf_counter()
-    batches = images = truncated_objects = truncated_pairs = pairs = foreground = 0
+    totals = dict(batches=0, images=0, pairs=0, foreground_pairs=0)
+    totals.update(truncated_objects=0, truncated_pairs=0)
     for batch in loader.iter_from(0):
-        batches += 1
-        images += int(batch.graph_mask.sum())
-        truncated_objects += int(batch.num_truncated_objects.sum())
-        truncated_pairs += int(batch.num_truncated_pairs.sum())
-        pairs += int(batch.pair_mask.sum())
-        foreground += int((batch.pair_labels > 0).sum())
-        if batches == loader.num_batches_per_epoch:
+        totals["batches"] += 1
+        totals["images"] += int(batch.graph_mask.sum())
+        totals["pairs"] += int(batch.pair_mask.sum())
+        totals["foreground_pairs"] += int((batch.pair_labels > 0).sum())
+        totals["truncated_objects"] += int(batch.num_truncated_objects.sum())
+        totals["truncated_pairs"] += int(batch.num_truncated_pairs.sum())
+        if totals["batches"] == loader.num_batches_per_epoch:
             break
-    seconds = time.perf_counter() - start
-    return {
-        "batches": batches,
-        "images": images,
-        "pairs": pairs,
-        "foreground_pairs": foreground,
-        "truncated_objects": truncated_objects,
-        "truncated_pairs": truncated_pairs,
-        "images_per_second": images / max(seconds, 1e-9),
-    }
+    totals["images_per_second"] = totals["images"] / max(time.perf_counter() - start, 1e-9)
+    return totals
 
 
-def run() -> dict:
-    """Runs the data stage and returns the summary written to ``data_summary.json``."""
+def run_data_stage(splits, vocab) -> dict:
+    """Summarises the splits and one pipeline pass each; writes ``data_summary.json``."""
     summary = {"dataset": FLAGS.dataset, "task": FLAGS.task, "seed": FLAGS.seed, "splits": {}}
     split_summaries = []
-    for split in datasets.SPLITS:
-        graphs, vocab = datasets.load(
-            FLAGS.dataset, split, paths=_paths(), num_val=FLAGS.num_val, seed=FLAGS.seed
-        )
+    for split, graphs in splits.items():
         split_summaries.append(summarize_split(split, graphs, vocab))
         if split == "train":
-            config = pipeline.PipelineConfig(
-                batch_size=FLAGS.batch_size,
-                max_objects=FLAGS.max_objects,
-                max_pairs=FLAGS.max_pairs,
-                max_fg=FLAGS.max_fg,
-                seed=FLAGS.seed,
-                num_epochs=1,
-                num_predicates=vocab.num_predicates,
-            )
+            config = common.train_pipeline_config(vocab, num_epochs=1)
         else:
-            config = pipeline.PipelineConfig.evaluation(
-                FLAGS.batch_size,
-                FLAGS.max_objects,
-                FLAGS.eval_max_pairs,
-                num_predicates=vocab.num_predicates,
-            )
+            config = common.eval_pipeline_config(vocab)
         summary["splits"][split] = {
             **split_summaries[-1].to_json(),
             "pipeline": _one_pass(graphs, config),
@@ -124,9 +96,7 @@ def run() -> dict:
     print()
     print("\n".join(format_predicate_histogram(split_summaries, vocab.predicate_names, top_k=5)))
     print()
-    rows = [
-        ["split", "batches", "images", "pairs", "fg_pairs", "trunc_obj", "trunc_pairs", "img/s"]
-    ]
+    rows = [["split", "batches", "images", "pairs", "fg_pairs", "trunc_obj", "trunc_pairs", "img/s"]]
     for split, values in summary["splits"].items():
         run = values["pipeline"]
         rows.append(
@@ -140,21 +110,197 @@ def run() -> dict:
     os.makedirs(FLAGS.workdir, exist_ok=True)
     with open(os.path.join(FLAGS.workdir, "data_summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
+    print(f"Data stage done; summary in {os.path.join(FLAGS.workdir, 'data_summary.json')}.")
     return summary
 
 
-def main(argv):
-    del argv
+# ----------------------------------------------------------------------------------------------
+# PE-Net (phase 1)
+# ----------------------------------------------------------------------------------------------
+
+
+def _optim_config():
+    from sgg_jax.train import OptimConfig
+
     try:
-        run()
+        decay_steps = tuple(int(s) for s in FLAGS.decay_steps)
+    except ValueError:
+        raise ConfigError("decay_steps", f"expected integers, got {FLAGS.decay_steps}") from None
+    return OptimConfig(
+        optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate,
+        momentum=FLAGS.momentum,
+        weight_decay=FLAGS.weight_decay,
+        warmup_steps=FLAGS.warmup_steps,
+        warmup_factor=FLAGS.warmup_factor,
+        decay_steps=decay_steps,
+        clip_norm=FLAGS.clip_norm,
+    )
+
+
+def _model_config(vocab):
+    from sgg_jax.models.penet import PENetConfig
+
+    vectors = {}
+    if FLAGS.glove:
+        from sgg_jax.data import word_vectors
+
+        for field, names in (
+            ("object_word_vectors", vocab.object_names),
+            ("predicate_word_vectors", vocab.predicate_names),
+        ):
+            table, report = word_vectors.glove_name_vectors(FLAGS.glove, names, seed=FLAGS.seed)
+            vectors[field] = table
+            print(f"{field}: {report.num_missing} of {report.num_words} words not in {FLAGS.glove}")
+    make = PENetConfig.small if FLAGS.model_size == "small" else PENetConfig.official
+    return make(vocab.num_classes, vocab.num_predicates, task=FLAGS.task, **vectors)
+
+
+def run_penet(splits, vocab) -> dict:
+    """Trains PE-Net, evaluates it and the FREQ baseline on test, writes results and the export."""
+    from sgg_jax.evaluation import report
+    from sgg_jax.losses import make_penet_loss
+    from sgg_jax.models.frequency import FrequencyBaseline
+    from sgg_jax.models.penet import PENet
+    from sgg_jax.train import TrainConfig, make_mesh, shard_batch, train
+    from sgg_jax.train.export import export
+
+    optim_config = _optim_config()
+    train_config = TrainConfig(
+        num_steps=FLAGS.num_steps,
+        seed=FLAGS.seed,
+        checkpoint_every=FLAGS.checkpoint_every,
+        max_to_keep=FLAGS.keep_checkpoints,
+        eval_every=FLAGS.eval_every,
+        log_every=FLAGS.log_every,
+        progress=FLAGS.progress,
+    )
+    model_config = _model_config(vocab)
+    model = PENet(model_config)
+    loss_fn = make_penet_loss(model_config)
+    mesh = make_mesh()
+    loader = pipeline.make_loader(splits["train"], common.train_pipeline_config(vocab))
+    val_graphs = splits["val"]
+    if FLAGS.eval_images:
+        val_graphs = val_graphs[: FLAGS.eval_images]
+    state_holder = {}
+
+    def eval_fn(state, step):
+        state_holder["state"] = state
+        scorer = common.model_scorer(model, lambda: state_holder["state"].variables, mesh, shard_batch)
+        metrics = common.evaluate_scorer(scorer, val_graphs, vocab, mode=FLAGS.task)
+        return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+    run_config = {
+        "experiment": "ra_sgg",
+        "method": "penet",
+        "dataset": FLAGS.dataset,
+        "task": FLAGS.task,
+        "model": {
+            k: v
+            for k, v in vars(model_config).items()
+            if not k.endswith("word_vectors")
+        },
+    }
+    state, last = train(
+        model,
+        loss_fn,
+        loader,
+        workdir=FLAGS.workdir,
+        train_config=train_config,
+        optim_config=optim_config,
+        eval_fn=eval_fn,
+        mesh=mesh,
+        config=run_config,
+    )
+    zeroshot_triplets = common.zeroshot_for(splits)
+    scorer = common.model_scorer(model, lambda: state.variables, mesh, shard_batch)
+    penet_metrics = common.evaluate_scorer(
+        scorer, splits["test"], vocab, mode=FLAGS.task, zeroshot_triplets=zeroshot_triplets
+    )
+    frequency = FrequencyBaseline.from_graphs(
+        splits["train"], vocab.num_classes, vocab.num_predicates
+    )
+    frequency_metrics = common.evaluate_scorer(
+        lambda batch: (frequency.predict_batch(batch), None, None),
+        splits["test"],
+        vocab,
+        mode="predcls",
+        zeroshot_triplets=zeroshot_triplets,
+    )
+    runs = {"FREQ (predcls)": frequency_metrics, "PE-Net": penet_metrics}
+    report.write_results(
+        FLAGS.workdir,
+        experiment="ra_sgg",
+        dataset=FLAGS.dataset,
+        task=FLAGS.task,
+        seed=FLAGS.seed,
+        runs=runs,
+    )
+    columns = [f"{m}@{k}" for m in ("R", "mR", "F") for k in (20, 50, 100)]
+    columns += ["mR@all", "zR@100", "ngR@100", "ngmR@100"]
+    columns = [c for c in columns if c in penet_metrics]
+    print(f"\n{FLAGS.dataset} test, {FLAGS.task}, {len(splits['test'])} images (values in %):")
+    print(report.metrics_table(runs, columns=columns), end="")
+    plots = os.path.join(FLAGS.workdir, "plots")
+    os.makedirs(plots, exist_ok=True)
+    report.plot_per_predicate_recall(
+        os.path.join(plots, "per_predicate_recall.png"),
+        penet_metrics["per_predicate_R@100"],
+        vocab.predicate_names,
+        vocab.predicate_counts,
+        baseline=frequency_metrics["per_predicate_R@100"],
+        label="PE-Net",
+        baseline_label="FREQ",
+        num_images=penet_metrics["per_predicate_num_images"],
+    )
+    if FLAGS.export:
+        example = next(iter(pipeline.make_loader(splits["test"], common.eval_pipeline_config(vocab))))
+
+        def predict_fn(variables, batch):
+            import jax
+
+            outputs, _ = model.apply(variables, batch, train=False)
+            return {
+                "predicate_scores": jax.nn.softmax(outputs["relation_logits"], axis=-1),
+                "object_labels": outputs["object_labels"],
+                "object_scores": outputs["object_scores"],
+            }
+
+        path = export(
+            state,
+            predict_fn,
+            example,
+            config=run_config,
+            out_dir=os.path.join(FLAGS.workdir, "export"),
+        )
+        print(f"exported the predict function to {path}")
+    print(f"results: {os.path.join(FLAGS.workdir, 'results.json')}")
+    return {"runs": runs, "last_train_metrics": last}
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
+        return 2
+    try:
+        common.check_data_flags()
+        if FLAGS.method == "penet":
+            _optim_config()  # validates the optimizer flags before any data or compile
+            if FLAGS.num_steps <= 0:
+                raise ConfigError("num_steps", f"must be positive, got {FLAGS.num_steps}")
+        if FLAGS.distributed:
+            from sgg_jax.train import initialize_distributed
+
+            initialize_distributed(True)
+        splits, vocab = common.load_splits()
+        if FLAGS.method == "data":
+            run_data_stage(splits, vocab)
+        else:
+            run_penet(splits, vocab)
     except (DataError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(
-        f"Data stage done; summary in {os.path.join(FLAGS.workdir, 'data_summary.json')}.\n"
-        "RA-SGG training (PE-Net phase 1, retrieval-augmented phase 2) is not part of this "
-        "version of sgg_jax; nothing was trained."
-    )
     return 0
 
 

@@ -14,7 +14,7 @@ def test_ra_sgg_data_stage_on_gqa200_mini(tmp_path):
             sys.executable,
             "-m",
             "experiments.ra_sgg",
-            "--flagfile=experiments/flags/ra_sgg_gqa200_mini.flags",
+            "--flagfile=experiments/flags/data_gqa200_mini.flags",
             f"--workdir={tmp_path}",
         ],
         cwd=ROOT,
@@ -24,7 +24,7 @@ def test_ra_sgg_data_stage_on_gqa200_mini(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "train    5741   85505      27044" in result.stdout
-    assert "nothing was trained" in result.stdout
+    assert "Data stage done" in result.stdout
     summary = json.loads((tmp_path / "data_summary.json").read_text())
     splits = summary["splits"]
     assert [splits[s]["images"] for s in ("train", "val", "test")] == [5741, 791, 1677]
@@ -52,5 +52,5 @@ def test_ra_sgg_reports_bad_config_in_one_line(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: option 'gqa200_id_info': the path of 'id_info' is required for gqa200"
+        "error: option 'gqa200_train': is required with --dataset=gqa200"
     )

@@ -1,0 +1,11 @@
+"""Relation models and their feature sources.
+
+* :mod:`sgg_jax.models.features` — object and union features of a batch (geometry | precomputed).
+* :mod:`sgg_jax.models.penet` — PE-Net (Zheng et al., CVPR 2023): ``PENet``, ``PENetConfig``.
+* :mod:`sgg_jax.models.frequency` — Motifs' frequency baseline and trainable frequency bias.
+
+A model is a ``flax.linen`` module applied as
+``outputs, aux = model.apply(variables, batch, train=..., rngs={"dropout": key})``;
+``outputs`` holds ``relation_logits[B, P, C]``, ``object_labels[B, N]``, ``object_scores[B, N]`` (and
+``object_logits[B, N, K+1]`` in SGCls), ``aux`` what losses, evaluators and the memory bank read.
+"""

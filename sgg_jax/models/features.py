@@ -1,0 +1,237 @@
+"""Feature sources: per-object and per-pair (union) features of a :class:`SceneGraphBatch`.
+
+A relation head (e.g. :mod:`sgg_jax.models.penet`) reads two feature arrays:
+
+* object features ``f32[B, N, D_obj]`` — in Scene-Graph-Benchmark the box head's RoI features of
+  each object (fc7, 4096-d);
+* union features ``f32[B, P, D_union]`` — in Scene-Graph-Benchmark the RoI features of the union
+  box of each (subject, object) pair, with a rectangle mask of the two boxes (4096-d).
+
+Three sources produce them:
+
+* ``"geometry"`` (:class:`GeometryFeatures`): no pixels. Object features are an MLP over the
+  9-number box encoding (:func:`sgg_jax.boxes.encode_boxes`); union features are an MLP over the 15-number
+  pair geometry (:func:`sgg_jax.boxes.pair_geometry`). Used on GQA-200-mini, which ships no images.
+* ``"precomputed"`` (:class:`PrecomputedFeatures`): object features read from
+  ``batch.object_features`` (e.g. detector RoI features saved by
+  :mod:`sgg_jax.data.feature_store`); union features are an MLP over
+  ``[feature of subject, feature of object, pair geometry]`` since no union RoI is pooled.
+* ``"roi"``: RoI features pooled from pixels by the detector; needs images and the detector
+  backbone, which :func:`make_feature_source` does not build yet.
+
+Every source is per object / per pair, so a real object's or pair's features never depend on the
+padding of the batch; padded objects and pairs get zero features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgg_jax import boxes as box_ops
+from sgg_jax.errors import ConfigError
+from sgg_jax.structures import SceneGraphBatch
+
+FEATURE_SOURCES = ("geometry", "precomputed")
+
+
+def gather_objects(values: jax.Array, indices: jax.Array) -> jax.Array:
+    """Rows of per-object values picked per pair, image by image (static shapes, no loops).
+
+    Args:
+      values: [B, N, ...] per-object values.
+      indices: int[B, P] object index per pair (``batch.pairs[..., 0]`` for subjects,
+        ``batch.pairs[..., 1]`` for objects).
+
+    Returns:
+      [B, P, ...] with ``out[b, p] = values[b, indices[b, p]]``.
+    """
+    return jax.vmap(lambda image_values, image_indices: image_values[image_indices])(
+        values, indices
+    )
+
+
+def pair_geometry_features(batch: SceneGraphBatch) -> jax.Array:
+    """The 15-number geometry of every pair of a batch (:func:`sgg_jax.boxes.pair_geometry`).
+
+    Args:
+      batch: a batch with ``boxes[B, N, 4]``, ``pairs[B, P, 2]`` and ``image_size[B, 2]``.
+
+    Returns:
+      f32[B, P, 15]; zeros for padded pairs.
+    """
+    boxes = jnp.asarray(batch.boxes, jnp.float32)
+    pairs = jnp.asarray(batch.pairs, jnp.int32)
+    subject_boxes = gather_objects(boxes, pairs[..., 0])
+    object_boxes = gather_objects(boxes, pairs[..., 1])
+    image_size = jnp.asarray(batch.image_size, jnp.float32)[:, None, :]
+    geometry = box_ops.pair_geometry(subject_boxes, object_boxes, image_size)
+    return jnp.where(jnp.asarray(batch.pair_mask, bool)[..., None], geometry, 0.0)
+
+
+class FeatureMLP(nn.Module):
+    """Dense layers with ReLU after each, as the fc6 / fc7 box head (non-negative outputs).
+
+    Attributes:
+      features: output size of each layer, e.g. ``(256, 256)``.
+    """
+
+    features: Sequence[int]
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        hidden = inputs
+        for index, size in enumerate(self.features):
+            hidden = nn.relu(nn.Dense(size, name=f"fc{index + 6}")(hidden))
+        return hidden
+
+
+class GeometryFeatures(nn.Module):
+    """Object and union features from box geometry alone (no pixels).
+
+    Attributes:
+      object_dim: D_obj, size of the object features.
+      union_dim: D_union, size of the union features.
+      hidden_dim: size of the first layer of both MLPs.
+    """
+
+    object_dim: int
+    union_dim: int
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(
+        self, batch: SceneGraphBatch, *, train: bool = False
+    ) -> tuple[jax.Array, jax.Array]:
+        """Computes the features.
+
+        Args:
+          batch: B images, N objects, P pairs.
+          train: unused (no dropout); part of the feature-source interface.
+
+        Returns:
+          ``(object_features f32[B, N, D_obj], union_features f32[B, P, D_union])``; zeros where
+          padded.
+        """
+        del train
+        image_size = jnp.asarray(batch.image_size, jnp.float32)[:, None, :]
+        box_encoding = box_ops.encode_boxes(jnp.asarray(batch.boxes, jnp.float32), image_size)
+        object_features = FeatureMLP((self.hidden_dim, self.object_dim), name="object_mlp")(
+            box_encoding
+        )
+        union_features = FeatureMLP((self.hidden_dim, self.union_dim), name="union_mlp")(
+            pair_geometry_features(batch)
+        )
+        object_mask = jnp.asarray(batch.object_mask, bool)[..., None]
+        pair_mask = jnp.asarray(batch.pair_mask, bool)[..., None]
+        return (
+            jnp.where(object_mask, object_features, 0.0),
+            jnp.where(pair_mask, union_features, 0.0),
+        )
+
+
+class PrecomputedFeatures(nn.Module):
+    """Object features from ``batch.object_features``; union features from the pair's features.
+
+    Attributes:
+      union_dim: D_union, size of the union features.
+      hidden_dim: size of the first layer of the union MLP.
+    """
+
+    union_dim: int
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(
+        self, batch: SceneGraphBatch, *, train: bool = False
+    ) -> tuple[jax.Array, jax.Array]:
+        """Reads and derives the features.
+
+        Args:
+          batch: B images, N objects, P pairs, with ``object_features[B, N, D]``.
+          train: unused (no dropout); part of the feature-source interface.
+
+        Returns:
+          ``(object_features f32[B, N, D], union_features f32[B, P, D_union])``; zeros where
+          padded.
+
+        Raises:
+          ConfigError: when the batch carries no object features.
+        """
+        del train
+        if batch.object_features is None:
+            raise ConfigError(
+                "feature_source",
+                "'precomputed' reads batch.object_features, but the batch has none; build the "
+                "loader with make_loader(..., object_features=...) or use 'geometry'",
+            )
+        object_mask = jnp.asarray(batch.object_mask, bool)[..., None]
+        object_features = jnp.where(
+            object_mask, jnp.asarray(batch.object_features, jnp.float32), 0.0
+        )
+        pairs = jnp.asarray(batch.pairs, jnp.int32)
+        pair_inputs = jnp.concatenate(
+            [
+                gather_objects(object_features, pairs[..., 0]),
+                gather_objects(object_features, pairs[..., 1]),
+                pair_geometry_features(batch),
+            ],
+            axis=-1,
+        )
+        union_features = FeatureMLP((self.hidden_dim, self.union_dim), name="union_mlp")(
+            pair_inputs
+        )
+        pair_mask = jnp.asarray(batch.pair_mask, bool)[..., None]
+        return object_features, jnp.where(pair_mask, union_features, 0.0)
+
+
+def make_feature_source(
+    source: str,
+    *,
+    object_dim: int = 256,
+    union_dim: int = 256,
+    hidden_dim: int = 256,
+    name: str | None = None,
+) -> nn.Module:
+    """Builds a feature source by name.
+
+    Args:
+      source: ``"geometry"`` or ``"precomputed"`` (``"roi"`` needs pixels and the detector).
+      object_dim: D_obj of the geometry source (the precomputed source keeps the stored size).
+      union_dim: D_union of either source.
+      hidden_dim: first-layer size of the source's MLPs.
+      name: the module's name when built inside a parent module (e.g. ``"features"``).
+
+    Returns:
+      A module called as ``source(batch, train=...) -> (object_features, union_features)``.
+
+    Raises:
+      ConfigError: naming ``feature_source`` for an unknown name or the option of a bad size.
+    """
+    for option, value in (
+        ("object_dim", object_dim),
+        ("union_dim", union_dim),
+        ("hidden_dim", hidden_dim),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+            raise ConfigError(option, f"must be a positive integer, got {value!r}")
+    if source == "geometry":
+        return GeometryFeatures(
+            object_dim=object_dim, union_dim=union_dim, hidden_dim=hidden_dim, name=name
+        )
+    if source == "precomputed":
+        return PrecomputedFeatures(union_dim=union_dim, hidden_dim=hidden_dim, name=name)
+    if source == "roi":
+        raise ConfigError(
+            "feature_source",
+            "'roi' pools features from pixels: it needs batch.images and the detector backbone, "
+            "which are not available to this feature source yet; use 'geometry' (boxes only) or "
+            "'precomputed' (saved object features)",
+        )
+    raise ConfigError(
+        "feature_source", f"unknown feature source {source!r}; expected one of {FEATURE_SOURCES}"
+    )
