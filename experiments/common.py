@@ -222,7 +222,9 @@ def zeroshot_for(splits: Mapping[str, Sequence[SceneGraph]]) -> np.ndarray | Non
 
     def triplets(graphs):
         rows = [
-            np.stack([g.labels[g.relations[:, 0]], g.labels[g.relations[:, 1]], g.relations[:, 2]], 1)
+            np.stack(
+                [g.labels[g.relations[:, 0]], g.labels[g.relations[:, 1]], g.relations[:, 2]], 1
+            )
             for g in graphs
             if g.num_relations
         ]

@@ -24,12 +24,16 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from experiments import common
 from sgg_jax.data import pipeline
-from sgg_jax.data.summary import format_predicate_histogram, format_splits, summarize_split
-from sgg_jax.data.summary import text_table
+from sgg_jax.data.summary import (
+    format_predicate_histogram,
+    format_splits,
+    summarize_split,
+    text_table,
+)
 from sgg_jax.errors import ConfigError, DataError
 
 FLAGS = flags.FLAGS
@@ -96,7 +100,9 @@ def run_data_stage(splits, vocab) -> dict:
     print()
     print("\n".join(format_predicate_histogram(split_summaries, vocab.predicate_names, top_k=5)))
     print()
-    rows = [["split", "batches", "images", "pairs", "fg_pairs", "trunc_obj", "trunc_pairs", "img/s"]]
+    rows = [
+        ["split", "batches", "images", "pairs", "fg_pairs", "trunc_obj", "trunc_pairs", "img/s"]
+    ]
     for split, values in summary["splits"].items():
         run = values["pipeline"]
         rows.append(
@@ -187,7 +193,9 @@ def run_penet(splits, vocab) -> dict:
 
     def eval_fn(state, step):
         state_holder["state"] = state
-        scorer = common.model_scorer(model, lambda: state_holder["state"].variables, mesh, shard_batch)
+        scorer = common.model_scorer(
+            model, lambda: state_holder["state"].variables, mesh, shard_batch
+        )
         metrics = common.evaluate_scorer(scorer, val_graphs, vocab, mode=FLAGS.task)
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
@@ -196,11 +204,7 @@ def run_penet(splits, vocab) -> dict:
         "method": "penet",
         "dataset": FLAGS.dataset,
         "task": FLAGS.task,
-        "model": {
-            k: v
-            for k, v in vars(model_config).items()
-            if not k.endswith("word_vectors")
-        },
+        "model": {k: v for k, v in vars(model_config).items() if not k.endswith("word_vectors")},
     }
     state, last = train(
         model,
@@ -255,7 +259,9 @@ def run_penet(splits, vocab) -> dict:
         num_images=penet_metrics["per_predicate_num_images"],
     )
     if FLAGS.export:
-        example = next(iter(pipeline.make_loader(splits["test"], common.eval_pipeline_config(vocab))))
+        example = next(
+            iter(pipeline.make_loader(splits["test"], common.eval_pipeline_config(vocab)))
+        )
 
         def predict_fn(variables, batch):
             import jax
@@ -280,6 +286,7 @@ def run_penet(splits, vocab) -> dict:
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # keep orbax's per-save INFO lines off the console
     if len(argv) > 1:
         print(f"error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
         return 2
