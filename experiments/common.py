@@ -49,6 +49,12 @@ def define_data_flags() -> None:
         "eval_images", 0, "Evaluate periodically on the first N val images (0 = all)."
     )
     flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+    flags.DEFINE_enum(
+        "feature_source", "geometry", ["geometry", "precomputed"], "Object/union feature source."
+    )
+    flags.DEFINE_string(
+        "object_features", None, "Precomputed object features .npz (feature_source=precomputed)."
+    )
 
 
 def check_data_flags() -> None:
@@ -62,6 +68,11 @@ def check_data_flags() -> None:
         raise ConfigError("eval_batch_size", f"must be positive, got {FLAGS.eval_batch_size}")
     if FLAGS.eval_images < 0:
         raise ConfigError("eval_images", f"must be >= 0, got {FLAGS.eval_images}")
+    if FLAGS.feature_source == "precomputed":
+        if not FLAGS.object_features:
+            raise ConfigError("object_features", "is required with --feature_source=precomputed")
+        if not os.path.exists(FLAGS.object_features):
+            raise ConfigError("object_features", f"{FLAGS.object_features} does not exist")
     if FLAGS.task == "sgdet":
         raise ConfigError("task", "sgdet needs the detector and pixels; use predcls or sgcls")
     required = {
@@ -110,6 +121,21 @@ def load_splits() -> tuple[dict[str, Sequence[SceneGraph]], Vocab]:
     return splits, vocab
 
 
+def object_features_for(
+    splits: Mapping[str, Sequence[SceneGraph]],
+) -> dict[str, list[np.ndarray] | None]:
+    """Per split, the precomputed object features aligned with its graphs (None without them)."""
+    if FLAGS.feature_source != "precomputed":
+        return {split: None for split in splits}
+    from sgg_jax.data import feature_store
+
+    table = feature_store.load_object_features(FLAGS.object_features)
+    return {
+        split: feature_store.features_for(graphs, table, path=FLAGS.object_features)
+        for split, graphs in splits.items()
+    }
+
+
 def train_pipeline_config(vocab: Vocab, **options: Any) -> pipeline.PipelineConfig:
     """The training pipeline of the flags (SGB pair sampling, reshuffled every epoch)."""
     return pipeline.PipelineConfig(
@@ -144,6 +170,7 @@ def evaluate_scorer(
     *,
     mode: str,
     zeroshot_triplets: np.ndarray | None = None,
+    object_features: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Runs ``scorer`` over every image of ``graphs`` and evaluates its predictions.
 
@@ -154,12 +181,15 @@ def evaluate_scorer(
       vocab: vocabulary (predicate names and train counts give the head/body/tail groups).
       mode: ``predcls`` or ``sgcls``.
       zeroshot_triplets: optional int[Z, 3] for zR@K.
+      object_features: precomputed object features aligned with ``graphs``.
 
     Returns:
       The evaluator's metrics.
     """
     predictions = {}
-    loader = pipeline.make_loader(graphs, eval_pipeline_config(vocab))
+    loader = pipeline.make_loader(
+        graphs, eval_pipeline_config(vocab), object_features=object_features
+    )
     for batch in loader:
         scores, labels, object_scores = scorer(batch)
         predictions.update(batch_predictions(graphs, batch, scores, labels, object_scores))

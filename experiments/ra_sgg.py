@@ -24,6 +24,7 @@ import os
 import sys
 import time
 
+import numpy as np
 from absl import app, flags, logging
 
 from experiments import common
@@ -41,6 +42,12 @@ common.define_data_flags()
 flags.DEFINE_enum("method", "penet", ["penet", "data"], "What to run.")
 flags.DEFINE_enum("model_size", "small", ["small", "official"], "PE-Net sizes.")
 flags.DEFINE_string("glove", None, "GloVe text file to initialise the word embeddings.")
+flags.DEFINE_bool(
+    "frequency_bias",
+    True,
+    "Add the training split's log predicate frequencies of each (subject, object) class pair to the "
+    "logits at inference (official PE-Net, PREDICT_USE_BIAS).",
+)
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw"], "Optimizer.")
 flags.DEFINE_float("learning_rate", 1e-3, "Base learning rate.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
@@ -144,10 +151,12 @@ def _optim_config():
     )
 
 
-def _model_config(vocab):
+def _model_config(vocab, frequency=None):
     from sgg_jax.models.penet import PENetConfig
 
     vectors = {}
+    if frequency is not None:
+        vectors["frequency_bias"] = frequency.log_bias
     if FLAGS.glove:
         from sgg_jax.data import word_vectors
 
@@ -159,7 +168,13 @@ def _model_config(vocab):
             vectors[field] = table
             print(f"{field}: {report.num_missing} of {report.num_words} words not in {FLAGS.glove}")
     make = PENetConfig.small if FLAGS.model_size == "small" else PENetConfig.official
-    return make(vocab.num_classes, vocab.num_predicates, task=FLAGS.task, **vectors)
+    return make(
+        vocab.num_classes,
+        vocab.num_predicates,
+        task=FLAGS.task,
+        feature_source=FLAGS.feature_source,
+        **vectors,
+    )
 
 
 def run_penet(splits, vocab) -> dict:
@@ -181,14 +196,21 @@ def run_penet(splits, vocab) -> dict:
         log_every=FLAGS.log_every,
         progress=FLAGS.progress,
     )
-    model_config = _model_config(vocab)
+    frequency = FrequencyBaseline.from_graphs(
+        splits["train"], vocab.num_classes, vocab.num_predicates
+    )
+    model_config = _model_config(vocab, frequency if FLAGS.frequency_bias else None)
     model = PENet(model_config)
     loss_fn = make_penet_loss(model_config)
     mesh = make_mesh()
-    loader = pipeline.make_loader(splits["train"], common.train_pipeline_config(vocab))
-    val_graphs = splits["val"]
+    features = common.object_features_for(splits)
+    loader = pipeline.make_loader(
+        splits["train"], common.train_pipeline_config(vocab), object_features=features["train"]
+    )
+    val_graphs, val_features = splits["val"], features["val"]
     if FLAGS.eval_images:
         val_graphs = val_graphs[: FLAGS.eval_images]
+        val_features = None if val_features is None else val_features[: FLAGS.eval_images]
     state_holder = {}
 
     def eval_fn(state, step):
@@ -196,7 +218,9 @@ def run_penet(splits, vocab) -> dict:
         scorer = common.model_scorer(
             model, lambda: state_holder["state"].variables, mesh, shard_batch
         )
-        metrics = common.evaluate_scorer(scorer, val_graphs, vocab, mode=FLAGS.task)
+        metrics = common.evaluate_scorer(
+            scorer, val_graphs, vocab, mode=FLAGS.task, object_features=val_features
+        )
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
     run_config = {
@@ -204,7 +228,7 @@ def run_penet(splits, vocab) -> dict:
         "method": "penet",
         "dataset": FLAGS.dataset,
         "task": FLAGS.task,
-        "model": {k: v for k, v in vars(model_config).items() if not k.endswith("word_vectors")},
+        "model": {k: v for k, v in vars(model_config).items() if not isinstance(v, np.ndarray)},
     }
     state, last = train(
         model,
@@ -220,10 +244,12 @@ def run_penet(splits, vocab) -> dict:
     zeroshot_triplets = common.zeroshot_for(splits)
     scorer = common.model_scorer(model, lambda: state.variables, mesh, shard_batch)
     penet_metrics = common.evaluate_scorer(
-        scorer, splits["test"], vocab, mode=FLAGS.task, zeroshot_triplets=zeroshot_triplets
-    )
-    frequency = FrequencyBaseline.from_graphs(
-        splits["train"], vocab.num_classes, vocab.num_predicates
+        scorer,
+        splits["test"],
+        vocab,
+        mode=FLAGS.task,
+        zeroshot_triplets=zeroshot_triplets,
+        object_features=features["test"],
     )
     frequency_metrics = common.evaluate_scorer(
         lambda batch: (frequency.predict_batch(batch), None, None),
@@ -259,9 +285,10 @@ def run_penet(splits, vocab) -> dict:
         num_images=penet_metrics["per_predicate_num_images"],
     )
     if FLAGS.export:
-        example = next(
-            iter(pipeline.make_loader(splits["test"], common.eval_pipeline_config(vocab)))
+        example_loader = pipeline.make_loader(
+            splits["test"], common.eval_pipeline_config(vocab), object_features=features["test"]
         )
+        example = next(iter(example_loader))
 
         def predict_fn(variables, batch):
             import jax

@@ -80,6 +80,7 @@ _INT_FIELDS = (
     "box_embedding_dim",
 )
 _SCALAR_FIELDS = (*_INT_FIELDS, "task", "feature_source", "dropout_rate", "logit_scale_init")
+_ARRAY_FIELDS = ("object_word_vectors", "predicate_word_vectors", "frequency_bias")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,6 +118,11 @@ class PENetConfig:
       object_word_vectors: optional float32[K+1, E] initial object embeddings (row 0 background).
       predicate_word_vectors: optional float32[C, E] initial predicate embeddings (row 0
         background).
+      frequency_bias: optional float32[K+1, K+1, C] ``log`` predicate frequencies per (subject
+        class, object class) from the training split (``FrequencyBaseline.log_bias``). As in the
+        official code with ``PREDICT_USE_BIAS`` (its training script sets it), the bias is added to
+        the relation logits at inference only; it is stored in the non-trainable variable
+        collection ``"frequency"``.
     """
 
     num_classes: int
@@ -134,6 +140,7 @@ class PENetConfig:
     logit_scale_init: float = math.log(1.0 / 0.07)
     object_word_vectors: np.ndarray | None = None
     predicate_word_vectors: np.ndarray | None = None
+    frequency_bias: np.ndarray | None = None
 
     def __post_init__(self):
         for field in _INT_FIELDS:
@@ -173,6 +180,15 @@ class PENetConfig:
                 raise ConfigError(field, "contains NaN or inf")
             vectors.setflags(write=False)
             object.__setattr__(self, field, vectors)
+        if self.frequency_bias is not None:
+            table = np.array(self.frequency_bias, dtype=np.float32)
+            shape = (self.num_classes + 1, self.num_classes + 1, self.num_predicates + 1)
+            if table.shape != shape:
+                raise ConfigError("frequency_bias", f"must have shape {shape}, got {table.shape}")
+            if not np.all(np.isfinite(table)):
+                raise ConfigError("frequency_bias", "contains NaN or inf")
+            table.setflags(write=False)
+            object.__setattr__(self, "frequency_bias", table)
 
     @property
     def num_relation_classes(self) -> int:
@@ -232,7 +248,7 @@ class PENetConfig:
             return NotImplemented
         if any(getattr(self, f) != getattr(other, f) for f in _SCALAR_FIELDS):
             return False
-        for field in ("object_word_vectors", "predicate_word_vectors"):
+        for field in _ARRAY_FIELDS:
             mine, theirs = getattr(self, field), getattr(other, field)
             if (mine is None) != (theirs is None):
                 return False
@@ -242,8 +258,7 @@ class PENetConfig:
 
     def __hash__(self) -> int:
         shapes = tuple(
-            None if getattr(self, f) is None else getattr(self, f).shape
-            for f in ("object_word_vectors", "predicate_word_vectors")
+            None if getattr(self, f) is None else getattr(self, f).shape for f in _ARRAY_FIELDS
         )
         return hash((tuple(getattr(self, f) for f in _SCALAR_FIELDS), shapes))
 
@@ -524,6 +539,17 @@ class PENet(nn.Module):
         relation_logits = jnp.einsum(
             "bph,ch->bpc", l2_normalize(relation_projection), l2_normalize(prototype_projection)
         ) * jnp.exp(logit_scale)
+        if config.frequency_bias is not None:
+            num_labels = config.num_classes + 1
+            log_bias = self.variable(
+                "frequency",
+                "log_bias",
+                lambda: jnp.asarray(config.frequency_bias.reshape(num_labels * num_labels, -1)),
+            ).value
+            if not train:  # official PE-Net: the bias is used at inference only
+                cells = gather_objects(object_labels, pairs[..., 0]) * num_labels
+                cells = cells + gather_objects(object_labels, pairs[..., 1])
+                relation_logits = relation_logits + log_bias[cells]
 
         outputs.update(
             relation_logits=relation_logits,

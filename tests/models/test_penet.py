@@ -365,3 +365,34 @@ def test_a_few_optimizer_steps_reduce_the_loss(graphs, compiled):
     assert float(loss_after) < 0.7 * float(loss_before), (terms_before, terms_after)
     for name in ("relation_ce", "relation_euclidean", "object_ce"):
         assert float(terms_after[name]) < float(terms_before[name]), name
+
+
+def test_frequency_bias_is_added_at_inference_only(batch, compiled):
+    rng = np.random.default_rng(5)
+    table = rng.normal(size=(NUM_CLASSES + 1, NUM_CLASSES + 1, NUM_PREDICATES + 1)).astype(
+        np.float32
+    )
+    plain = compiled["predcls"]
+    biased = Compiled(tiny_config(frequency_bias=table), batch)
+    assert "frequency" in biased.variables
+    variables = {**plain.variables, "frequency": biased.variables["frequency"]}
+    with_bias, _ = biased(batch, variables=variables)
+    without, _ = plain(batch)
+    labels = np.asarray(batch.labels)
+    pairs = np.asarray(batch.pairs)
+    rows = np.arange(labels.shape[0])[:, None]
+    expected = (
+        np.asarray(without["relation_logits"])
+        + table[labels[rows, pairs[..., 0]], labels[rows, pairs[..., 1]]]
+    )
+    np.testing.assert_allclose(np.asarray(with_bias["relation_logits"]), expected, rtol=1e-5)
+    key = {"dropout": jax.random.key(3)}
+    trained, _ = biased(batch, variables=variables, train=True, rngs=key)
+    trained_plain, _ = plain(batch, train=True, rngs=key)
+    np.testing.assert_allclose(
+        np.asarray(trained["relation_logits"]),
+        np.asarray(trained_plain["relation_logits"]),
+        rtol=1e-6,
+    )
+    with pytest.raises(ConfigError, match="option 'frequency_bias'"):
+        tiny_config(frequency_bias=table[:, :, :2])
