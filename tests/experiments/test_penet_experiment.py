@@ -1,0 +1,95 @@
+"""``experiments.ra_sgg --method=penet`` end to end on the smoke flagfile, and its flag errors."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.ra_sgg", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_smoke_trains_evaluates_exports_and_resumes(tmp_path):
+    result = _run("--flagfile=experiments/flags/smoke.flags", f"--workdir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["experiment"] == "ra_sgg" and document["task"] == "predcls"
+    assert set(document["runs"]) == {"FREQ (predcls)", "PE-Net"}
+    penet = document["runs"]["PE-Net"]
+    for key in ("R@20", "R@50", "R@100", "mR@20", "mR@50", "mR@100", "F@100", "mR@all"):
+        assert 0.0 <= penet[key] <= 1.0
+    assert penet["R@20"] <= penet["R@50"] <= penet["R@100"]
+    assert penet["num_images_evaluated"] == 80
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r.get("kind") == "train"]
+    assert train_steps[-1] == 10 and all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert (tmp_path / "plots" / "per_predicate_recall.png").exists()
+
+    import sgg_jax
+
+    predictor = sgg_jax.load_exported(tmp_path / "export")
+    inputs = {
+        "boxes": np.tile(np.array([[10, 10, 50, 60], [30, 20, 90, 80]], np.float32), (8, 8, 1)),
+        "labels": np.ones((8, 16), np.int32),
+        "object_mask": np.zeros((8, 16), bool),
+        "pairs": np.zeros((8, 240, 2), np.int32),
+        "pair_mask": np.zeros((8, 240), bool),
+        "image_size": np.full((8, 2), 100, np.int32),
+    }
+    inputs["object_mask"][:, :2] = True
+    inputs["pairs"][:, 0] = (0, 1)
+    inputs["pairs"][:, 1] = (1, 0)
+    inputs["pair_mask"][:, :2] = True
+    outputs = predictor(inputs)
+    scores = np.asarray(outputs["predicate_scores"])
+    assert scores.shape == (8, 240, 51)
+    np.testing.assert_allclose(scores[:, :2].sum(-1), 1.0, rtol=1e-5)
+
+    again = _run("--flagfile=experiments/flags/smoke.flags", f"--workdir={tmp_path}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = json.loads((tmp_path / "results.json").read_text())
+    assert resumed["runs"]["PE-Net"]["R@100"] == pytest.approx(penet["R@100"], abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch_size=0"], "error: option 'batch_size': must be positive, got 0"),
+        (["--num_steps=0"], "error: option 'num_steps': must be positive, got 0"),
+        (["--max_fg=300"], "error: option 'max_fg': 300 exceeds max_pairs=64"),
+        (["--decay_steps=a"], "error: option 'decay_steps': expected integers, got ['a']"),
+        (
+            ["--feature_source=precomputed"],
+            "error: option 'object_features': is required with --feature_source=precomputed",
+        ),
+    ],
+)
+def test_bad_flags_are_one_line_errors_before_any_work(tmp_path, args, message):
+    result = _run("--flagfile=experiments/flags/smoke.flags", f"--workdir={tmp_path}", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == message
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_official_flagfiles_ask_for_their_data(tmp_path):
+    for name, option in (
+        ("penet_vg150_predcls", "vg150_h5"),
+        ("penet_gqa200_predcls", "gqa200_train"),
+    ):
+        result = _run(f"--flagfile=experiments/flags/{name}.flags", f"--workdir={tmp_path}")
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"error: option '{option}': is required with --dataset={name.split('_')[1]}"
+        )
