@@ -93,3 +93,19 @@ def test_official_flagfiles_ask_for_their_data(tmp_path):
         assert result.stderr.strip().splitlines()[-1] == (
             f"error: option '{option}': is required with --dataset={name.split('_')[1]}"
         )
+
+
+def test_sgcls_smoke_runs_end_to_end(tmp_path):
+    result = _run(
+        "--flagfile=experiments/flags/smoke.flags",
+        f"--workdir={tmp_path}",
+        "--task=sgcls",
+        "--num_steps=4",
+        "--checkpoint_every=0",
+        "--noexport",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["task"] == "sgcls"
+    assert document["runs"]["PE-Net"]["num_images_evaluated"] == 80
+    assert "A@100" in document["runs"]["PE-Net"]
