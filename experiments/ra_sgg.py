@@ -43,6 +43,12 @@ flags.DEFINE_enum("method", "penet", ["penet", "data"], "What to run.")
 flags.DEFINE_enum("model_size", "small", ["small", "official"], "PE-Net sizes.")
 flags.DEFINE_string("glove", None, "GloVe text file to initialise the word embeddings.")
 flags.DEFINE_bool(
+    "bundled_predicate_vectors",
+    False,
+    "Initialise predicate embeddings from the bundled 300-d GloVe vectors of the VG150 predicates "
+    "(names not among them get seeded random vectors). Ignored when --glove is given.",
+)
+flags.DEFINE_bool(
     "frequency_bias",
     True,
     "Add the training split's log predicate frequencies of each (subject, object) class pair to the "
@@ -167,6 +173,23 @@ def _model_config(vocab, frequency=None):
             table, report = word_vectors.glove_name_vectors(FLAGS.glove, names, seed=FLAGS.seed)
             vectors[field] = table
             print(f"{field}: {report.num_missing} of {report.num_words} words not in {FLAGS.glove}")
+    if not FLAGS.glove and FLAGS.bundled_predicate_vectors:
+        from sgg_jax.data import word_vectors
+
+        table = word_vectors.load_bundled_predicate_vectors(300)
+        rng = np.random.default_rng(FLAGS.seed)
+        known = np.stack(list(table.values()))
+        rows, missing = [], []
+        for name in vocab.predicate_names:
+            if name in table:
+                rows.append(table[name])
+            else:
+                missing.append(name)
+                rows.append(rng.normal(0.0, known.std(), 300).astype(np.float32))
+        vectors["predicate_word_vectors"] = np.stack(rows)
+        print(
+            f"predicate_word_vectors: {len(missing)} of {len(rows)} names not in the bundled table"
+        )
     make = PENetConfig.small if FLAGS.model_size == "small" else PENetConfig.official
     return make(
         vocab.num_classes,
