@@ -13,7 +13,7 @@ import importlib.resources
 import os
 from collections.abc import Mapping, Sequence
 
-from sgg_jax.data.jsonio import load_json
+from sgg_jax.data.fileio import load_json
 from sgg_jax.errors import DataError
 from sgg_jax.structures import SceneGraph
 

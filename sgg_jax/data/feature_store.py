@@ -18,11 +18,11 @@ key                dtype / shape    meaning
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Sequence
 
 import numpy as np
 
+from sgg_jax.data.fileio import check_offsets, load_npz
 from sgg_jax.errors import DataError
 from sgg_jax.structures import SceneGraph
 
@@ -51,35 +51,13 @@ def load_object_features(path: str | os.PathLike) -> dict[str, np.ndarray]:
       DataError: naming the file and the field when it is missing, corrupt or inconsistent.
     """
     path = os.fspath(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            for key in ("image_ids", "offsets", "features"):
-                if key not in archive.files:
-                    raise DataError("missing array", path=path, field=key)
-            image_ids, offsets, features = (
-                archive["image_ids"],
-                archive["offsets"],
-                archive["features"],
-            )
-    except FileNotFoundError:
-        raise DataError("file not found", path=path) from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"not a readable .npz file: {exc}", path=path) from None
+    arrays = load_npz(path, ("image_ids", "offsets", "features"))
+    image_ids, offsets, features = arrays["image_ids"], arrays["offsets"], arrays["features"]
     if features.ndim != 2 or not np.all(np.isfinite(features)):
         raise DataError("must be a finite [M, D] array", path=path, field="features")
-    if (
-        offsets.shape != (image_ids.shape[0] + 1,)
-        or offsets[0] != 0
-        or np.any(np.diff(offsets) < 0)
-        or offsets[-1] != features.shape[0]
-    ):
-        raise DataError(
-            "must be non-decreasing offsets from 0 to the number of feature rows",
-            path=path,
-            field="offsets",
-        )
+    check_offsets(
+        offsets, image_ids.shape[0], features.shape[0], path=path, field="offsets", rows="features"
+    )
     return {
         str(image_id): features[offsets[i] : offsets[i + 1]] for i, image_id in enumerate(image_ids)
     }

@@ -28,7 +28,7 @@ import zlib
 
 import numpy as np
 
-from sgg_jax.data.jsonio import load_json, require
+from sgg_jax.data.fileio import load_json, require
 from sgg_jax.data.validation import ReadReport, build_graph
 from sgg_jax.errors import ConfigError, DataError
 from sgg_jax.structures import SceneGraph, Vocab

@@ -49,7 +49,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from sgg_jax.data.jsonio import load_json, require
+from sgg_jax.data.fileio import load_json, require
 from sgg_jax.data.validation import ReadReport, build_graph, dedup_relations
 from sgg_jax.errors import ConfigError, DataError
 from sgg_jax.structures import BACKGROUND, SceneGraph, Vocab

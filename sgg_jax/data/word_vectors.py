@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from sgg_jax.data.jsonio import load_json
+from sgg_jax.data.fileio import load_json
 from sgg_jax.errors import DataError
 
 BACKGROUND = "__background__"

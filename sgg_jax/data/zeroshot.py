@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from sgg_jax.data.jsonio import load_json
+from sgg_jax.data.fileio import load_json
 from sgg_jax.errors import DataError
 
 BUNDLED_VG150 = "vg150_zeroshot_triplets.json.gz"

@@ -168,7 +168,7 @@ def run() -> dict:
         k = max(ks)
         baseline = None
         if FLAGS.baseline:
-            from sgg_jax.data.jsonio import load_json
+            from sgg_jax.data.fileio import load_json
 
             runs = load_json(FLAGS.baseline).get("runs", {})
             key = f"per_predicate_R@{k}"

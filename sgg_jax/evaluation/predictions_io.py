@@ -22,11 +22,11 @@ A model's evaluation loop writes this file with :func:`save_predictions`; the co
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Sequence
 
 import numpy as np
 
+from sgg_jax.data.fileio import check_offsets, load_npz
 from sgg_jax.errors import DataError
 from sgg_jax.structures import Prediction
 
@@ -92,32 +92,17 @@ def load_predictions(path: str | os.PathLike) -> tuple[list[str], list[Predictio
         inconsistent.
     """
     path = os.fspath(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in _KEYS if k not in archive.files]
-            if missing:
-                raise DataError("missing array", path=path, field=missing[0])
-            arrays = {k: archive[k] for k in _KEYS}
-    except FileNotFoundError:
-        raise DataError("file not found", path=path) from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"not a readable .npz file: {exc}", path=path) from None
+    arrays = load_npz(path, _KEYS)
     num_images = arrays["image_ids"].shape[0]
     for offsets_key, rows_key in (("box_offsets", "boxes"), ("pair_offsets", "pairs")):
-        offsets = arrays[offsets_key]
-        if (
-            offsets.shape != (num_images + 1,)
-            or offsets[0] != 0
-            or np.any(np.diff(offsets) < 0)
-            or offsets[-1] != arrays[rows_key].shape[0]
-        ):
-            raise DataError(
-                f"must be {num_images + 1} non-decreasing offsets from 0 to the number of {rows_key}",
-                path=path,
-                field=offsets_key,
-            )
+        check_offsets(
+            arrays[offsets_key],
+            num_images,
+            arrays[rows_key].shape[0],
+            path=path,
+            field=offsets_key,
+            rows=rows_key,
+        )
     for key, rows_key in (
         ("labels", "boxes"),
         ("object_scores", "boxes"),
