@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgg_jax.errors import ConfigError
+from sgg_jax.masked import masked_mean
 from sgg_jax.structures import SceneGraphBatch
 
 PENET_TERMS = (
@@ -56,13 +57,6 @@ LossFn = Callable[
 ]
 
 
-def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-    """``sum(values[mask]) / max(count(mask), 1)``; entries outside the mask never contribute."""
-    mask = jnp.broadcast_to(jnp.asarray(mask, bool), values.shape)
-    total = jnp.sum(jnp.where(mask, values, 0.0))
-    return total / jnp.maximum(jnp.sum(mask, dtype=values.dtype), 1.0)
-
-
 def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean cross-entropy over the masked entries.
 
@@ -77,7 +71,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.
     log_probabilities = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
     labels = jnp.where(jnp.asarray(mask, bool), jnp.asarray(labels, jnp.int32), 0)
     picked = jnp.take_along_axis(log_probabilities, labels[..., None], axis=-1)[..., 0]
-    return _masked_mean(-picked, mask)
+    return masked_mean(-picked, mask)
 
 
 def soft_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
@@ -94,7 +88,7 @@ def soft_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -
     log_probabilities = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
     row_mask = jnp.asarray(mask, bool)[..., None]
     per_entry = -jnp.sum(jnp.where(row_mask, targets * log_probabilities, 0.0), axis=-1)
-    return _masked_mean(per_entry, mask)
+    return masked_mean(per_entry, mask)
 
 
 def squared_distances(vectors: jax.Array, references: jax.Array) -> jax.Array:
@@ -147,7 +141,7 @@ def prototype_euclidean_loss(
     negatives = jnp.where(is_positive, jnp.inf, distances)
     nearest_negatives = -jax.lax.top_k(-negatives, num_negatives)[0]
     negative = jnp.mean(nearest_negatives, axis=-1)  # g⁻
-    return _masked_mean(jnp.maximum(positive - negative + gamma1, 0.0), mask)
+    return masked_mean(jnp.maximum(positive - negative + gamma1, 0.0), mask)
 
 
 def prototype_similarity_loss(prototype_projection: jax.Array) -> jax.Array:

@@ -68,11 +68,11 @@ from typing import Any, NamedTuple
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sgg_jax.data.validation import dedup_relations as _dedup_relations
 from sgg_jax.errors import ConfigError, DataError
+from sgg_jax.masked import masked_mean  # noqa: F401  (re-exported: pipeline.masked_mean)
 from sgg_jax.structures import SceneGraph, SceneGraphBatch
 
 _LOG = logging.getLogger(__name__)
@@ -746,31 +746,3 @@ def make_loader(
       B = ``config.batch_size``, N = ``config.max_objects``, P = ``config.max_pairs``.
     """
     return SceneGraphLoader(source, config, decode, object_features)
-
-
-# ----------------------------------------------------------------------------------------------
-# Masked reductions
-# ----------------------------------------------------------------------------------------------
-
-
-def masked_mean(values: jax.Array, mask: jax.Array, axis: int | Sequence[int] | None = None):
-    """Mean of ``values`` over the entries where ``mask`` is True; padding never contributes.
-
-    Computes ``sum(values * mask) / max(sum(mask), 1)``; masked-out entries are replaced by 0 before
-    the sum, so even inf/NaN in padding cannot leak.
-
-    Args:
-      values: float[...] array.
-      mask: bool[...] broadcastable to ``values.shape``.
-      axis: axes to reduce; None = all.
-
-    Returns:
-      The masked mean, with ``axis`` reduced (0 where the mask is all False).
-    """
-    values = jnp.asarray(values)
-    if not jnp.issubdtype(values.dtype, jnp.floating):
-        values = values.astype(jnp.float32)
-    mask = jnp.broadcast_to(jnp.asarray(mask, bool), values.shape)
-    total = jnp.sum(jnp.where(mask, values, 0), axis=axis)
-    count = jnp.sum(mask, axis=axis, dtype=values.dtype)
-    return total / jnp.maximum(count, 1)
