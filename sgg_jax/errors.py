@@ -44,3 +44,24 @@ class ConfigError(ValueError):
     def __init__(self, option: str, message: str):
         self.option = option
         super().__init__(f"option '{option}': {message}")
+
+
+def is_finite_number(value: object) -> bool:
+    """True for a finite int / float (numpy scalars included), False for bools and anything else."""
+    import math
+
+    import numpy as np
+
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float | np.integer | np.floating)
+        and math.isfinite(value)
+    )
+
+
+def check_int(option: str, value: object, *, minimum: int) -> None:
+    """Raises :class:`ConfigError` naming ``option`` unless ``value`` is an int ``>= minimum``."""
+    import numpy as np
+
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ConfigError(option, f"must be an integer >= {minimum}, got {value!r}")

@@ -31,7 +31,6 @@ padding cannot leak), and each mean is divided by the mask count of the whole ba
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgg_jax.errors import ConfigError
+from sgg_jax.errors import ConfigError, is_finite_number
 from sgg_jax.masked import masked_mean
 from sgg_jax.structures import SceneGraphBatch
 
@@ -181,20 +180,12 @@ def prototype_distance_loss(prototype_projection: jax.Array, *, gamma2: float = 
     return jnp.mean(jnp.maximum(gamma2 - nearest, 0.0))
 
 
-def _is_finite_number(value: Any) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float | np.integer | np.floating)
-        and math.isfinite(value)
-    )
-
-
 def _check_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
     resolved = dict.fromkeys(PENET_TERMS, 1.0)
     for name, value in (weights or {}).items():
         if name not in resolved:
             raise ConfigError("weights", f"unknown term {name!r}; expected some of {PENET_TERMS}")
-        if not _is_finite_number(value):
+        if not is_finite_number(value):
             raise ConfigError(
                 "weights", f"weight of {name!r} must be a finite number, got {value!r}"
             )
@@ -273,7 +264,7 @@ def make_penet_loss(
       ConfigError: for a bad margin, ``num_negatives`` or weight.
     """
     for option, value in (("gamma1", gamma1), ("gamma2", gamma2)):
-        if not _is_finite_number(value):
+        if not is_finite_number(value):
             raise ConfigError(option, f"must be a finite number, got {value!r}")
     if (
         isinstance(num_negatives, bool)

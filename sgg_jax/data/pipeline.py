@@ -71,7 +71,7 @@ import jax
 import numpy as np
 
 from sgg_jax.data.validation import dedup_relations as _dedup_relations
-from sgg_jax.errors import ConfigError, DataError
+from sgg_jax.errors import ConfigError, DataError, check_int
 from sgg_jax.masked import masked_mean  # noqa: F401  (re-exported: pipeline.masked_mean)
 from sgg_jax.structures import SceneGraph, SceneGraphBatch
 
@@ -141,9 +141,9 @@ class PipelineConfig:
 
     def __post_init__(self):
         for name in ("batch_size", "max_objects", "max_pairs"):
-            _check_positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name), minimum=1)
         if self.train:
-            _check_positive_int("max_fg", self.max_fg)
+            check_int("max_fg", self.max_fg, minimum=1)
             if self.max_fg > self.max_pairs:
                 raise ConfigError(
                     "max_fg", f"{self.max_fg} foreground pairs exceed max_pairs={self.max_pairs}"
@@ -151,9 +151,9 @@ class PipelineConfig:
         if not isinstance(self.seed, int | np.integer) or not 0 <= int(self.seed) < 2**63:
             raise ConfigError("seed", f"must be a non-negative integer, got {self.seed!r}")
         if self.num_epochs is not None:
-            _check_positive_int("num_epochs", self.num_epochs)
+            check_int("num_epochs", self.num_epochs, minimum=1)
         if self.num_predicates is not None:
-            _check_positive_int("num_predicates", self.num_predicates)
+            check_int("num_predicates", self.num_predicates, minimum=1)
         if self.multi_label_targets:
             if self.num_predicates is None:
                 raise ConfigError(
@@ -166,7 +166,7 @@ class PipelineConfig:
                     "histogram of the duplicate predicates on a pair",
                 )
         if self.shard_count is not None:
-            _check_positive_int("shard_count", self.shard_count)
+            check_int("shard_count", self.shard_count, minimum=1)
         if self.shard_index is not None:
             upper = self.shard_count if self.shard_count is not None else None
             if (
@@ -211,11 +211,6 @@ class PipelineConfig:
         if not 0 <= index < count:
             raise ConfigError("shard_index", f"must be in [0, {count}), got {index}")
         return int(index), int(count)
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ConfigError(name, f"must be a positive integer, got {value!r}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgg_jax import boxes as box_ops
-from sgg_jax.errors import ConfigError
+from sgg_jax.errors import ConfigError, is_finite_number
 from sgg_jax.models.features import FEATURE_SOURCES, gather_objects, make_feature_source
 from sgg_jax.structures import SceneGraphBatch
 
@@ -86,14 +86,6 @@ _ARRAY_FIELDS = ("object_word_vectors", "predicate_word_vectors", "frequency_bia
 # ----------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------
-
-
-def _is_finite_number(value: Any) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float | np.integer | np.floating)
-        and math.isfinite(value)
-    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -156,10 +148,10 @@ class PENetConfig:
         if self.feature_source not in FEATURE_SOURCES:
             make_feature_source(self.feature_source)  # raises the source's own ConfigError
         rate = self.dropout_rate
-        if not _is_finite_number(rate) or not 0.0 <= rate < 1.0:
+        if not is_finite_number(rate) or not 0.0 <= rate < 1.0:
             raise ConfigError("dropout_rate", f"must lie in [0, 1), got {rate!r}")
         scale = self.logit_scale_init
-        if not _is_finite_number(scale):
+        if not is_finite_number(scale):
             raise ConfigError("logit_scale_init", f"must be a finite number, got {scale!r}")
         object.__setattr__(self, "dropout_rate", float(rate))
         object.__setattr__(self, "logit_scale_init", float(scale))

@@ -41,7 +41,7 @@ from jax.sharding import Mesh
 from tensorboardX import SummaryWriter
 
 from sgg_jax.data.pipeline import SceneGraphLoader
-from sgg_jax.errors import ConfigError
+from sgg_jax.errors import ConfigError, check_int
 from sgg_jax.structures import SceneGraphBatch
 from sgg_jax.train import mesh as mesh_lib
 from sgg_jax.train.checkpoint import Checkpointer, jsonable
@@ -180,17 +180,12 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        _check_int("num_steps", self.num_steps, minimum=1)
-        _check_int("seed", self.seed, minimum=0)
-        _check_int("checkpoint_every", self.checkpoint_every, minimum=0)
-        _check_int("max_to_keep", self.max_to_keep, minimum=1)
-        _check_int("eval_every", self.eval_every, minimum=0)
-        _check_int("log_every", self.log_every, minimum=1)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
+        check_int("num_steps", self.num_steps, minimum=1)
+        check_int("seed", self.seed, minimum=0)
+        check_int("checkpoint_every", self.checkpoint_every, minimum=0)
+        check_int("max_to_keep", self.max_to_keep, minimum=1)
+        check_int("eval_every", self.eval_every, minimum=0)
+        check_int("log_every", self.log_every, minimum=1)
 
 
 # ----------------------------------------------------------------------------------------------
