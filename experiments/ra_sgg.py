@@ -39,7 +39,7 @@ from sgg_jax.errors import ConfigError, DataError
 
 FLAGS = flags.FLAGS
 common.define_data_flags()
-flags.DEFINE_enum("method", "penet", ["penet", "data"], "What to run.")
+flags.DEFINE_enum("method", "penet", ["ra_sgg", "penet", "data"], "What to run.")
 flags.DEFINE_enum("model_size", "small", ["small", "official"], "PE-Net sizes.")
 flags.DEFINE_string("glove", None, "GloVe text file to initialise the word embeddings.")
 flags.DEFINE_bool(
@@ -69,6 +69,32 @@ flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.")
 flags.DEFINE_integer("log_every", 20, "Write training metrics every N updates.")
 flags.DEFINE_bool("export", True, "Export the predict function at the end.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+# RA-SGG phase 2 (--method=ra_sgg)
+flags.DEFINE_integer("phase2_steps", 2000, "Phase-2 updates, starting from the phase-1 model.")
+flags.DEFINE_float("phase2_learning_rate", None, "Phase-2 learning rate (default --learning_rate).")
+flags.DEFINE_integer("phase2_warmup_steps", 0, "Phase-2 linear warmup updates.")
+flags.DEFINE_integer("num_neighbours", 20, "K relations retrieved (paper: 20 PredCls, 10 SGCls).")
+flags.DEFINE_float("tau", 0.5, "Label-inconsistency threshold: d >= tau selects a candidate.")
+flags.DEFINE_bool("no_selection", False, "Ablation: augment every foreground relation.")
+flags.DEFINE_bool("no_ipss", False, "Ablation: sample from the raw retrieved histogram.")
+flags.DEFINE_enum(
+    "weighting",
+    "inverse_propensity",
+    ["inverse_propensity", "class_balanced", "uniform"],
+    "Sampling weights of the augmented predicate (paper: inverse_propensity; official code: "
+    "class_balanced).",
+)
+flags.DEFINE_bool("tail_only", False, "Only relabel toward rarer predicates (official code).")
+flags.DEFINE_bool(
+    "relabel_background", False, "Relabel one background pair per image (official code)."
+)
+flags.DEFINE_enum("lambda_mode", "beta", ["beta", "fixed"], "lambda ~ Beta(20, 5) or fixed.")
+flags.DEFINE_float("lambda_value", 0.8, "lambda with --lambda_mode=fixed.")
+flags.DEFINE_integer("bank_refresh_steps", 0, "Rebuild the memory bank every N updates (0: never).")
+flags.DEFINE_enum("retrieval_backend", "scann", ["scann", "exact"], "Memory-bank search backend.")
+flags.DEFINE_list(
+    "ablations", [], "Extra phase-2 runs: no_selection, no_ipss, continue_penet (plain PE-Net)."
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,118 +226,128 @@ def _model_config(vocab, frequency=None):
     )
 
 
-def run_penet(splits, vocab) -> dict:
-    """Trains PE-Net, evaluates it and the FREQ baseline on test, writes results and the export."""
-    from sgg_jax.evaluation import report
-    from sgg_jax.losses import make_penet_loss
-    from sgg_jax.models.frequency import FrequencyBaseline
-    from sgg_jax.models.penet import PENet
-    from sgg_jax.train import TrainConfig, make_mesh, shard_batch, train
-    from sgg_jax.train.export import export
+class _Experiment:
+    """What every phase of a run shares: data, model, loaders, mesh, evaluation."""
 
-    optim_config = _optim_config()
-    train_config = TrainConfig(
-        num_steps=FLAGS.num_steps,
-        seed=FLAGS.seed,
-        checkpoint_every=FLAGS.checkpoint_every,
-        max_to_keep=FLAGS.keep_checkpoints,
-        eval_every=FLAGS.eval_every,
-        log_every=FLAGS.log_every,
-        progress=FLAGS.progress,
-    )
-    frequency = FrequencyBaseline.from_graphs(
-        splits["train"], vocab.num_classes, vocab.num_predicates
-    )
-    model_config = _model_config(vocab, frequency if FLAGS.frequency_bias else None)
-    model = PENet(model_config)
-    loss_fn = make_penet_loss(model_config)
-    mesh = make_mesh()
-    features = common.object_features_for(splits)
-    loader = pipeline.make_loader(
-        splits["train"], common.train_pipeline_config(vocab), object_features=features["train"]
-    )
-    val_graphs, val_features = splits["val"], features["val"]
-    if FLAGS.eval_images:
-        val_graphs = val_graphs[: FLAGS.eval_images]
-        val_features = None if val_features is None else val_features[: FLAGS.eval_images]
-    state_holder = {}
+    def __init__(self, splits, vocab):
+        from sgg_jax.models.frequency import FrequencyBaseline
+        from sgg_jax.models.penet import PENet
+        from sgg_jax.train import make_mesh
 
-    def eval_fn(state, step):
-        state_holder["state"] = state
-        scorer = common.model_scorer(
-            model, lambda: state_holder["state"].variables, mesh, shard_batch
+        self.splits, self.vocab = splits, vocab
+        self.frequency = FrequencyBaseline.from_graphs(
+            splits["train"], vocab.num_classes, vocab.num_predicates
         )
-        metrics = common.evaluate_scorer(
-            scorer, val_graphs, vocab, mode=FLAGS.task, object_features=val_features
+        self.model_config = _model_config(vocab, self.frequency if FLAGS.frequency_bias else None)
+        self.model = PENet(self.model_config)
+        self.mesh = make_mesh()
+        self.features = common.object_features_for(splits)
+        self.loader = pipeline.make_loader(
+            splits["train"],
+            common.train_pipeline_config(vocab),
+            object_features=self.features["train"],
         )
-        return {k: v for k, v in metrics.items() if isinstance(v, float)}
+        self.val_graphs, self.val_features = splits["val"], self.features["val"]
+        if FLAGS.eval_images:
+            self.val_graphs = self.val_graphs[: FLAGS.eval_images]
+            if self.val_features is not None:
+                self.val_features = self.val_features[: FLAGS.eval_images]
+        self.zeroshot_triplets = common.zeroshot_for(splits)
+        self.run_config = {
+            "experiment": "ra_sgg",
+            "method": FLAGS.method,
+            "dataset": FLAGS.dataset,
+            "task": FLAGS.task,
+            "model": {
+                k: v for k, v in vars(self.model_config).items() if not isinstance(v, np.ndarray)
+            },
+        }
 
-    run_config = {
-        "experiment": "ra_sgg",
-        "method": "penet",
-        "dataset": FLAGS.dataset,
-        "task": FLAGS.task,
-        "model": {k: v for k, v in vars(model_config).items() if not isinstance(v, np.ndarray)},
-    }
-    state, last = train(
-        model,
+    def scorer(self, variables_fn):
+        from sgg_jax.train import shard_batch
+
+        return common.model_scorer(self.model, variables_fn, self.mesh, shard_batch)
+
+    def train_phase(
+        self,
+        workdir,
+        *,
+        num_steps,
+        optim_config,
         loss_fn,
-        loader,
-        workdir=FLAGS.workdir,
-        train_config=train_config,
-        optim_config=optim_config,
-        eval_fn=eval_fn,
-        mesh=mesh,
-        config=run_config,
-    )
-    zeroshot_triplets = common.zeroshot_for(splits)
-    scorer = common.model_scorer(model, lambda: state.variables, mesh, shard_batch)
-    penet_metrics = common.evaluate_scorer(
-        scorer,
-        splits["test"],
-        vocab,
-        mode=FLAGS.task,
-        zeroshot_triplets=zeroshot_triplets,
-        object_features=features["test"],
-    )
-    frequency_metrics = common.evaluate_scorer(
-        lambda batch: (frequency.predict_batch(batch), None, None),
-        splits["test"],
-        vocab,
-        mode="predcls",
-        zeroshot_triplets=zeroshot_triplets,
-    )
-    runs = {"FREQ (predcls)": frequency_metrics, "PE-Net": penet_metrics}
-    report.write_results(
-        FLAGS.workdir,
-        experiment="ra_sgg",
-        dataset=FLAGS.dataset,
-        task=FLAGS.task,
-        seed=FLAGS.seed,
-        runs=runs,
-    )
-    columns = [f"{m}@{k}" for m in ("R", "mR", "F") for k in (20, 50, 100)]
-    columns += ["mR@all", "zR@100", "ngR@100", "ngmR@100"]
-    columns = [c for c in columns if c in penet_metrics]
-    print(f"\n{FLAGS.dataset} test, {FLAGS.task}, {len(splits['test'])} images (values in %):")
-    print(report.metrics_table(runs, columns=columns), end="")
-    plots = os.path.join(FLAGS.workdir, "plots")
-    os.makedirs(plots, exist_ok=True)
-    report.plot_per_predicate_recall(
-        os.path.join(plots, "per_predicate_recall.png"),
-        penet_metrics["per_predicate_R@100"],
-        vocab.predicate_names,
-        vocab.predicate_counts,
-        baseline=frequency_metrics["per_predicate_R@100"],
-        label="PE-Net",
-        baseline_label="FREQ",
-        num_images=penet_metrics["per_predicate_num_images"],
-    )
-    if FLAGS.export:
+        batch_transform=None,
+        init_variables=None,
+        extra_config=None,
+    ):
+        """Trains (or resumes) one phase in ``workdir``; periodic evaluation on val."""
+        from sgg_jax.train import TrainConfig, train
+
+        train_config = TrainConfig(
+            num_steps=num_steps,
+            seed=FLAGS.seed,
+            checkpoint_every=FLAGS.checkpoint_every,
+            max_to_keep=FLAGS.keep_checkpoints,
+            eval_every=FLAGS.eval_every,
+            log_every=FLAGS.log_every,
+            progress=FLAGS.progress,
+        )
+        holder = {}
+
+        def eval_fn(state, step):
+            holder["state"] = state
+            metrics = common.evaluate_scorer(
+                self.scorer(lambda: holder["state"].variables),
+                self.val_graphs,
+                self.vocab,
+                mode=FLAGS.task,
+                object_features=self.val_features,
+            )
+            return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+        state, last = train(
+            self.model,
+            loss_fn,
+            self.loader,
+            workdir=workdir,
+            train_config=train_config,
+            optim_config=optim_config,
+            eval_fn=eval_fn,
+            mesh=self.mesh,
+            config={**self.run_config, **(extra_config or {})},
+            batch_transform=batch_transform,
+            init_variables=init_variables,
+        )
+        return state, last
+
+    def test_metrics(self, variables):
+        return common.evaluate_scorer(
+            self.scorer(lambda: variables),
+            self.splits["test"],
+            self.vocab,
+            mode=FLAGS.task,
+            zeroshot_triplets=self.zeroshot_triplets,
+            object_features=self.features["test"],
+        )
+
+    def frequency_metrics(self):
+        return common.evaluate_scorer(
+            lambda batch: (self.frequency.predict_batch(batch), None, None),
+            self.splits["test"],
+            self.vocab,
+            mode="predcls",
+            zeroshot_triplets=self.zeroshot_triplets,
+        )
+
+    def export(self, state):
+        from sgg_jax.train.export import export
+
         example_loader = pipeline.make_loader(
-            splits["test"], common.eval_pipeline_config(vocab), object_features=features["test"]
+            self.splits["test"],
+            common.eval_pipeline_config(self.vocab),
+            object_features=self.features["test"],
         )
         example = next(iter(example_loader))
+        model = self.model
 
         def predict_fn(variables, batch):
             import jax
@@ -327,12 +363,211 @@ def run_penet(splits, vocab) -> dict:
             state,
             predict_fn,
             example,
-            config=run_config,
+            config=self.run_config,
             out_dir=os.path.join(FLAGS.workdir, "export"),
         )
         print(f"exported the predict function to {path}")
+
+
+_COLUMNS = [f"{m}@{k}" for m in ("R", "mR", "F") for k in (20, 50, 100)]
+_COLUMNS += ["mR@all", "zR@100", "ngR@100", "ngmR@100"]
+
+
+def _report(experiment, runs, *, model_name, baseline_name, extra=None):
+    """results.json / results.md, the printed table and the per-predicate recall plot."""
+    from sgg_jax.evaluation import report
+
+    document = report.write_results(
+        FLAGS.workdir,
+        experiment="ra_sgg",
+        dataset=FLAGS.dataset,
+        task=FLAGS.task,
+        seed=FLAGS.seed,
+        runs=runs,
+    )
+    if extra:
+        document.update(extra)
+        with open(os.path.join(FLAGS.workdir, "results.json"), "w") as handle:
+            json.dump(document, handle, indent=2)
+    model_metrics = runs[model_name]
+    columns = [c for c in _COLUMNS if c in model_metrics]
+    num_images = len(experiment.splits["test"])
+    print(f"\n{FLAGS.dataset} test, {FLAGS.task}, {num_images} images (values in %):")
+    print(report.metrics_table(runs, columns=columns), end="")
+    plots = os.path.join(FLAGS.workdir, "plots")
+    os.makedirs(plots, exist_ok=True)
+    report.plot_per_predicate_recall(
+        os.path.join(plots, "per_predicate_recall.png"),
+        model_metrics["per_predicate_R@100"],
+        experiment.vocab.predicate_names,
+        experiment.vocab.predicate_counts,
+        baseline=runs[baseline_name]["per_predicate_R@100"],
+        label=model_name,
+        baseline_label=baseline_name,
+        num_images=model_metrics["per_predicate_num_images"],
+    )
     print(f"results: {os.path.join(FLAGS.workdir, 'results.json')}")
+    return document
+
+
+def run_penet(splits, vocab) -> dict:
+    """Trains PE-Net, evaluates it and the FREQ baseline on test, writes results and the export."""
+    from sgg_jax.losses import make_penet_loss
+
+    experiment = _Experiment(splits, vocab)
+    state, last = experiment.train_phase(
+        FLAGS.workdir,
+        num_steps=FLAGS.num_steps,
+        optim_config=_optim_config(),
+        loss_fn=make_penet_loss(experiment.model_config),
+    )
+    runs = {"FREQ (predcls)": experiment.frequency_metrics()}
+    runs["PE-Net"] = experiment.test_metrics(state.variables)
+    _report(experiment, runs, model_name="PE-Net", baseline_name="FREQ (predcls)")
+    if FLAGS.export:
+        experiment.export(state)
     return {"runs": runs, "last_train_metrics": last}
+
+
+# ----------------------------------------------------------------------------------------------
+# RA-SGG (phase 1 = PE-Net, phase 2 = retrieval-augmented multi-prototype learning)
+# ----------------------------------------------------------------------------------------------
+
+_VARIANTS = {
+    # name -> (label in the results, RASGGConfig overrides, retrieval on)
+    "ra_sgg": ("RA-SGG", {}, True),
+    "no_selection": ("RA-SGG w/o selection", {"select": False}, True),
+    "no_ipss": ("RA-SGG w/o IPSS", {"weighting": "uniform"}, True),
+    "continue_penet": ("PE-Net continued", {}, False),
+}
+
+
+def _ra_config(**overrides):
+    from sgg_jax.retrieval.ra_sgg import RASGGConfig
+
+    options = dict(
+        num_neighbours=FLAGS.num_neighbours,
+        tau=FLAGS.tau,
+        select=not FLAGS.no_selection,
+        weighting="uniform" if FLAGS.no_ipss else FLAGS.weighting,
+        tail_only=FLAGS.tail_only,
+        relabel_background=FLAGS.relabel_background,
+        lambda_mode=FLAGS.lambda_mode,
+        lambda_value=FLAGS.lambda_value,
+        bank_refresh_steps=FLAGS.bank_refresh_steps,
+        seed=FLAGS.seed,
+    )
+    options.update(overrides)
+    return RASGGConfig(**options)
+
+
+def _phase2_optim_config():
+    import dataclasses
+
+    config = _optim_config()
+    rate = FLAGS.phase2_learning_rate or config.learning_rate
+    return dataclasses.replace(
+        config, learning_rate=rate, warmup_steps=FLAGS.phase2_warmup_steps, decay_steps=()
+    )
+
+
+def _check_ra_flags():
+    _ra_config()  # validates the RA-SGG options
+    _phase2_optim_config()
+    if FLAGS.phase2_steps <= 0:
+        raise ConfigError("phase2_steps", f"must be positive, got {FLAGS.phase2_steps}")
+    unknown = sorted(set(FLAGS.ablations) - (set(_VARIANTS) - {"ra_sgg"}))
+    if unknown:
+        raise ConfigError(
+            "ablations",
+            f"unknown {unknown}; expected some of {sorted(set(_VARIANTS) - {'ra_sgg'})}",
+        )
+
+
+def run_ra_sgg(splits, vocab) -> dict:
+    """Phase 1 (PE-Net), phase 2 (RA-SGG) and the requested ablations, all evaluated on test."""
+    from sgg_jax.losses import make_penet_loss
+    from sgg_jax.retrieval.memory_bank import MemoryBank
+    from sgg_jax.retrieval.ra_sgg import RetrievalAugmenter, make_embed_fn
+    from sgg_jax.train import shard_batch
+
+    experiment = _Experiment(splits, vocab)
+    phase1_state, _ = experiment.train_phase(
+        os.path.join(FLAGS.workdir, "phase1"),
+        num_steps=FLAGS.num_steps,
+        optim_config=_optim_config(),
+        loss_fn=make_penet_loss(experiment.model_config),
+    )
+    phase1_variables = phase1_state.variables
+    runs = {"FREQ (predcls)": experiment.frequency_metrics()}
+    runs["PE-Net"] = experiment.test_metrics(phase1_variables)
+    embed = make_embed_fn(experiment.model, experiment.mesh, shard_batch)
+    bank = MemoryBank(
+        splits["train"],
+        max_objects=FLAGS.max_objects,
+        num_predicates=vocab.num_predicates,
+        backend=FLAGS.retrieval_backend,
+        batch_size=FLAGS.eval_batch_size,
+        object_features=experiment.features["train"],
+    )
+    print(f"memory bank: {bank.size} training relations")
+    summaries = {}
+    final_state = None
+    for variant in ["ra_sgg", *FLAGS.ablations]:
+        label, overrides, retrieval = _VARIANTS[variant]
+        ra_config = _ra_config(**overrides)
+        augmenter = None
+        if retrieval:
+            augmenter = RetrievalAugmenter(
+                bank,
+                embed,
+                vocab.predicate_counts,
+                ra_config,
+                foreground_slots=FLAGS.max_fg,
+            )
+        print(f"phase 2: {label} ({FLAGS.phase2_steps} updates from the phase-1 model)")
+        state, last = experiment.train_phase(
+            os.path.join(FLAGS.workdir, "phase2" if variant == "ra_sgg" else f"phase2_{variant}"),
+            num_steps=FLAGS.phase2_steps,
+            optim_config=_phase2_optim_config(),
+            loss_fn=make_penet_loss(experiment.model_config, multi_prototype=retrieval),
+            batch_transform=augmenter,
+            init_variables=phase1_variables,
+            extra_config={"phase": 2, "variant": variant, "ra_sgg": vars(ra_config)},
+        )
+        runs[label] = experiment.test_metrics(state.variables)
+        if augmenter is not None:
+            summary = augmenter.summary()
+            if summary["foreground_relations"] == 0:  # a finished run resumed: from its metrics
+                summary = {k: v for k, v in last.items() if k.startswith("ra/")}
+            summaries[label] = summary
+        if variant == "ra_sgg":
+            final_state = state
+    penet, ra = runs["PE-Net"], runs["RA-SGG"]
+    deltas = {
+        column: ra[column] - penet[column]
+        for column in _COLUMNS
+        if isinstance(ra.get(column), float) and isinstance(penet.get(column), float)
+    }
+    _report(
+        experiment,
+        runs,
+        model_name="RA-SGG",
+        baseline_name="PE-Net",
+        extra={"ra_sgg": {"augmentation": summaries, "delta_vs_penet": deltas}},
+    )
+    print(
+        "RA-SGG - PE-Net (points): "
+        + ", ".join(
+            f"{c} {100 * deltas[c]:+.2f}" for c in ("R@100", "mR@100", "F@100") if c in deltas
+        )
+    )
+    for label, summary in summaries.items():
+        described = ", ".join(f"{k} {v:.3f}" for k, v in summary.items())
+        print(f"{label}: {described}")
+    if FLAGS.export:
+        experiment.export(final_state)
+    return {"runs": runs, "augmentation": summaries}
 
 
 def main(argv):
@@ -342,10 +577,12 @@ def main(argv):
         return 2
     try:
         common.check_data_flags()
-        if FLAGS.method == "penet":
+        if FLAGS.method in ("penet", "ra_sgg"):
             _optim_config()  # validates the optimizer flags before any data or compile
             if FLAGS.num_steps <= 0:
                 raise ConfigError("num_steps", f"must be positive, got {FLAGS.num_steps}")
+        if FLAGS.method == "ra_sgg":
+            _check_ra_flags()
         if FLAGS.distributed:
             from sgg_jax.train import initialize_distributed
 
@@ -353,6 +590,8 @@ def main(argv):
         splits, vocab = common.load_splits()
         if FLAGS.method == "data":
             run_data_stage(splits, vocab)
+        elif FLAGS.method == "ra_sgg":
+            run_ra_sgg(splits, vocab)
         else:
             run_penet(splits, vocab)
     except (DataError, ConfigError) as error:

@@ -249,6 +249,7 @@ def make_penet_loss(
     gamma2: float = 7.0,
     num_negatives: int = 10,
     weights: Mapping[str, float] | None = None,
+    multi_prototype: bool = False,
 ) -> LossFn:
     """The PE-Net loss of a model config, as ``loss_fn(outputs, aux, batch)``.
 
@@ -256,6 +257,8 @@ def make_penet_loss(
       config: a :class:`sgg_jax.models.penet.PENetConfig` (``task`` decides the object CE,
         ``num_predicates`` bounds ``num_negatives``).
       gamma1, gamma2, num_negatives, weights: see :func:`penet_losses`.
+      multi_prototype: RA-SGG phase 2, :func:`ra_sgg_losses` (relation terms against
+        ``batch.soft_targets``) instead of :func:`penet_losses`.
 
     Returns:
       ``loss_fn(outputs, aux, batch) -> (loss, terms)``.
@@ -287,7 +290,8 @@ def make_penet_loss(
                 f"the loss was built for {config.task!r} but the model outputs "
                 f"{'no ' if with_objects else ''}object_logits",
             )
-        return penet_losses(
+        losses = ra_sgg_losses if multi_prototype else penet_losses
+        return losses(
             outputs,
             aux,
             batch,
@@ -298,3 +302,114 @@ def make_penet_loss(
         )
 
     return loss_fn
+
+
+# ----------------------------------------------------------------------------------------------
+# RA-SGG phase 2: multi-prototype targets
+# ----------------------------------------------------------------------------------------------
+
+
+def multi_prototype_euclidean_loss(
+    relation_projection: jax.Array,
+    prototype_projection: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    *,
+    gamma1: float = 1.0,
+    num_negatives: int = 10,
+) -> jax.Array:
+    """L_e_euc pulled toward several prototypes: the target-weighted mix of per-class hinges' cores.
+
+    RA-SGG trains a relation whose label was augmented toward both prototypes. With
+    ``targets = λ·onehot(gt) + (1−λ)·onehot(aug)`` the per-pair loss is
+    ``max(0, Σ_c t_c (g_c − g⁻_c) + γ1)``, where ``g_c = ‖r − c_c‖²`` and ``g⁻_c`` is the mean of the
+    ``k1`` smallest ``g_j`` over ``j ≠ c`` — the official RA-SGG code's
+    ``λ (g⁺ − g⁻) + (1−λ)(g⁺_mix − g⁻_mix) + γ1`` inside one hinge, where each ``g⁻`` excludes only its
+    own class. For one-hot targets it equals :func:`prototype_euclidean_loss`.
+
+    Args:
+      relation_projection: f32[B, P, D] projected relation vectors ``r``.
+      prototype_projection: f32[C, D] projected prototypes ``c``.
+      targets: f32[B, P, C] target distribution per pair.
+      mask: bool[B, P] pairs that count.
+      gamma1: margin γ1.
+      num_negatives: k1.
+
+    Returns:
+      f32[] masked mean of the per-pair hinge.
+    """
+    num_classes = prototype_projection.shape[0]
+    if not 1 <= num_negatives <= num_classes - 1:
+        raise ConfigError(
+            "num_negatives", f"must lie in [1, {num_classes - 1}] (C − 1), got {num_negatives}"
+        )
+    distances = squared_distances(relation_projection, prototype_projection)  # g_c
+    # The k1 + 1 smallest distances: g⁻_c drops class c if it is among the first k1 of them.
+    smallest, order = jax.lax.top_k(-distances, num_negatives + 1)
+    smallest = -smallest
+    first_k = jnp.sum(smallest[..., :num_negatives], axis=-1, keepdims=True)
+    extra = smallest[..., num_negatives:]
+    in_first_k = jnp.any(
+        jax.nn.one_hot(order[..., :num_negatives], num_classes, dtype=bool), axis=-2
+    )
+    negative = jnp.where(in_first_k, first_k + extra - distances, first_k) / num_negatives  # g⁻_c
+    targets = jnp.where(jnp.asarray(mask, bool)[..., None], jnp.asarray(targets, jnp.float32), 0.0)
+    core = jnp.sum(targets * (distances - negative), axis=-1)
+    return masked_mean(jnp.maximum(core + gamma1, 0.0), mask)
+
+
+def ra_sgg_losses(
+    outputs: Mapping[str, jax.Array],
+    aux: Mapping[str, jax.Array],
+    batch: SceneGraphBatch,
+    *,
+    gamma1: float = 1.0,
+    gamma2: float = 7.0,
+    num_negatives: int = 10,
+    weights: Mapping[str, float] | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """RA-SGG phase 2: PE-Net's loss with the relation terms against ``batch.soft_targets``.
+
+    ``relation_ce`` becomes the soft-target cross-entropy and ``relation_euclidean`` the
+    :func:`multi_prototype_euclidean_loss`; the prototype regularisers and the object CE are PE-Net's.
+    Without ``soft_targets`` the batch's hard labels are used (one-hot targets), which gives exactly
+    :func:`penet_losses`.
+
+    Args:
+      outputs, aux, batch, gamma1, gamma2, num_negatives, weights: as :func:`penet_losses`;
+        ``batch.soft_targets`` f32[B, P, C] (rows summing to 1 on real pairs).
+
+    Returns:
+      ``(loss f32[], terms)``.
+    """
+    resolved = _check_weights(weights)
+    pair_mask = jnp.asarray(batch.pair_mask, bool)
+    prototype_projection = aux["prototype_projection"]
+    num_classes = prototype_projection.shape[0]
+    if batch.soft_targets is None:
+        targets = jax.nn.one_hot(batch.pair_labels, num_classes, dtype=jnp.float32)
+    else:
+        targets = jnp.asarray(batch.soft_targets, jnp.float32)
+        if targets.shape[-1] != num_classes:
+            raise ConfigError(
+                "soft_targets", f"have {targets.shape[-1]} classes, the model {num_classes}"
+            )
+    terms = {
+        "relation_ce": soft_cross_entropy(outputs["relation_logits"], targets, pair_mask),
+        "relation_euclidean": multi_prototype_euclidean_loss(
+            aux["relation_projection"],
+            prototype_projection,
+            targets,
+            pair_mask,
+            gamma1=gamma1,
+            num_negatives=num_negatives,
+        ),
+        "prototype_similarity": prototype_similarity_loss(prototype_projection),
+        "prototype_distance": prototype_distance_loss(prototype_projection, gamma2=gamma2),
+    }
+    if "object_logits" in outputs:
+        terms["object_ce"] = cross_entropy(
+            outputs["object_logits"], batch.labels, jnp.asarray(batch.object_mask, bool)
+        )
+    loss = sum(resolved[name] * value for name, value in terms.items())
+    return loss, terms

@@ -303,3 +303,139 @@ def test_make_penet_loss_follows_the_config():
         losses.make_penet_loss(config, gamma1=float("nan"))
     with pytest.raises(ConfigError, match="'weights'"):
         losses.make_penet_loss(config, weights={"relation_ce": "high"})
+
+
+# ----------------------------------------------------------------------------------------------
+# RA-SGG multi-prototype terms
+# ----------------------------------------------------------------------------------------------
+
+
+def reference_multi_prototype_euclidean(relation, prototypes, gt, aug, lam, mask, gamma1, k):
+    """The official RA-SGG formulation: λ(g⁺ − g⁻) + (1 − λ)(g⁺_mix − g⁻_mix) + γ1 in one hinge."""
+    relation, prototypes = np.float64(relation)[mask], np.float64(prototypes)
+    gt, aug, lam = gt[mask], aug[mask], lam[mask]
+    rows = np.arange(len(gt))
+    distances = ((relation[:, None, :] - prototypes[None, :, :]) ** 2).sum(-1)
+
+    def negative(labels):
+        masked = distances.copy()
+        masked[rows, labels] = 0  # the official mask_neg: zero, then the k + 1 smallest / k
+        return np.sort(masked, axis=1)[:, : k + 1].sum(1) / k
+
+    core = lam * (distances[rows, gt] - negative(gt))
+    core += (1 - lam) * (distances[rows, aug] - negative(aug))
+    return np.maximum(0, core + gamma1).mean()
+
+
+def mixed_targets(batch, seed):
+    rng = np.random.default_rng(seed)
+    augmented = np.where(rng.random((B, P)) < 0.5, rng.integers(1, C, (B, P)), batch.pair_labels)
+    lam = rng.beta(20, 5, (B, P))
+    eye = np.eye(C)
+    targets = lam[..., None] * eye[batch.pair_labels] + (1 - lam[..., None]) * eye[augmented]
+    return augmented, lam, targets.astype(np.float32)
+
+
+@pytest.mark.parametrize("gamma1, k", [(1.0, 10), (3.0, 2)])
+def test_multi_prototype_euclidean_matches_the_official_formulation(gamma1, k):
+    _, aux, batch = make_inputs(seed=11)
+    augmented, lam, targets = mixed_targets(batch, seed=12)
+    value = losses.multi_prototype_euclidean_loss(
+        aux["relation_projection"],
+        aux["prototype_projection"],
+        targets,
+        batch.pair_mask,
+        gamma1=gamma1,
+        num_negatives=k,
+    )
+    expected = reference_multi_prototype_euclidean(
+        aux["relation_projection"],
+        aux["prototype_projection"],
+        batch.pair_labels,
+        augmented,
+        lam,
+        batch.pair_mask,
+        gamma1,
+        k,
+    )
+    assert expected > 0
+    np.testing.assert_allclose(value, expected, rtol=1e-4)
+    # One-hot targets give PE-Net's term exactly.
+    onehot = np.eye(C, dtype=np.float32)[batch.pair_labels]
+    np.testing.assert_allclose(
+        losses.multi_prototype_euclidean_loss(
+            aux["relation_projection"],
+            aux["prototype_projection"],
+            onehot,
+            batch.pair_mask,
+            gamma1=gamma1,
+            num_negatives=k,
+        ),
+        losses.prototype_euclidean_loss(
+            aux["relation_projection"],
+            aux["prototype_projection"],
+            batch.pair_labels,
+            batch.pair_mask,
+            gamma1=gamma1,
+            num_negatives=k,
+        ),
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("task", ["predcls", "sgcls"])
+def test_ra_sgg_losses_use_the_soft_targets(task):
+    outputs, aux, batch = make_inputs(seed=13, task=task)
+    # Without soft targets: PE-Net's loss.
+    plain, plain_terms = losses.ra_sgg_losses(outputs, aux, batch, num_negatives=4)
+    penet, penet_terms = losses.penet_losses(outputs, aux, batch, num_negatives=4)
+    np.testing.assert_allclose(plain, penet, rtol=1e-5)
+    assert set(plain_terms) == set(penet_terms)
+    augmented, lam, targets = mixed_targets(batch, seed=14)
+    soft = batch.replace(soft_targets=targets)
+    loss, terms = losses.ra_sgg_losses(outputs, aux, soft, num_negatives=4)
+    np.testing.assert_allclose(
+        terms["relation_ce"],
+        -(targets * log_softmax(np.float64(outputs["relation_logits"])))
+        .sum(-1)[batch.pair_mask]
+        .mean(),
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(
+        terms["relation_euclidean"],
+        reference_multi_prototype_euclidean(
+            aux["relation_projection"],
+            aux["prototype_projection"],
+            batch.pair_labels,
+            augmented,
+            lam,
+            batch.pair_mask,
+            1.0,
+            4,
+        ),
+        rtol=1e-4,
+    )
+    for name in ("prototype_similarity", "prototype_distance", "object_ce"):
+        if name in penet_terms:
+            np.testing.assert_allclose(terms[name], penet_terms[name], rtol=1e-6)
+    np.testing.assert_allclose(loss, sum(terms.values()), rtol=1e-5)
+    # Through make_penet_loss(multi_prototype=True), jitted.
+    config = PENetConfig.small(K, C - 1, task=task)
+    loss_fn = losses.make_penet_loss(config, num_negatives=4, multi_prototype=True)
+    np.testing.assert_allclose(jax.jit(loss_fn)(outputs, aux, soft)[0], loss, rtol=1e-5)
+    with pytest.raises(ConfigError, match="'soft_targets'"):
+        losses.ra_sgg_losses(outputs, aux, batch.replace(soft_targets=targets[..., :-1]))
+
+
+def test_ra_sgg_padding_never_changes_the_loss():
+    outputs, aux, batch = make_inputs(seed=15)
+    _, _, targets = mixed_targets(batch, seed=16)
+    loss, _ = losses.ra_sgg_losses(outputs, aux, batch.replace(soft_targets=targets))
+    padded_outputs, padded_aux, padded_batch = pad_with_garbage(outputs, aux, batch)
+    big = np.full((*padded_batch.pair_labels.shape, C), 1e3, np.float32)
+    big[:B, :P] = np.where(batch.pair_mask[..., None], targets, -7.0)
+    padded_loss, _ = losses.ra_sgg_losses(
+        padded_outputs, padded_aux, padded_batch.replace(soft_targets=big)
+    )
+    assert np.isfinite(float(padded_loss))
+    np.testing.assert_allclose(padded_loss, loss, rtol=1e-5)

@@ -53,6 +53,9 @@ LossFn = Callable[
     tuple[jax.Array, dict[str, jax.Array]],
 ]
 EvalFn = Callable[[TrainState, int], Mapping[str, Any]]
+BatchTransform = Callable[
+    [Mapping[str, Any], int, SceneGraphBatch], tuple[SceneGraphBatch, Mapping[str, float]]
+]
 TrainStep = Callable[[TrainState, SceneGraphBatch], tuple[TrainState, dict[str, jax.Array]]]
 
 METRICS_FILE = "metrics.jsonl"
@@ -267,6 +270,8 @@ def train(
     eval_fn: EvalFn | None = None,
     mesh: Mesh | None = None,
     config: Mapping[str, Any] | None = None,
+    batch_transform: BatchTransform | None = None,
+    init_variables: Mapping[str, Any] | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
     """Trains ``model`` for ``train_config.num_steps`` updates, resuming from ``workdir``.
 
@@ -284,6 +289,13 @@ def train(
       mesh: the device mesh; None = all devices.
       config: extra configuration (JSON-able) stored with the checkpoints, next to the train,
         optimizer and pipeline configs.
+      batch_transform: optional ``transform(variables, step, host_batch) -> (host_batch,
+        metrics)`` applied to the batch of update ``step`` (1-based) with the variables entering
+        that update, before it is placed on the devices (e.g. RA-SGG's retrieval-augmented soft
+        targets); its float metrics are logged with the step's training metrics.
+      init_variables: optional ``{"params": ..., **collections}`` replacing the initialisation
+        of a fresh run (e.g. a phase-1 checkpoint); the optimizer state starts fresh. Ignored
+        when the workdir holds a checkpoint to resume from.
 
     Returns:
       ``(state, metrics)``: the final state (on the mesh) and the metrics of the last step (train
@@ -310,6 +322,8 @@ def train(
 
     optimizer, schedule = make_optimizer(optim_config, num_steps)
     state = create_train_state(model, optimizer, loader.dataset[0], train_config.seed, mesh=mesh)
+    if init_variables is not None:
+        state = _with_variables(state, init_variables, optimizer, mesh)
     full_config = {
         "train": jsonable(train_config),
         "optim": jsonable(optim_config),
@@ -360,6 +374,7 @@ def train(
             checkpointer=checkpointer,
             writer=writer,
             progress=progress,
+            batch_transform=batch_transform,
         )
         return state, last_metrics
     finally:
@@ -383,21 +398,27 @@ def _run_steps(
     checkpointer: Checkpointer,
     writer: _MetricsWriter,
     progress: tqdm.tqdm,
+    batch_transform: BatchTransform | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
     last_train: dict[str, float] = {}
     last_eval: dict[str, Any] = {}
     window_start, window_steps, window_relations = time.perf_counter(), 0, 0
 
-    host_batch = next(batches)
-    device_batch = mesh_lib.shard_batch(host_batch, mesh)
+    def prepare(batch: SceneGraphBatch, step: int, state: TrainState):
+        extra: Mapping[str, float] = {}
+        if batch_transform is not None:
+            batch, extra = batch_transform(state.variables, step, batch)
+        return batch, mesh_lib.shard_batch(batch, mesh), dict(extra)
+
+    host_batch, device_batch, extra = prepare(next(batches), start_step + 1, state)
     for step in range(start_step + 1, num_steps + 1):
         # Relation candidates classified: the real (foreground and background) pairs.
         num_relations = int(np.asarray(host_batch.pair_mask).sum())
         state, device_metrics = train_step(state, device_batch)
+        step_extra = extra
         if step < num_steps:  # prepare the next batch while the devices compute
-            host_batch = next(batches)
-            device_batch = mesh_lib.shard_batch(host_batch, mesh)
-        metrics = _host_scalars(device_metrics)
+            host_batch, device_batch, extra = prepare(next(batches), step + 1, state)
+        metrics = {**_host_scalars(device_metrics), **step_extra}
         check_finite(metrics, step)
         last_train = metrics
 
@@ -427,6 +448,35 @@ def _run_steps(
             writer.write(step, "eval", last_eval)
         checkpointer.maybe_save(step, state, final=final)
     return state, {**last_train, **_prefixed(last_eval, "eval/")}
+
+
+def _with_variables(
+    state: TrainState,
+    variables: Mapping[str, Any],
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+) -> TrainState:
+    """``state`` with the given variables (same structure and shapes) and a fresh optimizer."""
+    variables = dict(variables)
+    if "params" not in variables:
+        raise ConfigError("init_variables", "must hold a 'params' collection")
+    params = variables.pop("params")
+    expected = jax.tree.structure(state.params)
+    if jax.tree.structure(params) != expected or any(
+        np.shape(a) != np.shape(b)
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True)
+    ):
+        raise ConfigError(
+            "init_variables", "parameters do not match the model's structure and shapes"
+        )
+    collections = {**state.collections, **variables}
+    # Through the host: fresh buffers, so donating the state never deletes the caller's arrays.
+    params, collections = mesh_lib.replicate(jax.device_get((params, collections)), mesh)
+    return state.replace(
+        params=params,
+        opt_state=jax.jit(optimizer.init, out_shardings=mesh_lib.replicated(mesh))(params),
+        collections=collections,
+    )
 
 
 def _last_recorded_metrics(workdir: str, with_eval: bool) -> dict[str, float]:

@@ -1,0 +1,300 @@
+"""The RA-SGG relation memory bank: one entry per ground-truth training relation.
+
+Key: the relation embedding ``r`` of the model (PE-Net's ``aux["relation_embedding"]``, before the
+projection head) of the entry's ``(subject, object)`` pair. Value: ``(subject class, object class,
+predicate)``. Unlike the official code, which keeps at most about 100 instances per triplet, the bank
+holds **every** ground-truth relation of the training split (RA-SGG Sec. 3.2: the memory bank is the
+training set).
+
+Entries follow the data pipeline's view of an image: objects beyond ``max_objects`` are dropped with
+the relations touching them (:func:`sgg_jax.data.pipeline.truncate_objects`), self-relations are
+skipped (the pipeline never samples ``i == j``) and a triplet repeated in one image is kept once.
+Entry ids are ``0..M-1`` in (image, relation row) order; :meth:`MemoryBank.entry_ids` maps a batch
+pair ``(image_index, subject, object, predicate)`` back to its entry, which is how a query excludes
+itself from its own neighbours.
+
+Building the keys runs the model batched and jitted on the mesh (``embed_fn``); only the search runs
+on the host (:mod:`sgg_jax.retrieval.index`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from sgg_jax.data import pipeline
+from sgg_jax.errors import ConfigError, DataError, check_int
+from sgg_jax.retrieval.index import PAD_ID, Index, make_index
+from sgg_jax.structures import SceneGraph, SceneGraphBatch
+
+EmbedFn = Callable[[SceneGraphBatch], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class BankEntries:
+    """Host arrays describing the M entries (all int64[M]).
+
+    Attributes:
+      image_index: index of the image in the training source.
+      subject, object: object indices within the image (after truncation).
+      predicate: 1-based predicate.
+      subject_class, object_class: 1-based object classes.
+    """
+
+    image_index: np.ndarray
+    subject: np.ndarray
+    object: np.ndarray
+    predicate: np.ndarray
+    subject_class: np.ndarray
+    object_class: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.image_index.shape[0])
+
+    @property
+    def triplets(self) -> np.ndarray:
+        """int64[M, 3] ``(subject class, object class, predicate)``: the values of the bank."""
+        return np.stack([self.subject_class, self.object_class, self.predicate], axis=1)
+
+
+def enumerate_relations(graphs: Sequence[SceneGraph], max_objects: int) -> BankEntries:
+    """The unique ground-truth relations of ``graphs`` as the pipeline sees them.
+
+    Args:
+      graphs: the training split.
+      max_objects: the pipeline's object budget.
+
+    Returns:
+      :class:`BankEntries` in (image, relation row) order.
+    """
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in _ENTRY_FIELDS}
+    for image_index, graph in enumerate(graphs):
+        graph, _ = pipeline.truncate_objects(graph, max_objects)
+        relations = graph.relations[graph.relations[:, 0] != graph.relations[:, 1]]
+        if relations.shape[0] == 0:
+            continue
+        _, first = np.unique(relations, axis=0, return_index=True)
+        relations = relations[np.sort(first)].astype(np.int64)
+        labels = graph.labels.astype(np.int64)
+        columns["image_index"].append(np.full(relations.shape[0], image_index, np.int64))
+        columns["subject"].append(relations[:, 0])
+        columns["object"].append(relations[:, 1])
+        columns["predicate"].append(relations[:, 2])
+        columns["subject_class"].append(labels[relations[:, 0]])
+        columns["object_class"].append(labels[relations[:, 1]])
+    return BankEntries(
+        **{
+            name: np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            for name, parts in columns.items()
+        }
+    )
+
+
+_ENTRY_FIELDS = ("image_index", "subject", "object", "predicate", "subject_class", "object_class")
+
+
+class MemoryBank:
+    """Relation embeddings of every ground-truth training relation, searchable by cosine similarity.
+
+    Args:
+      graphs: the training split (the same source, in the same order, as the training loader).
+      max_objects: the training pipeline's object budget.
+      num_predicates: P; predicates lie in ``[1, P]``.
+      backend: ``"scann"`` or ``"exact"`` (see :mod:`sgg_jax.retrieval.index`).
+      index_options: constructor options of the backend.
+      batch_size: images per embedding batch (a multiple of the device count).
+      pair_budget: pairs per embedding row; an image with more unique annotated pairs uses
+        several rows.
+      object_features: optional per-image float32[N_i, D] features (the
+        ``precomputed`` feature source), aligned with ``graphs``.
+
+    Raises:
+      DataError: the training split holds no relation.
+      ConfigError: a bad budget or backend.
+    """
+
+    def __init__(
+        self,
+        graphs: Sequence[SceneGraph],
+        *,
+        max_objects: int,
+        num_predicates: int,
+        backend: str = "scann",
+        index_options: dict[str, Any] | None = None,
+        batch_size: int = 8,
+        pair_budget: int = 64,
+        object_features: Sequence[np.ndarray] | None = None,
+    ):
+        check_int("max_objects", max_objects, minimum=1)
+        check_int("num_predicates", num_predicates, minimum=1)
+        check_int("batch_size", batch_size, minimum=1)
+        check_int("pair_budget", pair_budget, minimum=1)
+        make_index(backend, **(index_options or {}))  # validates backend and options early
+        self.graphs = graphs
+        self.max_objects = int(max_objects)
+        self.num_predicates = int(num_predicates)
+        self.backend = backend
+        self.index_options = dict(index_options or {})
+        self.batch_size = int(batch_size)
+        self.pair_budget = int(pair_budget)
+        self.object_features = object_features
+        self.entries = enumerate_relations(graphs, self.max_objects)
+        if self.entries.size == 0:
+            raise DataError("the training split has no relation to put in the memory bank")
+        bad = (self.entries.predicate < 1) | (self.entries.predicate > self.num_predicates)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"predicate {int(self.entries.predicate[first])} outside [1, {num_predicates}]",
+                record=graphs[int(self.entries.image_index[first])].image_id,
+                field="relations",
+            )
+        self._codes = self._encode(
+            self.entries.image_index,
+            self.entries.subject,
+            self.entries.object,
+            self.entries.predicate,
+        )
+        self._code_order = np.argsort(self._codes, kind="stable")
+        self.keys: np.ndarray | None = None
+        self.index: Index | None = None
+        self.last_refresh: dict[str, float] = {}
+        self._batches: list | None = None
+
+    @property
+    def size(self) -> int:
+        """Number of entries M."""
+        return self.entries.size
+
+    # -- identity of entries ------------------------------------------------------------------------
+
+    def _encode(self, image_index, subject, obj, predicate) -> np.ndarray:
+        image_index = np.asarray(image_index, np.int64)
+        code = image_index * self.max_objects + np.asarray(subject, np.int64)
+        code = code * self.max_objects + np.asarray(obj, np.int64)
+        return code * (self.num_predicates + 1) + np.asarray(predicate, np.int64)
+
+    def entry_ids(self, image_index, subject, obj, predicate) -> np.ndarray:
+        """The entry of each ``(image_index, subject, object, predicate)``; -1 where there is none.
+
+        Args:
+          image_index, subject, obj, predicate: int arrays of one shape.
+
+        Returns:
+          int64 array of that shape.
+        """
+        codes = self._encode(image_index, subject, obj, predicate)
+        sorted_codes = self._codes[self._code_order]
+        position = np.clip(np.searchsorted(sorted_codes, codes), 0, self.size - 1)
+        found = sorted_codes[position] == codes
+        return np.where(found, self._code_order[position], PAD_ID).astype(np.int64)
+
+    def predicates_of(self, ids: np.ndarray) -> np.ndarray:
+        """Predicates of entries ``ids`` (int64, any shape); -1 where the id is -1 (padding)."""
+        ids = np.asarray(ids, np.int64)
+        return np.where(ids >= 0, self.entries.predicate[np.clip(ids, 0, None)], -1)
+
+    # -- building -----------------------------------------------------------------------------------
+
+    def embedding_batches(
+        self,
+    ) -> list[tuple[SceneGraphBatch, np.ndarray, np.ndarray, np.ndarray]]:
+        """The batches whose pairs are the bank's unique annotated pairs.
+
+        Returns:
+          ``[(batch, ids, rows, slots)]``: ``keys[ids] = r[rows, slots]`` with ``r`` the batch's
+          relation embeddings; every entry id appears in exactly one batch.
+        """
+        entries = self.entries
+        examples: list[dict[str, np.ndarray]] = []
+        entry_example = np.zeros(self.size, np.int64)
+        entry_slot = np.zeros(self.size, np.int64)
+        starts = np.searchsorted(entries.image_index, np.arange(len(self.graphs) + 1))
+        for image_index in np.unique(entries.image_index):
+            begin, end = int(starts[image_index]), int(starts[image_index + 1])
+            graph, dropped = pipeline.truncate_objects(self.graphs[image_index], self.max_objects)
+            pair_keys = entries.subject[begin:end] * self.max_objects + entries.object[begin:end]
+            unique_keys, inverse = np.unique(pair_keys, return_inverse=True)
+            features = None
+            if self.object_features is not None:
+                features = np.asarray(self.object_features[image_index], np.float32)
+            for chunk_start in range(0, unique_keys.shape[0], self.pair_budget):
+                chunk = unique_keys[chunk_start : chunk_start + self.pair_budget]
+                pairs = np.stack([chunk // self.max_objects, chunk % self.max_objects], axis=1)
+                sampled = pipeline.SampledPairs(
+                    pairs=pairs.astype(np.int32),
+                    labels=np.zeros(chunk.shape[0], np.int32),
+                    soft_targets=None,
+                    num_truncated_pairs=0,
+                    num_foreground=0,
+                )
+                in_chunk = (inverse >= chunk_start) & (inverse < chunk_start + chunk.shape[0])
+                entry_example[begin:end][in_chunk] = len(examples)
+                entry_slot[begin:end][in_chunk] = inverse[in_chunk] - chunk_start
+                examples.append(
+                    pipeline.pad_graph(
+                        graph,
+                        sampled,
+                        max_objects=self.max_objects,
+                        max_pairs=self.pair_budget,
+                        image_index=int(image_index),
+                        num_truncated_objects=dropped,
+                        object_features=features,
+                    )
+                )
+        batches = []
+        for start in range(0, len(examples), self.batch_size):
+            batch = pipeline.collate(examples[start : start + self.batch_size], self.batch_size)
+            in_batch = (entry_example >= start) & (entry_example < start + self.batch_size)
+            ids = np.flatnonzero(in_batch)
+            batches.append((batch, ids, entry_example[ids] - start, entry_slot[ids]))
+        return batches
+
+    def refresh(self, embed_fn: EmbedFn) -> dict[str, float]:
+        """Recomputes every key with ``embed_fn`` and rebuilds the index.
+
+        Args:
+          embed_fn: ``embed_fn(host_batch) -> float32[B, P, H]`` relation embeddings (e.g.
+            :func:`make_embed_fn` bound to the current variables).
+
+        Returns:
+          ``{"bank/size", "bank/embed_seconds", "bank/index_seconds"}``.
+        """
+        start = time.perf_counter()
+        keys = None
+        written = 0
+        if self._batches is None:
+            self._batches = self.embedding_batches()
+        for batch, ids, rows, slots in self._batches:
+            embeddings = np.asarray(embed_fn(batch), np.float32)
+            if keys is None:
+                keys = np.zeros((self.size, embeddings.shape[-1]), np.float32)
+            keys[ids] = embeddings[rows, slots]
+            written += ids.shape[0]
+        if written != self.size:  # an internal invariant of embedding_batches
+            raise RuntimeError(f"memory bank wrote {written} of {self.size} keys")
+        embedded = time.perf_counter()
+        if not np.all(np.isfinite(keys)):
+            raise FloatingPointError("memory bank: the model produced non-finite embeddings")
+        self.keys = keys
+        self.index = make_index(self.backend, **self.index_options).build(keys)
+        built = time.perf_counter()
+        self.last_refresh = {
+            "bank/size": float(self.size),
+            "bank/embed_seconds": embedded - start,
+            "bank/index_seconds": built - embedded,
+        }
+        return dict(self.last_refresh)
+
+    def search(
+        self, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` entries per query (see :meth:`sgg_jax.retrieval.index.Index.search`)."""
+        if self.index is None:
+            raise ConfigError("memory_bank", "the bank is empty: call refresh() first")
+        return self.index.search(queries, k, exclude_ids)
