@@ -12,8 +12,16 @@ One run measures, side by side on the same devices:
 It also checks that batches with different real graph sizes (same budgets) reuse one compiled step:
 the number of traces of the step is asserted to be 1.
 
+With ``--retrieval`` it also times RA-SGG's phase-2 step as the training loop runs it: the batch
+transform (:class:`sgg_jax.retrieval.ra_sgg.RetrievalAugmenter`: embed the batch's foreground
+slots with the current model, ScaNN search of the memory bank over every GQA-200-mini training
+relation, label augmentation, soft targets) followed by the train step with the multi-prototype
+loss, and reports ``phase2_step_ms / phase1_step_ms`` with the breakdown. The memory-bank build
+(embedding the whole training split and indexing it) is reported separately: it runs once per
+``--bank_refresh_steps``.
+
     python benchmarks/bench_train_step.py [--size small|official] [--batch 8] [--pairs 512]
-        [--steps 20] [--dtype float32|bfloat16]
+        [--steps 20] [--dtype float32|bfloat16] [--retrieval] [--fg 64]
 
 Prints one JSON line per measurement.
 """
@@ -58,6 +66,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--matmul", type=int, default=2048)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--retrieval", action="store_true", help="also time the RA-SGG step")
+    parser.add_argument("--fg", type=int, default=None, help="max_fg (default min(256, pairs))")
+    parser.add_argument("--backend", choices=("scann", "exact"), default="scann")
     args = parser.parse_args()
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
 
@@ -66,7 +77,7 @@ def main() -> None:
         batch_size=args.batch,
         max_objects=40,
         max_pairs=args.pairs,
-        max_fg=min(256, args.pairs),
+        max_fg=args.fg or min(256, args.pairs),
         seed=0,
         num_predicates=vocab.num_predicates,
         read_threads=0,
@@ -135,6 +146,89 @@ def main() -> None:
         "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}",
     }
     print(json.dumps(row))
+    if args.retrieval:
+        print(json.dumps(_phase2_row(args, row, graphs, vocab, model, model_config, batches)))
+
+
+def _phase2_row(args, phase1, graphs, vocab, model, model_config, batches) -> dict:
+    from sgg_jax.retrieval.memory_bank import MemoryBank
+    from sgg_jax.retrieval.ra_sgg import RASGGConfig, RetrievalAugmenter, make_embed_fn
+
+    mesh = make_mesh()
+    optimizer, schedule = make_optimizer(OptimConfig(optimizer="sgd", learning_rate=1e-3), 1000)
+    state = create_train_state(model, optimizer, batches[0], seed=0, mesh=mesh)
+    step = make_train_step(
+        model,
+        make_penet_loss(model_config, multi_prototype=True),
+        optimizer,
+        mesh=mesh,
+        learning_rate_fn=schedule,
+    )
+    embed = make_embed_fn(model, mesh, shard_batch)
+    bank = MemoryBank(
+        graphs,
+        max_objects=40,
+        num_predicates=vocab.num_predicates,
+        backend=args.backend,
+        batch_size=args.batch,
+    )
+    augmenter = RetrievalAugmenter(
+        bank,
+        embed,
+        vocab.predicate_counts,
+        RASGGConfig(num_neighbours=20),
+        foreground_slots=args.fg or min(256, args.pairs),
+    )
+    timings = {"embed": 0.0, "transform": 0.0}
+
+    def timed_embed(variables, batch):
+        start = time.perf_counter()
+        out = embed(variables, batch)
+        timings["embed"] += time.perf_counter() - start
+        return out
+
+    augmenter.embed = timed_embed
+    # step 1 builds the bank (timed on its own), then two warm-up steps compile everything
+    start = time.perf_counter()
+    first, _ = augmenter(state.variables, 1, batches[0])
+    bank_seconds = time.perf_counter() - start
+    bank_stats = dict(bank.last_refresh)
+    state, metrics = step(state, shard_batch(first, mesh))
+    second, _ = augmenter(state.variables, 2, batches[1])
+    state, metrics = step(state, shard_batch(second, mesh))
+    jax.block_until_ready(metrics)
+    timings = {"embed": 0.0, "transform": 0.0}
+    start = time.perf_counter()
+    for index, host in enumerate(batches[2:], start=3):
+        begin = time.perf_counter()
+        augmented, _ = augmenter(state.variables, index, host)
+        timings["transform"] += time.perf_counter() - begin
+        state, metrics = step(state, shard_batch(augmented, mesh))
+        jax.block_until_ready(state.params)  # the next transform needs these parameters anyway
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - start) / args.steps
+    transform_ms = timings["transform"] / args.steps * 1e3
+    embed_ms = timings["embed"] / args.steps * 1e3
+    return {
+        "bench": "ra_sgg_phase2_step",
+        "size": args.size,
+        "batch": args.batch,
+        "pairs_per_image": args.pairs,
+        "foreground_slots": augmenter.foreground_slots,
+        "backend": args.backend,
+        "bank_entries": bank.size,
+        "bank_build_s": round(bank_seconds, 2),
+        "bank_embed_s": round(bank_stats["bank/embed_seconds"], 2),
+        "bank_index_s": round(bank_stats["bank/index_seconds"], 2),
+        "phase1_step_ms": phase1["step_ms"],
+        "phase2_step_ms": round(seconds * 1e3, 2),
+        "ratio_phase2_to_phase1": round(seconds * 1e3 / phase1["step_ms"], 3),
+        "transform_ms": round(transform_ms, 2),
+        "transform_embed_ms": round(embed_ms, 2),
+        "transform_search_and_augment_ms": round(transform_ms - embed_ms, 2),
+        "target_ratio": 1.15,
+        "loss_last": float(np.asarray(metrics["loss"])),
+    }
 
 
 if __name__ == "__main__":

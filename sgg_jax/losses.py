@@ -193,6 +193,28 @@ def _check_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
     return resolved
 
 
+def _with_shared_terms(
+    relation_terms: dict[str, jax.Array],
+    outputs: Mapping[str, jax.Array],
+    prototype_projection: jax.Array,
+    batch: SceneGraphBatch,
+    gamma2: float,
+    resolved: Mapping[str, float],
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Adds the prototype regularisers (and the object CE in SGCls) and the weighted total."""
+    terms = {
+        **relation_terms,
+        "prototype_similarity": prototype_similarity_loss(prototype_projection),
+        "prototype_distance": prototype_distance_loss(prototype_projection, gamma2=gamma2),
+    }
+    if "object_logits" in outputs:
+        terms["object_ce"] = cross_entropy(
+            outputs["object_logits"], batch.labels, jnp.asarray(batch.object_mask, bool)
+        )
+    loss = sum(resolved[name] * value for name, value in terms.items())
+    return loss, terms
+
+
 def penet_losses(
     outputs: Mapping[str, jax.Array],
     aux: Mapping[str, jax.Array],
@@ -231,15 +253,8 @@ def penet_losses(
             gamma1=gamma1,
             num_negatives=num_negatives,
         ),
-        "prototype_similarity": prototype_similarity_loss(prototype_projection),
-        "prototype_distance": prototype_distance_loss(prototype_projection, gamma2=gamma2),
     }
-    if "object_logits" in outputs:
-        terms["object_ce"] = cross_entropy(
-            outputs["object_logits"], batch.labels, jnp.asarray(batch.object_mask, bool)
-        )
-    loss = sum(resolved[name] * value for name, value in terms.items())
-    return loss, terms
+    return _with_shared_terms(terms, outputs, prototype_projection, batch, gamma2, resolved)
 
 
 def make_penet_loss(
@@ -404,12 +419,5 @@ def ra_sgg_losses(
             gamma1=gamma1,
             num_negatives=num_negatives,
         ),
-        "prototype_similarity": prototype_similarity_loss(prototype_projection),
-        "prototype_distance": prototype_distance_loss(prototype_projection, gamma2=gamma2),
     }
-    if "object_logits" in outputs:
-        terms["object_ce"] = cross_entropy(
-            outputs["object_logits"], batch.labels, jnp.asarray(batch.object_mask, bool)
-        )
-    loss = sum(resolved[name] * value for name, value in terms.items())
-    return loss, terms
+    return _with_shared_terms(terms, outputs, prototype_projection, batch, gamma2, resolved)

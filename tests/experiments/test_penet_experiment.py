@@ -1,24 +1,11 @@
 """``experiments.ra_sgg --method=penet`` end to end on the smoke flagfile, and its flag errors."""
 
 import json
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.ra_sgg", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+from tests.experiments import run_ra_sgg as _run
 
 
 def test_smoke_trains_evaluates_exports_and_resumes(tmp_path):
