@@ -359,14 +359,13 @@ def multi_prototype_euclidean_loss(
             "num_negatives", f"must lie in [1, {num_classes - 1}] (C − 1), got {num_negatives}"
         )
     distances = squared_distances(relation_projection, prototype_projection)  # g_c
-    # The k1 + 1 smallest distances: g⁻_c drops class c if it is among the first k1 of them.
-    smallest, order = jax.lax.top_k(-distances, num_negatives + 1)
-    smallest = -smallest
+    # The k1 + 1 smallest distances v_0 <= ... <= v_k1. g⁻_c drops class c when it is among the first
+    # k1 (d_c <= v_{k1-1}): the k1 smallest of the others are then v_0..v_k1 without d_c. On a tie at
+    # v_{k1-1} both readings give the same value, so the comparison is exact.
+    smallest = -jax.lax.top_k(-distances, num_negatives + 1)[0]
     first_k = jnp.sum(smallest[..., :num_negatives], axis=-1, keepdims=True)
     extra = smallest[..., num_negatives:]
-    in_first_k = jnp.any(
-        jax.nn.one_hot(order[..., :num_negatives], num_classes, dtype=bool), axis=-2
-    )
+    in_first_k = distances <= smallest[..., num_negatives - 1 : num_negatives]
     negative = jnp.where(in_first_k, first_k + extra - distances, first_k) / num_negatives  # g⁻_c
     targets = jnp.where(jnp.asarray(mask, bool)[..., None], jnp.asarray(targets, jnp.float32), 0.0)
     core = jnp.sum(targets * (distances - negative), axis=-1)

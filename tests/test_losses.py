@@ -439,3 +439,28 @@ def test_ra_sgg_padding_never_changes_the_loss():
     )
     assert np.isfinite(float(padded_loss))
     np.testing.assert_allclose(padded_loss, loss, rtol=1e-5)
+
+
+def test_multi_prototype_euclidean_with_tied_distances():
+    _, aux, batch = make_inputs(seed=17)
+    prototypes = np.array(aux["prototype_projection"])
+    prototypes[6:] = prototypes[5]  # many equal distances around the k-th nearest
+    augmented, lam, targets = mixed_targets(batch, seed=18)
+    for k in (1, 3, 6, 9):
+        np.testing.assert_allclose(
+            losses.multi_prototype_euclidean_loss(
+                aux["relation_projection"], prototypes, targets, batch.pair_mask, num_negatives=k
+            ),
+            reference_multi_prototype_euclidean(
+                aux["relation_projection"],
+                prototypes,
+                batch.pair_labels,
+                augmented,
+                lam,
+                batch.pair_mask,
+                1.0,
+                k,
+            ),
+            rtol=1e-4,
+            err_msg=f"k={k}",
+        )
