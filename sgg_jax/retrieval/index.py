@@ -535,13 +535,13 @@ class ScannIndex(Index):
     * Otherwise a tree with ``num_leaves = clip(round(sqrt(M)), 1, 2000)`` leaves (about ``sqrt(M)``
       points per leaf, the ScaNN rule of thumb), of which
       ``num_leaves_to_search = clip(ceil(leaves_fraction * num_leaves), 1, num_leaves)`` are searched
-      per query (``leaves_fraction`` default 0.1, i.e. 10 %), trained on
+      per query (``leaves_fraction`` default 0.05, i.e. 5 %), trained on
       ``training_sample_size = min(M, 100000)`` points.
     * Asymmetric hashing scores candidates with ``dimensions_per_block = 2`` (16 centres per 2-D
       block) and ``anisotropic_quantization_threshold = 0.2`` (the value ScaNN recommends for unit
       vectors: it weights the quantisation error parallel to the vector, which is what changes inner
       products).
-    * The best ``reorder_factor * k`` hashed candidates (default 4) are re-scored exactly with the
+    * The best ``reorder_factor * k`` hashed candidates (default 10) are re-scored exactly with the
       float32 keys, so the returned scores are true cosine similarities.
 
     Ties are ordered by the lower id among the candidates ScaNN returns.
@@ -564,10 +564,10 @@ class ScannIndex(Index):
         self,
         num_leaves: int | None = None,
         num_leaves_to_search: int | None = None,
-        leaves_fraction: float = 0.1,
+        leaves_fraction: float = 0.05,
         dimensions_per_block: int = 2,
         anisotropic_quantization_threshold: float = 0.2,
-        reorder_factor: int = 4,
+        reorder_factor: int = 10,
         brute_force_threshold: int = 2000,
         training_sample_size: int | None = None,
         num_threads: int = 0,
