@@ -541,7 +541,7 @@ class ScannIndex(Index):
       block) and ``anisotropic_quantization_threshold = 0.2`` (the value ScaNN recommends for unit
       vectors: it weights the quantisation error parallel to the vector, which is what changes inner
       products).
-    * The best ``reorder_factor * k`` hashed candidates (default 10) are re-scored exactly with the
+    * The best ``reorder_factor * k`` hashed candidates (default 20) are re-scored exactly with the
       float32 keys, so the returned scores are true cosine similarities.
 
     Ties are ordered by the lower id among the candidates ScaNN returns.
@@ -567,7 +567,7 @@ class ScannIndex(Index):
         leaves_fraction: float = 0.05,
         dimensions_per_block: int = 2,
         anisotropic_quantization_threshold: float = 0.2,
-        reorder_factor: int = 10,
+        reorder_factor: int = 20,
         brute_force_threshold: int = 2000,
         training_sample_size: int | None = None,
         num_threads: int = 0,

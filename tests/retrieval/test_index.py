@@ -302,9 +302,9 @@ def test_scann_tree_recall_and_true_scores_on_clustered_data(clustered):
     # Re-ordering makes the returned scores the true cosine similarities, sorted best first.
     np.testing.assert_allclose(scores, true_scores(keys, keys[query_ids], ids), atol=1e-4)
     assert np.all(np.diff(scores, axis=1) <= 0)
-    # Measured 0.896-0.903 over repeated builds with the defaults (8 of 141 leaves, AH 2-D blocks,
-    # reorder 10k); 0.898-0.904 with 15 leaves and reorder 4k. One leaf gives about 0.5, so 0.85
-    # catches a broken tree, hashing or re-ordering.
+    # Measured 0.896-0.903 over repeated builds with 8 of 141 leaves, AH 2-D blocks, reorder 10k
+    # (the defaults, but reorder 20k); 0.898-0.904 with 15 leaves and reorder 4k. One leaf gives
+    # about 0.5, so 0.85 catches a broken tree, hashing or re-ordering.
     recall = recall_at_k(ids, exact_ids)
     assert recall >= 0.85, recall
     # Approximate results can only be worse than exact ones, rank by rank.
