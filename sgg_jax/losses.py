@@ -27,6 +27,11 @@ padding cannot leak), and each mean is divided by the mask count of the whole ba
   - ``object_ce`` (SGCls only): cross-entropy of the object classifier over real objects.
 
   The official code adds every term with weight 1; ``weights`` can change that.
+* :func:`cce`, :func:`focal`, :func:`scorer_bce`, :func:`cce_scorer_total`,
+  :func:`cce_scorer_losses` — Huang et al., "Addressing Class Imbalance in Scene Graph Parsing by
+  Learning to Contrast and Score" (ACCV 2020, Sec. 3): the contrasting cross-entropy against
+  the hardest negative predicate, the focal loss it is compared with, and the Scorer's binary
+  cross-entropy; ``L = L_other + λ1·L_CCE + λ2·L_BCE``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from sgg_jax.errors import ConfigError, is_finite_number
 from sgg_jax.masked import masked_mean
@@ -420,3 +426,233 @@ def ra_sgg_losses(
         ),
     }
     return _with_shared_terms(terms, outputs, prototype_projection, batch, gamma2, resolved)
+
+
+# ----------------------------------------------------------------------------------------------
+# CCE + Scorer (Huang et al., ACCV 2020)
+# ----------------------------------------------------------------------------------------------
+
+CCE_BACKGROUND_MODES = ("skip", "include")
+
+
+def _check_non_negative(option: str, value: object) -> float:
+    if not is_finite_number(value) or value < 0:
+        raise ConfigError(option, f"must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def hardest_negative(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """ŷ: the most probable class other than background (0) and the true class.
+
+    Args:
+      logits: f32[..., C] with column 0 = background.
+      labels: int[...] true classes in ``[0, C)``.
+
+    Returns:
+      int32[...] ``argmax_{j ∉ {0, y}} logits_j`` (the first on ties); 0 where no class is left
+      (C = 2 and y = 1). For ``y = 0`` this is the most probable foreground class.
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    classes = jnp.arange(logits.shape[-1])
+    candidates = (classes != 0) & (classes != jnp.asarray(labels, jnp.int32)[..., None])
+    return jnp.argmax(jnp.where(candidates, logits, -jnp.inf), axis=-1).astype(jnp.int32)
+
+
+def cce(
+    logits: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    margin: float = 0.0,
+    *,
+    background: str = "skip",
+) -> jax.Array:
+    """Contrasting cross-entropy (Huang et al., ACCV 2020), mean over counted relations.
+
+    Per relation ``L_CCE = max(CE(p, y) − CE(p, ŷ) + α, 0) = max(log p_ŷ − log p_y + α, 0)`` with
+    ``ŷ`` the hardest negative (:func:`hardest_negative`: the most probable class other than
+    background and ``y``). The log-softmax normaliser cancels, so the term is computed as
+    ``z_ŷ − z_y + α`` on the logits (exact and overflow-free). The selection of ``ŷ`` is an argmax
+    (no gradient); the gradient reaches the true logit (−) and the hardest-negative logit (+).
+
+    Background-labelled pairs (``y = 0``):
+
+    * ``"skip"`` (default): no CCE term. The paper contrasts the predicate classes of relations;
+      the base cross-entropy (``L_other``) still trains background against the predicates.
+    * ``"include"``: ``ŷ`` = the most probable foreground class, i.e. background is contrasted
+      with its hardest foreground competitor.
+
+    Args:
+      logits: f32[..., C] relation logits, column 0 = background (C = P + 1).
+      labels: int[...] classes in ``[0, C)`` (0 = background).
+      mask: bool[...] entries that count (real pairs).
+      margin: α >= 0.
+      background: ``"skip"`` or ``"include"`` (above).
+
+    Returns:
+      f32[] the mean of the per-relation terms over the counted relations (masked, foreground
+      unless ``"include"``, and with a negative class to contrast); 0 when none counts.
+
+    Raises:
+      ConfigError: for a negative or non-finite ``margin`` or an unknown ``background``.
+    """
+    margin = _check_non_negative("margin", margin)
+    if background not in CCE_BACKGROUND_MODES:
+        raise ConfigError(
+            "background", f"must be one of {CCE_BACKGROUND_MODES}, got {background!r}"
+        )
+    logits = jnp.asarray(logits, jnp.float32)
+    mask = jnp.asarray(mask, bool)
+    labels = jnp.where(mask, jnp.asarray(labels, jnp.int32), 0)
+    negatives = hardest_negative(logits, labels)  # ŷ
+    positive_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    negative_logit = jnp.take_along_axis(logits, negatives[..., None], axis=-1)[..., 0]
+    per_relation = jnp.maximum(negative_logit - positive_logit + margin, 0.0)
+    # A negative exists unless C = 2 and y = 1 (then only background and y are left).
+    has_negative = (negatives != 0) & (negatives != labels)
+    counted = mask & has_negative
+    if background == "skip":
+        counted = counted & (labels != 0)
+    return masked_mean(per_relation, counted)
+
+
+def focal(
+    logits: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    gamma: float = 4.0,
+    weight: jax.Array | None = None,
+) -> jax.Array:
+    """Focal loss ``−w_y (1 − p_y)^γ log p_y`` (Lin et al., 2017), mean over the masked entries.
+
+    Args:
+      logits: f32[..., C].
+      labels: int[...] classes in ``[0, C)``.
+      mask: bool[...] entries that count.
+      gamma: focusing parameter γ >= 0; γ = 0 gives :func:`cross_entropy` (times ``w_y``).
+      weight: optional f32[C] class weights ``w`` (default 1). The sum is divided by the mask
+        count, not by the sum of the weights (unlike PyTorch's weighted ``mean``).
+
+    Returns:
+      f32[] (0 when the mask is empty).
+
+    Raises:
+      ConfigError: for a negative or non-finite ``gamma`` or a ``weight`` of the wrong shape.
+    """
+    gamma = _check_non_negative("gamma", gamma)
+    logits = jnp.asarray(logits, jnp.float32)
+    num_classes = logits.shape[-1]
+    mask = jnp.asarray(mask, bool)
+    labels = jnp.where(mask, jnp.asarray(labels, jnp.int32), 0)
+    log_probabilities = jax.nn.log_softmax(logits, axis=-1)
+    log_p = jnp.take_along_axis(log_probabilities, labels[..., None], axis=-1)[..., 0]
+    per_entry = -log_p
+    if gamma > 0:
+        # 1 − p_y = −expm1(log p_y), accurate when p_y is near 1; the floor keeps the gradient of
+        # x^γ finite for γ < 1 (the floored branch gets no gradient).
+        one_minus_p = jnp.maximum(-jnp.expm1(log_p), 1e-12)
+        per_entry = jnp.power(one_minus_p, gamma) * per_entry
+    if weight is not None:
+        weight = jnp.asarray(weight, jnp.float32)
+        if weight.shape != (num_classes,):
+            raise ConfigError("weight", f"must have shape ({num_classes},), got {weight.shape}")
+        per_entry = weight[labels] * per_entry
+    return masked_mean(per_entry, mask)
+
+
+def scorer_targets(labels: jax.Array) -> jax.Array:
+    """The Scorer's targets ``q``: 1 for annotated (foreground) pairs, 0 for background.
+
+    Args:
+      labels: int[...] pair labels (0 = background).
+
+    Returns:
+      f32[...].
+    """
+    return (jnp.asarray(labels) > 0).astype(jnp.float32)
+
+
+def scorer_bce(score_logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """The Scorer's binary cross-entropy (Huang et al., Sec. 3.4), mean over the masked entries.
+
+    ``−q log σ(s) − (1 − q) log(1 − σ(s))`` computed from the logit ``s`` with log-sigmoids
+    (``optax.sigmoid_binary_cross_entropy``), so large ``|s|`` neither overflows nor gives log 0.
+
+    Args:
+      score_logits: f32[...] score logits ``s`` (the score is ``σ(s)``).
+      targets: f32[...] ``q`` in [0, 1]; :func:`scorer_targets` of the pair labels.
+      mask: bool[...] entries that count.
+
+    Returns:
+      f32[] (0 when the mask is empty).
+    """
+    per_entry = optax.sigmoid_binary_cross_entropy(
+        jnp.asarray(score_logits, jnp.float32), jnp.asarray(targets, jnp.float32)
+    )
+    return masked_mean(per_entry, mask)
+
+
+def cce_scorer_total(
+    cce_loss: jax.Array,
+    bce_loss: jax.Array,
+    other_loss: jax.Array | float = 0.0,
+    *,
+    lambda_cce: float = 100.0,
+    lambda_bce: float = 1.0,
+) -> jax.Array:
+    """``L = L_other + λ1·L_CCE + λ2·L_BCE`` (Huang et al., ACCV 2020).
+
+    Args:
+      cce_loss: f32[] L_CCE (:func:`cce`).
+      bce_loss: f32[] L_BCE (:func:`scorer_bce`).
+      other_loss: f32[] the model's own losses (e.g. the relation and object cross-entropy).
+      lambda_cce: λ1 >= 0 (official default 100).
+      lambda_bce: λ2 >= 0 (official default 1).
+
+    Returns:
+      f32[] the total.
+
+    Raises:
+      ConfigError: naming ``lambda_cce`` or ``lambda_bce`` when negative or not finite.
+    """
+    lambda_cce = _check_non_negative("lambda_cce", lambda_cce)
+    lambda_bce = _check_non_negative("lambda_bce", lambda_bce)
+    return other_loss + lambda_cce * cce_loss + lambda_bce * bce_loss
+
+
+def cce_scorer_losses(
+    relation_logits: jax.Array,
+    score_logits: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    *,
+    lambda_cce: float = 100.0,
+    lambda_bce: float = 1.0,
+    margin: float = 0.0,
+    background: str = "skip",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """CE + CCE on the relation logits and BCE on the Scorer, with ``L_other`` = the relation CE.
+
+    Args:
+      relation_logits: f32[B, R, C] relation logits (column 0 = background).
+      score_logits: f32[B, R] the Scorer's logits.
+      labels: int[B, R] pair labels (0 = background).
+      mask: bool[B, R] real pairs.
+      lambda_cce, lambda_bce: see :func:`cce_scorer_total`.
+      margin, background: see :func:`cce`.
+
+    Returns:
+      ``(loss f32[], terms)`` with the unweighted ``relation_ce``, ``cce`` and ``scorer_bce``.
+    """
+    terms = {
+        "relation_ce": cross_entropy(relation_logits, labels, mask),
+        "cce": cce(relation_logits, labels, mask, margin, background=background),
+        "scorer_bce": scorer_bce(score_logits, scorer_targets(labels), mask),
+    }
+    loss = cce_scorer_total(
+        terms["cce"],
+        terms["scorer_bce"],
+        terms["relation_ce"],
+        lambda_cce=lambda_cce,
+        lambda_bce=lambda_bce,
+    )
+    return loss, terms
