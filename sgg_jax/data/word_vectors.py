@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from sgg_jax.data.fileio import load_json
-from sgg_jax.errors import DataError
+from sgg_jax.errors import ConfigError, DataError, check_int, is_finite_number
 
 BACKGROUND = "__background__"
 _SPLIT = re.compile(r"[\s_]+")
@@ -130,6 +130,26 @@ def read_glove(
 def _random_word_vector(word: str, dim: int, std: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, zlib.crc32(word.encode("utf-8"))])
     return (rng.standard_normal(dim) * std).astype(np.float32)
+
+
+def random_word_vectors(
+    words: Iterable[str], dim: int = 300, *, std: float = 0.4, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Seeded random vectors for words without pre-trained ones: word -> float32[dim].
+
+    Each word's vector is ``N(0, std^2 I)`` drawn from a generator seeded by ``(seed, crc32(word))``,
+    so a word always gets the same vector, whatever other words are asked for (the fallback of
+    :func:`name_vectors` uses the same rule). In 300 dimensions distinct words are nearly orthogonal,
+    so averages of such vectors compare captions by their shared words (a bag-of-words similarity),
+    which is what caption similarities reduce to without GloVe.
+
+    Raises:
+      ConfigError: ``dim`` is not a positive integer or ``std`` not a finite number > 0.
+    """
+    check_int("dim", dim, minimum=1)
+    if not is_finite_number(std) or std <= 0:
+        raise ConfigError("std", f"must be a finite number > 0, got {std!r}")
+    return {word: _random_word_vector(word, int(dim), float(std), seed) for word in words}
 
 
 def name_vectors(

@@ -1,0 +1,451 @@
+"""Training and inference of scene-graph embeddings (Maheshwari et al., AAAI 2021).
+
+A :class:`~sgg_jax.models.sg_gcn.SceneGraphGCN` maps each scene graph to a unit vector; it is trained
+from an ``N x N`` supervision similarity ``S`` of the training images (caption similarities,
+:mod:`sgg_jax.data.similarity`) with triplets ``(A, P, N)`` from a sampler
+(:mod:`sgg_jax.data.triplet_samplers`) and one of the objectives of
+:mod:`sgg_jax.embedding_losses`:
+
+* ``ranking``: BCE of ``sigmoid((f_A.f_P - f_A.f_N) / nu)`` against ``s_AP / (s_AP + s_AN)``;
+* ``triplet``: ``max(f_A.f_N - f_A.f_P + m, 0)`` (binary labels: P positive, N negative);
+* ``infonce``: cross-entropy of picking P among {P, N} by ``f_A.f_X / lambda`` (binary labels).
+
+One epoch visits every training image once as an anchor, in a seeded random order, in batches of
+``batch_size`` anchors (the paper: Adam, learning rate 1e-4, batch 16). For every batch the sampler
+draws one ``(P, N)`` per anchor from the anchor's row of ``S``; the distinct images among anchors,
+positives and negatives (at most ``3 * batch_size``) are embedded together in one padded
+:class:`~sgg_jax.data.graph_batch.GraphBatch` of static size ``3 * batch_size`` (so BatchNorm sees each
+graph once, and every step has the same shapes: one compilation). The last batch of an epoch is
+padded with masked anchors.
+
+The step is a single jitted function (params, BatchNorm statistics and Adam state donated). All
+randomness comes from ``seed``: anchor order and triplets from ``numpy.random.default_rng([seed,
+epoch])``, initialisation from ``jax.random.key(seed)``; the same seed gives the same run.
+
+:func:`embed_graphs` embeds any list of graphs (also graphs without objects, e.g. noisy queries with
+every relation removed: their embedding is the image node's) in fixed-size batches with one compiled
+function; graphs beyond the node / edge budgets are truncated and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from sgg_jax import embedding_losses
+from sgg_jax.data.graph_batch import GraphBatch, pad_scene_graphs
+from sgg_jax.data.triplet_samplers import SAMPLERS, sample_triplets
+from sgg_jax.errors import ConfigError, DataError, check_int, is_finite_number
+from sgg_jax.models.sg_gcn import SceneGraphGCN, SGGCNConfig
+from sgg_jax.structures import SceneGraph
+
+OBJECTIVES = ("ranking", "triplet", "infonce")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedTrainConfig:
+    """Options of :func:`train_embedding`; invalid values raise :class:`ConfigError`.
+
+    Attributes:
+      objective: ``ranking``, ``triplet`` or ``infonce``.
+      sampler: ``random``, ``extreme``, ``probability`` or ``reject``.
+      epochs: passes over the training images as anchors.
+      batch_size: anchors per step.
+      learning_rate: Adam learning rate.
+      nu: Ranking loss temperature.
+      margin: Triplet loss margin.
+      temperature: InfoNCE temperature.
+      max_nodes: node budget per graph (objects + image node + sink).
+      max_edges: edge budget per graph (relations + one ``__in_image__`` edge per object).
+      eval_batch_size: graphs per batch in :func:`embed_graphs`.
+      seed: seed of initialisation, anchor order and triplets.
+    """
+
+    objective: str = "ranking"
+    sampler: str = "probability"
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    nu: float = embedding_losses.DEFAULT_NU
+    margin: float = embedding_losses.DEFAULT_MARGIN
+    temperature: float = embedding_losses.DEFAULT_TEMPERATURE
+    max_nodes: int = 42
+    max_edges: int = 256
+    eval_batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ConfigError("objective", f"must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError("sampler", f"must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
+        check_int("epochs", self.epochs, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("max_nodes", self.max_nodes, minimum=3)
+        check_int("max_edges", self.max_edges, minimum=max(1, self.max_nodes - 2))
+        check_int("eval_batch_size", self.eval_batch_size, minimum=1)
+        check_int("seed", self.seed, minimum=0)
+        for name in ("learning_rate", "nu", "temperature"):
+            value = getattr(self, name)
+            if not is_finite_number(value) or value <= 0:
+                raise ConfigError(name, f"must be a finite number > 0, got {value!r}")
+        if not is_finite_number(self.margin) or self.margin < 0:
+            raise ConfigError("margin", f"must be a finite number >= 0, got {self.margin!r}")
+
+
+def graph_budgets(graphs: Sequence[SceneGraph]) -> tuple[int, int]:
+    """The smallest ``(max_nodes, max_edges)`` that hold every graph without truncation."""
+    most_objects = max((g.num_objects for g in graphs), default=0)
+    most_edges = max((g.num_relations + g.num_objects for g in graphs), default=0)
+    max_nodes = most_objects + 2
+    return max_nodes, max(most_edges, max_nodes - 2, 1)
+
+
+class Embedder:
+    """Embeds lists of scene graphs with fixed variables; one compiled function for all batches.
+
+    Attributes:
+      model: the GCN.
+      variables: ``{"params", "batch_stats"}``.
+      max_nodes, max_edges, batch_size: the static batch shape.
+      num_truncated_nodes, num_truncated_edges: totals over every graph embedded so far.
+    """
+
+    def __init__(
+        self,
+        model: SceneGraphGCN,
+        variables: Any,
+        *,
+        max_nodes: int,
+        max_edges: int,
+        batch_size: int = 64,
+    ):
+        self.model = model
+        self.variables = variables
+        self.max_nodes, self.max_edges, self.batch_size = max_nodes, max_edges, batch_size
+        self.num_truncated_nodes = 0
+        self.num_truncated_edges = 0
+        self._apply = _compiled_embed(model.config)
+
+    def __call__(self, graphs: Sequence[SceneGraph]) -> np.ndarray:
+        """float32[len(graphs), D] unit embeddings (a graph without objects: the image node's)."""
+        graphs = list(graphs)
+        config = self.model.config
+        outputs = []
+        for start in range(0, len(graphs), self.batch_size):
+            chunk = graphs[start : start + self.batch_size]
+            batch = pad_scene_graphs(
+                chunk,
+                self.max_nodes,
+                self.max_edges,
+                num_object_classes=config.num_object_classes,
+                num_predicates=config.num_predicates,
+                batch_size=self.batch_size,
+            )
+            self.num_truncated_nodes += int(batch.num_truncated_nodes.sum())
+            self.num_truncated_edges += int(batch.num_truncated_edges.sum())
+            outputs.append(np.asarray(self._apply(self.variables, batch))[: len(chunk)])
+        if not outputs:
+            return np.zeros((0, config.output_dim), np.float32)
+        return np.concatenate(outputs).astype(np.float32)
+
+
+def _check_similarity(similarity: Any, num_graphs: int) -> np.ndarray:
+    matrix = np.asarray(similarity)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ConfigError("similarity", f"must be a square [N, N] matrix, got shape {matrix.shape}")
+    if matrix.shape[0] != num_graphs:
+        raise ConfigError(
+            "similarity",
+            f"is {matrix.shape[0]} x {matrix.shape[1]} but there are {num_graphs} graphs",
+        )
+    if not np.issubdtype(matrix.dtype, np.number) or not np.all(np.isfinite(matrix)):
+        raise DataError("must hold finite numbers", field="similarity", record_kind="matrix")
+    return matrix.astype(np.float32)
+
+
+def _objective_loss(config: EmbedTrainConfig) -> Callable:
+    if config.objective == "ranking":
+
+        def loss(fa, fp, fn, s_ap, s_an, mask):
+            return embedding_losses.ranking_loss(fa, fp, fn, s_ap, s_an, mask, nu=config.nu)
+
+    elif config.objective == "triplet":
+
+        def loss(fa, fp, fn, s_ap, s_an, mask):
+            return embedding_losses.triplet_loss(fa, fp, fn, mask, margin=config.margin)
+
+    else:
+
+        def loss(fa, fp, fn, s_ap, s_an, mask):
+            return embedding_losses.info_nce_loss(fa, fp, fn, mask, temperature=config.temperature)
+
+    return loss
+
+
+def _stack_rows(padded: GraphBatch, rows: np.ndarray) -> GraphBatch:
+    """Rows of a pre-padded batch (host numpy), ``-1`` = an empty padding graph."""
+    rows = np.asarray(rows, np.int64)
+    take = np.where(rows < 0, 0, rows)
+    valid = rows >= 0
+    node_mask = padded.node_mask[take] & valid[:, None]
+    edge_mask = padded.edge_mask[take] & valid[:, None]
+    sink = padded.max_nodes - 1
+    return padded.replace(
+        node_labels=np.where(node_mask, padded.node_labels[take], 0),
+        node_mask=node_mask,
+        edges=np.where(edge_mask[..., None], padded.edges[take], sink),
+        edge_labels=np.where(edge_mask, padded.edge_labels[take], 0),
+        edge_mask=edge_mask,
+        graph_mask=padded.graph_mask[take] & valid,
+        num_truncated_nodes=np.where(valid, padded.num_truncated_nodes[take], 0),
+        num_truncated_edges=np.where(valid, padded.num_truncated_edges[take], 0),
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_step(
+    model_config: SGGCNConfig,
+    objective: str,
+    learning_rate: float,
+    nu: float,
+    margin: float,
+    temperature: float,
+):
+    """``(model, optimizer, jitted step)``, shared by runs that differ only in seed / epochs / data.
+
+    Cached so that a grid of seeds (or repeated calls) compiles the step once per shape.
+    """
+    model = SceneGraphGCN(model_config)
+    loss_of = _objective_loss(
+        EmbedTrainConfig(objective=objective, nu=nu, margin=margin, temperature=temperature)
+    )
+    optimizer = optax.adam(learning_rate)
+
+    def loss_fn(params, batch_stats, batch, anchor, positive, negative, s_ap, s_an, mask):
+        (embedding, _), updates = model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            batch,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        loss = loss_of(
+            embedding[anchor], embedding[positive], embedding[negative], s_ap, s_an, mask
+        )
+        return loss, updates["batch_stats"]
+
+    def step(params, batch_stats, opt_state, batch, anchor, positive, negative, s_ap, s_an, mask):
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch_stats, batch, anchor, positive, negative, s_ap, s_an, mask
+        )
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+    return model, optimizer, jax.jit(step, donate_argnums=(0, 1, 2))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_embed(model_config: SGGCNConfig):
+    model = SceneGraphGCN(model_config)
+    return jax.jit(lambda variables, batch: model.apply(variables, batch, train=False)[0])
+
+
+@dataclasses.dataclass
+class EmbedTrainResult:
+    """What :func:`train_embedding` returns.
+
+    Attributes:
+      variables: trained ``{"params", "batch_stats"}``.
+      embedder: an :class:`Embedder` with the trained variables.
+      losses: mean training loss per epoch.
+      steps: optimisation steps taken.
+      train_seconds: wall time of the training steps (compilation included).
+      history: ``eval_fn`` results per evaluated epoch (``{"epoch": e, **metrics}``).
+      num_truncated_nodes, num_truncated_edges: truncation of the training graphs by the budgets.
+    """
+
+    variables: Any
+    embedder: Embedder
+    losses: list[float]
+    steps: int
+    train_seconds: float
+    history: list[dict[str, Any]]
+    num_truncated_nodes: int
+    num_truncated_edges: int
+
+
+def train_embedding(
+    graphs: Sequence[SceneGraph],
+    similarity: Any,
+    model_config: SGGCNConfig,
+    config: EmbedTrainConfig,
+    *,
+    eval_fn: Callable[[Embedder], dict[str, Any]] | None = None,
+    eval_every: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> EmbedTrainResult:
+    """Trains a scene-graph GCN on ``graphs`` supervised by ``similarity`` (module docstring).
+
+    Args:
+      graphs: N >= 3 training scene graphs over the model's vocabulary.
+      similarity: float[N, N] supervision similarity of the graphs (row / column ``i`` = ``graphs[i]``).
+      model_config: the GCN's sizes.
+      config: training options.
+      eval_fn: called with an :class:`Embedder` of the current variables every ``eval_every`` epochs
+        and after the last; its dicts are collected in ``history``.
+      eval_every: epochs between evaluations (0 = only after the last epoch, when ``eval_fn``).
+      log: called with one progress line per epoch.
+
+    Returns:
+      :class:`EmbedTrainResult`.
+
+    Raises:
+      ConfigError: fewer than 3 graphs, a similarity that is not ``[N, N]``, bad options.
+      DataError: a graph that does not fit the vocabulary (names the image and field), non-finite
+        similarities.
+    """
+    graphs = list(graphs)
+    if len(graphs) < 3:
+        raise ConfigError("graphs", f"need at least 3 training graphs, got {len(graphs)}")
+    similarity = _check_similarity(similarity, len(graphs))
+    check_int("eval_every", eval_every, minimum=0)
+    num = len(graphs)
+    batch_size = config.batch_size
+    slots = 3 * batch_size
+    padded = pad_scene_graphs(
+        graphs,
+        config.max_nodes,
+        config.max_edges,
+        num_object_classes=model_config.num_object_classes,
+        num_predicates=model_config.num_predicates,
+    )
+    model, optimizer, step = _compiled_step(
+        model_config,
+        config.objective,
+        config.learning_rate,
+        config.nu,
+        config.margin,
+        config.temperature,
+    )
+    first = _stack_rows(padded, np.arange(min(slots, num)).tolist() + [-1] * max(0, slots - num))
+    first = jax.tree.map(np.asarray, first)
+    variables = model.init(jax.random.key(config.seed), first, train=False)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    opt_state = optimizer.init(params)
+
+    def embedder_now() -> Embedder:
+        return Embedder(
+            model,
+            {"params": params, "batch_stats": batch_stats},
+            max_nodes=config.max_nodes,
+            max_edges=config.max_edges,
+            batch_size=config.eval_batch_size,
+        )
+
+    losses, history, steps, train_seconds = [], [], 0, 0.0
+    steps_per_epoch = math.ceil(num / batch_size)
+    for epoch in range(config.epochs):
+        rng = np.random.default_rng([config.seed, epoch])
+        order = rng.permutation(num)
+        epoch_losses = []
+        start = time.perf_counter()
+        for index in range(steps_per_epoch):
+            anchors = order[index * batch_size : (index + 1) * batch_size]
+            count = anchors.shape[0]
+            triplets = sample_triplets(config.sampler, similarity, anchors, rng)
+            members, inverse = np.unique(
+                np.concatenate([anchors, triplets.positive, triplets.negative]), return_inverse=True
+            )
+            rows = np.full(slots, -1, np.int64)
+            rows[: members.shape[0]] = members
+            position = np.zeros((3, batch_size), np.int32)
+            position[:, :count] = inverse.reshape(3, count)
+            mask = np.zeros(batch_size, bool)
+            mask[:count] = True
+            s_ap = np.zeros(batch_size, np.float32)
+            s_an = np.zeros(batch_size, np.float32)
+            s_ap[:count] = similarity[anchors, triplets.positive]
+            s_an[:count] = similarity[anchors, triplets.negative]
+            params, batch_stats, opt_state, loss = step(
+                params,
+                batch_stats,
+                opt_state,
+                _stack_rows(padded, rows),
+                position[0],
+                position[1],
+                position[2],
+                s_ap,
+                s_an,
+                mask,
+            )
+            epoch_losses.append(loss)
+            steps += 1
+        epoch_loss = float(np.mean(jax.device_get(epoch_losses)))
+        train_seconds += time.perf_counter() - start
+        if not math.isfinite(epoch_loss):
+            raise FloatingPointError(f"epoch {epoch + 1}: training loss is {epoch_loss}")
+        losses.append(epoch_loss)
+        line = f"epoch {epoch + 1}/{config.epochs}: loss {epoch_loss:.4f}"
+        last = epoch + 1 == config.epochs
+        if eval_fn is not None and (last or (eval_every and (epoch + 1) % eval_every == 0)):
+            metrics = eval_fn(embedder_now())
+            history.append({"epoch": epoch + 1, **metrics})
+            line += " " + " ".join(
+                f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)
+            )
+        if log is not None:
+            log(line)
+
+    return EmbedTrainResult(
+        variables={"params": params, "batch_stats": batch_stats},
+        embedder=embedder_now(),
+        losses=losses,
+        steps=steps,
+        train_seconds=train_seconds,
+        history=history,
+        num_truncated_nodes=int(padded.num_truncated_nodes.sum()),
+        num_truncated_edges=int(padded.num_truncated_edges.sum()),
+    )
+
+
+def initial_embedder(
+    model_config: SGGCNConfig,
+    *,
+    max_nodes: int,
+    max_edges: int,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> Embedder:
+    """An :class:`Embedder` of the untrained GCN (initial parameters and BatchNorm statistics)."""
+    model = SceneGraphGCN(model_config)
+    empty = pad_scene_graphs(
+        [],
+        max_nodes,
+        max_edges,
+        num_object_classes=model_config.num_object_classes,
+        num_predicates=model_config.num_predicates,
+        batch_size=1,
+    )
+    variables = model.init(jax.random.key(seed), empty, train=False)
+    return Embedder(
+        model, variables, max_nodes=max_nodes, max_edges=max_edges, batch_size=batch_size
+    )
+
+
+__all__ = [
+    "OBJECTIVES",
+    "EmbedTrainConfig",
+    "EmbedTrainResult",
+    "Embedder",
+    "graph_budgets",
+    "initial_embedder",
+    "train_embedding",
+]

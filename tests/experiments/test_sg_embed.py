@@ -1,0 +1,181 @@
+"""python -m experiments.sg_embed end to end (subprocess): outputs, real captions, bad input."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sgg_jax.data import captions as captions_lib
+from sgg_jax.data import gqa200
+from tests.experiments import ROOT
+
+TINY = (
+    "--embed_dim=16",
+    "--hidden_dim=32",
+    "--num_layers=1",
+    "--epochs=1",
+    "--baseline_repeats=2",
+    "--eval_every=1",
+)
+
+
+def run_sg_embed(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.sg_embed", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_synthetic_grid_writes_results_table_and_plot(tmp_path):
+    result = run_sg_embed(
+        "--dataset=synthetic",
+        "--synthetic_images=120",
+        "--objectives=ranking,triplet",
+        "--samplers=probability,extreme",
+        "--noise_ms=1,20",
+        f"--workdir={tmp_path}",
+        *TINY,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["grid"]) == [
+        "ranking/probability",
+        "ranking/extreme",
+        "triplet/probability",
+        "triplet/extreme",
+    ]
+    assert results["data"]["split_sizes"] == {"train": 84, "val": 24, "test": 12}
+    for cell in results["grid"].values():
+        (run,) = cell["runs"]
+        assert run["steps"] == 6  # ceil(84 / 16) anchors batches, one epoch
+        correlations = run["test"]["correlations"]
+        assert correlations["num_images"] == 12
+        for key in ("kendall_row", "spearman_all", "pearson_row"):
+            assert -1.0 <= correlations[key] <= 1.0
+        sweep = run["test"]["noise_sweep"]
+        assert set(sweep) == {"1", "20"}
+        assert 0.0 < sweep["1"]["MRR"] <= 1.0 and math.isfinite(sweep["20"]["MRR"])
+        assert [h["epoch"] for h in run["val_history"]] == [1]
+    assert set(results["baselines"]) == {"random N(0, I) embeddings", "untrained GCN"}
+    table = (tmp_path / "results.md").read_text()
+    assert "| ranking | probability |" in table and "| untrained GCN | — |" in table
+    assert (tmp_path / "noise_sweep.png").stat().st_size > 10_000
+    images = (tmp_path / "images.txt").read_text().splitlines()
+    assert len(images) == 120 and {line.split("\t")[1] for line in images} == {
+        "train",
+        "val",
+        "test",
+    }
+    assert "best by test kendall_row" in result.stdout
+
+
+def test_real_gqa200_images_with_captions_and_partial_captions(tmp_path):
+    # Real GQA-200 graphs with real COCO captions; a caption file that lacks some of them.
+    bundled = captions_lib.load_bundled()
+    graphs, _ = gqa200.load_bundled("all")
+    with_captions = captions_lib.attach(graphs, bundled)
+    assert len(with_captions) == 117
+    kept = [g.image_id for g in with_captions if 3 <= g.num_objects <= 40 and g.num_relations]
+    assert len(kept) == 116
+    # Drop the captions of 10 kept images: they are skipped and counted, the rest is used.
+    partial = {k: list(v) for k, v in bundled.items() if k not in set(kept[:10])}
+    path = tmp_path / "partial_captions.json"
+    path.write_text(json.dumps({"captions": partial}))
+    workdir = tmp_path / "partial"
+    result = run_sg_embed(
+        "--dataset=gqa200_captions",
+        f"--captions={path}",
+        "--objectives=ranking",
+        "--samplers=reject",
+        "--noise_ms=1,5",
+        f"--workdir={workdir}",
+        *TINY,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["data"]["filters"]["input"] == 107
+    assert results["data"]["filters"]["too_few_objects"] == 1
+    assert results["data"]["graphs_with_captions"] == 107
+    assert results["data"]["num_images"] == 106
+    assert results["grid"]["ranking/reject"]["runs"][0]["test"]["correlations"]["num_images"] == 11
+
+
+def test_split_without_any_caption_is_an_error(tmp_path):
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps({"captions": {"no-such-image": ["a cat on a mat"]}}))
+    line = _error_line(
+        run_sg_embed("--dataset=gqa200_captions", f"--captions={path}", f"--workdir={tmp_path}")
+    )
+    assert "no GQA-200 image has a caption" in line and str(path) in line
+
+
+@pytest.mark.parametrize(
+    "matrix, message",
+    [
+        (np.zeros((5, 6), np.float32), "not square|square"),
+        (np.zeros((7, 7), np.float32), "7"),
+    ],
+)
+def test_similarity_matrix_of_the_wrong_shape_is_an_error(tmp_path, matrix, message):
+    path = tmp_path / "similarity.npy"
+    np.save(path, matrix)
+    line = _error_line(
+        run_sg_embed(
+            "--dataset=synthetic",
+            "--synthetic_images=30",
+            f"--similarity_npy={path}",
+            f"--workdir={tmp_path}",
+        )
+    )
+    assert str(path) in line
+    assert any(part in line for part in message.split("|"))
+
+
+def test_user_similarity_matrix_replaces_captions(tmp_path):
+    rng = np.random.default_rng(0)
+    values = rng.random((30, 30)).astype(np.float32)
+    path = tmp_path / "similarity.npy"
+    np.save(path, (values + values.T) / 2)
+    result = run_sg_embed(
+        "--dataset=synthetic",
+        "--synthetic_images=30",
+        f"--similarity_npy={path}",
+        "--objectives=triplet",
+        "--samplers=random",
+        "--noise_ms=1",
+        f"--workdir={tmp_path}",
+        *TINY,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["data"]["similarity"] == f"user matrix {path}"
+
+
+@pytest.mark.parametrize(
+    "flag, option",
+    [
+        ("--learning_rate=-1", "learning_rate"),
+        ("--objectives=ranking,contrastive", "objectives"),
+        ("--samplers=hardest", "samplers"),
+        ("--split_fractions=0.7,0.2", "split_fractions"),
+        ("--seeds=a", "seeds"),
+        ("--dataset=vg_json", "vg_relationships"),
+    ],
+)
+def test_bad_flags_fail_before_loading_data(tmp_path, flag, option):
+    line = _error_line(run_sg_embed(flag, f"--workdir={tmp_path}"))
+    assert option in line

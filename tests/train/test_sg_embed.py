@@ -1,0 +1,176 @@
+"""Scene-graph embedding training (sgg_jax.train.sg_embed): batches, determinism, learning, bad input."""
+
+import numpy as np
+import pytest
+
+from sgg_jax.data import similarity as similarity_lib
+from sgg_jax.data import synthetic, synthetic_captions, word_vectors
+from sgg_jax.data.graph_batch import pad_scene_graphs
+from sgg_jax.errors import ConfigError, DataError
+from sgg_jax.evaluation import embedding as embedding_eval
+from sgg_jax.models.sg_gcn import SGGCNConfig
+from sgg_jax.structures import SceneGraph
+from sgg_jax.train import sg_embed
+
+
+@pytest.fixture(scope="module")
+def data():
+    dataset = synthetic.generate(synthetic.SyntheticConfig(num_images=160, seed=3))
+    graphs, types = synthetic_captions.synthesize(
+        dataset.graphs,
+        dataset.vocab,
+        synthetic_captions.CaptionConfig(noise=0.2, seed=3, num_scene_types=4),
+    )
+    table = {g.image_id: g.captions for g in graphs}
+    vectors = word_vectors.random_word_vectors(similarity_lib.caption_vocabulary(table.values()))
+    similarity, _ = similarity_lib.caption_similarity(
+        [g.image_id for g in graphs], table, vectors, normalise_captions=True
+    )
+    vocab = dataset.vocab
+    model_config = SGGCNConfig(
+        len(vocab.object_names) - 1,
+        len(vocab.predicate_names) - 1,
+        embed_dim=16,
+        hidden_dim=32,
+        num_layers=2,
+    )
+    max_nodes, max_edges = sg_embed.graph_budgets(graphs)
+    return graphs, similarity, model_config, max_nodes, max_edges, types
+
+
+def _config(data, **changes):
+    max_nodes, max_edges = data[3], data[4]
+    options = dict(epochs=2, batch_size=16, learning_rate=1e-2, max_nodes=max_nodes)
+    options.update(max_edges=max_edges, eval_batch_size=32)
+    options.update(changes)
+    return sg_embed.EmbedTrainConfig(**options)
+
+
+def test_graph_budgets_hold_every_graph(data):
+    graphs = data[0]
+    max_nodes, max_edges = sg_embed.graph_budgets(graphs)
+    assert max_nodes == max(g.num_objects for g in graphs) + 2
+    assert max_edges == max(g.num_objects + g.num_relations for g in graphs)
+    batch = pad_scene_graphs(
+        graphs, max_nodes, max_edges, num_object_classes=150, num_predicates=50
+    )
+    assert batch.num_truncated_nodes.sum() == 0 and batch.num_truncated_edges.sum() == 0
+
+
+def test_stack_rows_pads_with_empty_graphs(data):
+    graphs, _, config, max_nodes, max_edges = data[:5]
+    padded = pad_scene_graphs(
+        graphs[:5],
+        max_nodes,
+        max_edges,
+        num_object_classes=config.num_object_classes,
+        num_predicates=config.num_predicates,
+    )
+    stacked = sg_embed._stack_rows(padded, np.array([3, -1, 0, -1]))
+    np.testing.assert_array_equal(stacked.graph_mask, [True, False, True, False])
+    np.testing.assert_array_equal(stacked.node_labels[0], padded.node_labels[3])
+    np.testing.assert_array_equal(stacked.edges[2], padded.edges[0])
+    assert not stacked.node_mask[1].any() and not stacked.edge_mask[3].any()
+    assert (stacked.edges[1] == max_nodes - 1).all() and (stacked.node_labels[3] == 0).all()
+
+
+@pytest.mark.parametrize("objective", sg_embed.OBJECTIVES)
+def test_training_is_deterministic_and_finite(data, objective):
+    graphs, similarity, model_config = data[:3]
+    config = _config(data, objective=objective, sampler="reject", epochs=1)
+    first = sg_embed.train_embedding(graphs[:40], similarity[:40, :40], model_config, config)
+    second = sg_embed.train_embedding(graphs[:40], similarity[:40, :40], model_config, config)
+    assert first.steps == 3 and len(first.losses) == 1 and np.isfinite(first.losses[0])
+    assert first.losses == second.losses
+    np.testing.assert_array_equal(first.embedder(graphs[40:50]), second.embedder(graphs[40:50]))
+    embeddings = first.embedder(graphs[40:50])
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
+
+
+def test_ranking_training_fits_the_supervision(data):
+    # Supervision with a clear structure: images of the same hidden scene type are similar.
+    graphs, _, model_config, max_nodes, max_edges = data[:5]
+    types = data[5][:64]
+    target = np.where(types[:, None] == types[None, :], 0.9, 0.1).astype(np.float32)
+    train = graphs[:64]
+    untrained = sg_embed.initial_embedder(model_config, max_nodes=max_nodes, max_edges=max_edges)
+    before = embedding_eval.rank_correlations(untrained(train), target)["kendall_row"]
+    history = []
+    trained = sg_embed.train_embedding(
+        train,
+        target,
+        model_config,
+        _config(data, objective="ranking", sampler="probability", epochs=15),
+        eval_fn=lambda e: {
+            "kendall_row": embedding_eval.rank_correlations(e(train), target)["kendall_row"]
+        },
+        eval_every=5,
+        log=history.append,
+    )
+    after = embedding_eval.rank_correlations(trained.embedder(train), target)["kendall_row"]
+    assert [h["epoch"] for h in trained.history] == [5, 10, 15]
+    assert trained.history[-1]["kendall_row"] == pytest.approx(after)
+    assert len(history) == 15 and history[-1].startswith("epoch 15/15")
+    assert trained.losses[-1] < trained.losses[0] - 0.05
+    assert after > before + 0.15
+
+
+def test_query_without_objects_embeds_as_the_image_node_alone(data):
+    graphs, _, model_config, max_nodes, max_edges = data[:5]
+    embedder = sg_embed.initial_embedder(
+        model_config, max_nodes=max_nodes, max_edges=max_edges, batch_size=4
+    )
+    query = embedding_eval.remove_edges(graphs[0], 10_000, rng=0)
+    assert query.num_objects == 0 and query.num_relations == 0
+    bare = SceneGraph(
+        "bare", 10, 10, np.zeros((0, 4)), np.zeros(0, np.int32), np.zeros((0, 3), np.int32)
+    )
+    embeddings = embedder([query, graphs[1], bare])
+    assert np.all(np.isfinite(embeddings))
+    # Both are the image node alone: the same embedding, whatever the image.
+    np.testing.assert_allclose(embeddings[0], embeddings[2], atol=1e-6)
+    assert not np.allclose(embeddings[0], embeddings[1])
+    sweep = embedding_eval.noise_sweep(embedder, graphs[:20], [1, 10_000], ks=(1, 5))
+    assert sweep[10_000]["num_empty_queries"] == 20
+    # Identical queries: ranks are pessimistic ties, so nothing is retrieved at rank 1 by chance.
+    assert sweep[10_000]["R@1"] <= 1 / 20
+
+
+def test_embedder_counts_truncation(data):
+    graphs, _, model_config = data[:3]
+    embedder = sg_embed.initial_embedder(model_config, max_nodes=4, max_edges=2, batch_size=8)
+    embedder(graphs[:8])
+    assert embedder.num_truncated_nodes == sum(max(0, g.num_objects - 2) for g in graphs[:8])
+    assert embedder.num_truncated_edges > 0
+
+
+def test_bad_similarity_is_rejected(data):
+    graphs, similarity, model_config = data[:3]
+    config = _config(data)
+    with pytest.raises(ConfigError, match="similarity.*square"):
+        sg_embed.train_embedding(graphs[:10], similarity[:10, :9], model_config, config)
+    with pytest.raises(ConfigError, match="similarity.*10 x 10 but there are 12 graphs"):
+        sg_embed.train_embedding(graphs[:12], similarity[:10, :10], model_config, config)
+    broken = similarity[:10, :10].copy()
+    broken[2, 3] = np.nan
+    with pytest.raises(DataError, match="similarity.*finite"):
+        sg_embed.train_embedding(graphs[:10], broken, model_config, config)
+    with pytest.raises(ConfigError, match="at least 3 training graphs"):
+        sg_embed.train_embedding(graphs[:2], similarity[:2, :2], model_config, config)
+
+
+@pytest.mark.parametrize(
+    "changes, option",
+    [
+        ({"objective": "contrastive"}, "objective"),
+        ({"sampler": "hardest"}, "sampler"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"nu": float("nan")}, "nu"),
+        ({"margin": -0.1}, "margin"),
+        ({"max_nodes": 10, "max_edges": 5}, "max_edges"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_training_options(changes, option):
+    with pytest.raises(ConfigError, match=option):
+        sg_embed.EmbedTrainConfig(**changes)
