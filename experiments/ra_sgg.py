@@ -1,10 +1,17 @@
 """RA-SGG: retrieval-augmented scene graph generation via multi-prototype learning.
 
-``python -m experiments.ra_sgg --flagfile=experiments/flags/penet_gqa200_mini.flags``
+``python -m experiments.ra_sgg --flagfile=experiments/flags/ra_sgg_gqa200_mini.flags``
 
 Methods (``--method``):
 
-* ``penet`` — phase 1 of RA-SGG: the PE-Net base model (Zheng et al., CVPR 2023) trained on the
+* ``ra_sgg`` — the full method (Yoon et al., "RA-SGG", AAAI 2025): phase 1 trains PE-Net as below;
+  phase 2 continues from it with a memory bank of every annotated training relation (searched with
+  ScaNN or exactly, refreshed every ``--bank_refresh_steps``), label-inconsistency selection,
+  inverse-propensity augmentation of tail predicates and the multi-prototype loss
+  (``sgg_jax.retrieval.ra_sgg``). ``--ablations`` trains the variants without selection, without
+  inverse-propensity weighting and a same-length PE-Net continuation (the control), and every
+  variant is evaluated on test next to PE-Net and FREQ.
+* ``penet`` — phase 1 of RA-SGG alone: the PE-Net base model (Zheng et al., CVPR 2023) trained on the
   device mesh with checkpoints (auto-resume from ``--workdir``), periodic evaluation on val, a final
   evaluation on test next to the frequency baseline (FREQ: the predicate distribution of the
   (subject class, object class) pair in the training split), ``results.json`` / ``results.md``, plots
@@ -12,9 +19,6 @@ Methods (``--method``):
   ``sgg_jax.load_exported``).
 * ``data`` — the data stage only: load the splits, run one pass of the input pipeline over each,
   print a summary and write ``data_summary.json``.
-
-The retrieval-augmented phase 2 (memory bank, label-inconsistency selection, inverse-propensity
-augmentation) builds on the phase-1 checkpoint and is not part of this version.
 """
 
 from __future__ import annotations

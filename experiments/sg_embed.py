@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -128,6 +129,12 @@ flags.DEFINE_list("noise_ms", [str(m) for m in range(1, 21)], "Relations removed
 flags.DEFINE_list("report_ms", ["1", "5", "10", "20"], "Values of M shown in the retrieval table.")
 flags.DEFINE_enum("retrieval_backend", "exact", ["exact", "scann"], "Gallery search backend.")
 flags.DEFINE_integer("baseline_repeats", 10, "Draws of the random-embedding baseline.")
+flags.DEFINE_bool(
+    "save_embedder",
+    True,
+    "Save the run with the best validation kendall_row to <workdir>/embedder "
+    "(sgg_jax.train.sg_embed.load_embedder / load_exported_embed_function).",
+)
 OWN_FLAGS = tuple(sorted(set(FLAGS) - _FLAGS_BEFORE))
 
 SIZES = {"small": (64, 128, 3), "official": (300, 512, 5)}
@@ -655,6 +662,7 @@ def run_grid(data: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
         return {f"val_{k}": metrics[k] for k in ("kendall_row", "spearman_all")}
 
     grid_start = time.perf_counter()
+    best_val: dict[str, Any] = {"score": -np.inf}
     for objective in FLAGS.objectives:
         for sampler in FLAGS.samplers:
             name = f"{objective}/{sampler}"
@@ -696,6 +704,16 @@ def run_grid(data: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
                         "test": test,
                     }
                 )
+                val_score = (trained.history[-1] if trained.history else {}).get(
+                    "val_kendall_row", -np.inf
+                )
+                if np.isfinite(val_score) and val_score > best_val["score"]:
+                    best_val = {
+                        "score": float(val_score),
+                        "name": name,
+                        "seed": seed,
+                        "embedder": trained.embedder,
+                    }
                 corr = test["correlations"]
                 print(
                     f"{name} seed {seed}: kendall_row {corr['kendall_row']:.4f} spearman_all "
@@ -712,6 +730,27 @@ def run_grid(data: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
     results["grid_seconds"] = time.perf_counter() - grid_start
     best = max(results["grid"], key=lambda n: results["grid"][n]["aggregate"]["kendall_row"][0])
     results["best_by_kendall_row"] = best
+    if FLAGS.save_embedder and "embedder" in best_val:
+        path = os.path.join(FLAGS.workdir, "embedder")
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        sg_embed.save_embedder(
+            best_val["embedder"],
+            path,
+            object_names=vocab.object_names,
+            predicate_names=vocab.predicate_names,
+            extra={
+                "run": best_val["name"],
+                "seed": best_val["seed"],
+                "val_kendall_row": best_val["score"],
+            },
+        )
+        results["saved_embedder"] = {
+            "path": path,
+            "run": best_val["name"],
+            "seed": best_val["seed"],
+            "val_kendall_row": best_val["score"],
+        }
     return results
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -440,6 +441,155 @@ def initial_embedder(
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Saving and loading trained embedders
+# ---------------------------------------------------------------------------------------------
+
+EMBEDDER_CONFIG = "embedder.json"
+EMBEDDER_PARAMS = "variables"
+EMBEDDER_FUNCTION = "embed.jax_exported"
+GRAPH_INPUTS = ("node_labels", "node_mask", "edges", "edge_labels", "edge_mask", "graph_mask")
+
+
+def save_embedder(
+    embedder: Embedder,
+    path: str | os.PathLike,
+    *,
+    object_names: Sequence[str] | None = None,
+    predicate_names: Sequence[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Writes a trained embedder to the folder ``path`` (created; must not exist).
+
+    Layout::
+
+        variables/          params and BatchNorm statistics (orbax StandardCheckpointer)
+        embedder.json       model sizes, budgets, vocabulary names, ``extra``
+        embed.jax_exported  ``embed(variables, node_labels, node_mask, edges, edge_labels,
+                            edge_mask, graph_mask) -> f32[B, D]`` for the saved batch shape,
+                            serialised with ``jax.export`` (runs without sgg_jax's model code)
+
+    Returns:
+      The folder written.
+    """
+    import orbax.checkpoint as ocp
+
+    from sgg_jax.train.checkpoint import jsonable, write_json
+
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path):
+        raise ConfigError("path", f"{path} already exists")
+    os.makedirs(path)
+    variables = jax.device_get(embedder.variables)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.join(path, EMBEDDER_PARAMS), variables)
+    config = embedder.model.config
+    write_json(
+        os.path.join(path, EMBEDDER_CONFIG),
+        {
+            "format": "sgg_jax.sg_embed",
+            "model": {
+                "num_object_classes": config.num_object_classes,
+                "num_predicates": config.num_predicates,
+                "embed_dim": config.embed_dim,
+                "hidden_dim": config.hidden_dim,
+                "num_layers": config.num_layers,
+                "batch_norm_momentum": config.batch_norm_momentum,
+            },
+            "max_nodes": embedder.max_nodes,
+            "max_edges": embedder.max_edges,
+            "batch_size": embedder.batch_size,
+            "object_names": list(object_names) if object_names is not None else None,
+            "predicate_names": list(predicate_names) if predicate_names is not None else None,
+            "extra": jsonable(extra or {}),
+        },
+    )
+    example = pad_scene_graphs(
+        [],
+        embedder.max_nodes,
+        embedder.max_edges,
+        num_object_classes=config.num_object_classes,
+        num_predicates=config.num_predicates,
+        batch_size=embedder.batch_size,
+    )
+    model = embedder.model
+
+    def embed(variables, node_labels, node_mask, edges, edge_labels, edge_mask, graph_mask):
+        batch = GraphBatch(
+            node_labels=node_labels,
+            node_mask=node_mask,
+            edges=edges,
+            edge_labels=edge_labels,
+            edge_mask=edge_mask,
+            graph_mask=graph_mask,
+            num_truncated_nodes=jax.numpy.zeros(graph_mask.shape, jax.numpy.int32),
+            num_truncated_edges=jax.numpy.zeros(graph_mask.shape, jax.numpy.int32),
+        )
+        return model.apply(variables, batch, train=False)[0]
+
+    specs = [
+        jax.ShapeDtypeStruct(np.shape(getattr(example, n)), getattr(example, n).dtype)
+        for n in GRAPH_INPUTS
+    ]
+    variable_specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
+    exported = jax.export.export(jax.jit(embed))(variable_specs, *specs)
+    with open(os.path.join(path, EMBEDDER_FUNCTION), "wb") as handle:
+        handle.write(exported.serialize())
+    return path
+
+
+def _read_embedder_files(path: str) -> tuple[dict[str, Any], Any]:
+    import json
+
+    import orbax.checkpoint as ocp
+
+    config_path = os.path.join(path, EMBEDDER_CONFIG)
+    try:
+        with open(config_path) as handle:
+            document = json.load(handle)
+    except FileNotFoundError:
+        raise DataError("not a saved embedder (no embedder.json)", path=path) from None
+    except (OSError, ValueError) as error:
+        raise DataError(f"unreadable: {error}", path=config_path) from None
+    if not isinstance(document, dict) or document.get("format") != "sgg_jax.sg_embed":
+        raise DataError("not an sgg_jax.sg_embed file", path=config_path, field="format")
+    with ocp.StandardCheckpointer() as checkpointer:
+        variables = checkpointer.restore(os.path.join(path, EMBEDDER_PARAMS))
+    return document, variables
+
+
+def load_embedder(path: str | os.PathLike) -> Embedder:
+    """Loads :func:`save_embedder`'s folder as an :class:`Embedder` (uses the model code)."""
+    path = os.path.abspath(os.fspath(path))
+    document, variables = _read_embedder_files(path)
+    model = SceneGraphGCN(SGGCNConfig(**document["model"]))
+    return Embedder(
+        model,
+        variables,
+        max_nodes=document["max_nodes"],
+        max_edges=document["max_edges"],
+        batch_size=document["batch_size"],
+    )
+
+
+def load_exported_embed_function(path: str | os.PathLike) -> Callable[..., jax.Array]:
+    """The serialised embed function of a saved embedder, bound to its variables.
+
+    Returns ``embed(node_labels, node_mask, edges, edge_labels, edge_mask, graph_mask) -> f32[B, D]``
+    over arrays of the saved batch shape (e.g. the fields of a
+    :class:`~sgg_jax.data.graph_batch.GraphBatch`); it does not call sgg_jax's model code.
+    """
+    path = os.path.abspath(os.fspath(path))
+    _, variables = _read_embedder_files(path)
+    with open(os.path.join(path, EMBEDDER_FUNCTION), "rb") as handle:
+        exported = jax.export.deserialize(bytearray(handle.read()))
+
+    def embed(*arrays):
+        return exported.call(variables, *arrays)
+
+    return embed
+
+
 __all__ = [
     "OBJECTIVES",
     "EmbedTrainConfig",
@@ -447,5 +597,8 @@ __all__ = [
     "Embedder",
     "graph_budgets",
     "initial_embedder",
+    "load_embedder",
+    "load_exported_embed_function",
+    "save_embedder",
     "train_embedding",
 ]

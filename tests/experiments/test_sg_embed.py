@@ -81,6 +81,9 @@ def test_synthetic_grid_writes_results_table_and_plot(tmp_path):
         "test",
     }
     assert "best by test kendall_row" in result.stdout
+    saved = results["saved_embedder"]
+    assert saved["run"] in results["grid"] and saved["path"] == str(tmp_path / "embedder")
+    assert (tmp_path / "embedder" / "embed.jax_exported").is_file()
 
 
 def test_real_gqa200_images_with_captions_and_partial_captions(tmp_path):

@@ -174,3 +174,29 @@ def test_bad_similarity_is_rejected(data):
 def test_bad_training_options(changes, option):
     with pytest.raises(ConfigError, match=option):
         sg_embed.EmbedTrainConfig(**changes)
+
+
+def test_saved_embedder_round_trip_and_model_free_function(data, tmp_path):
+    graphs, similarity, model_config = data[:3]
+    trained = sg_embed.train_embedding(
+        graphs[:40], similarity[:40, :40], model_config, _config(data, epochs=1)
+    )
+    expected = trained.embedder(graphs[40:50])
+    path = sg_embed.save_embedder(trained.embedder, tmp_path / "embedder", extra={"note": "test"})
+    loaded = sg_embed.load_embedder(path)
+    np.testing.assert_allclose(loaded(graphs[40:50]), expected, atol=1e-6)
+    embed = sg_embed.load_exported_embed_function(path)
+    batch = pad_scene_graphs(
+        graphs[40:50],
+        loaded.max_nodes,
+        loaded.max_edges,
+        num_object_classes=model_config.num_object_classes,
+        num_predicates=model_config.num_predicates,
+        batch_size=loaded.batch_size,
+    )
+    outputs = embed(*(getattr(batch, name) for name in sg_embed.GRAPH_INPUTS))
+    np.testing.assert_allclose(np.asarray(outputs)[:10], expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="already exists"):
+        sg_embed.save_embedder(trained.embedder, path)
+    with pytest.raises(DataError, match="not a saved embedder"):
+        sg_embed.load_embedder(tmp_path)
