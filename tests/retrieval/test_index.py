@@ -311,6 +311,18 @@ def test_scann_tree_recall_and_true_scores_on_clustered_data(clustered):
     assert np.all(scores <= exact_scores + 1e-5)
 
 
+def test_scann_parallel_search_equals_single_threaded_search(clustered):
+    keys, query_ids, _, _ = clustered
+    index = ScannIndex().build(keys)
+    queries = keys[query_ids]
+    assert queries.shape[0] >= ScannIndex.PARALLEL_MIN_QUERIES
+    parallel = index.search(queries, 10, exclude_ids=query_ids)
+    index.parallel_search = False
+    single = index.search(queries, 10, exclude_ids=query_ids)
+    np.testing.assert_array_equal(parallel[0], single[0])
+    np.testing.assert_array_equal(parallel[1], single[1])
+
+
 def test_scann_accurate_configuration_reaches_high_recall_on_tight_clusters():
     keys, _ = clustered_bank(20_000, spread=0.35, seed=1)
     query_ids = np.random.default_rng(101).choice(len(keys), size=1000, replace=False)
