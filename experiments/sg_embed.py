@@ -487,12 +487,34 @@ def _cell(mean_std: tuple[float, float], seeds: int, bold: bool = False) -> str:
     return f"**{text}**" if bold else text
 
 
+def _table(
+    cells: dict[str, Any], columns: Sequence[str], baselines: dict[str, Any], seeds: int
+) -> list[str]:
+    """Markdown rows: header, baselines (plain values), grid cells (best per column in bold)."""
+    best = {c: max(cell["aggregate"][c][0] for cell in cells.values()) for c in columns}
+    lines = [
+        "| objective | sampler | " + " | ".join(columns) + " |",
+        "|---|---|" + "---:|" * len(columns),
+    ]
+    for baseline, values in baselines.items():
+        lines.append(
+            f"| {baseline} | — | " + " | ".join(f"{values[c]:.3f}" for c in columns) + " |"
+        )
+    for cell in cells.values():
+        agg = cell["aggregate"]
+        lines.append(
+            f"| {cell['objective']} | {cell['sampler']} | "
+            + " | ".join(_cell(agg[c], seeds, agg[c][0] == best[c]) for c in columns)
+            + " |"
+        )
+    return lines
+
+
 def markdown_tables(results: dict[str, Any]) -> str:
     """The correlation table and the retrieval table of the grid, best value per column in bold."""
     cells = results["grid"]
     seeds = len(results["config"]["seeds"])
     noise_ms = results["config"]["noise_ms"]
-    names = list(cells)
     lines = [
         f"Test split: {results['data']['split_sizes']['test']} images "
         f"({results['data']['dataset']}); mean over {seeds} seed(s)"
@@ -501,44 +523,18 @@ def markdown_tables(results: dict[str, Any]) -> str:
         "",
         "Rank correlation between f_X·f_Y and s_XY (row-wise mean | all pairs):",
         "",
-        "| objective | sampler | " + " | ".join(CORRELATION_KEYS) + " |",
-        "|---|---|" + "---:|" * len(CORRELATION_KEYS),
+        *_table(cells, CORRELATION_KEYS, results["baselines"], seeds),
     ]
-    best = {k: max(cells[n]["aggregate"][k][0] for n in names) for k in CORRELATION_KEYS}
-    for baseline, values in results["baselines"].items():
-        lines.append(
-            f"| {baseline} | — | " + " | ".join(f"{values[k]:.3f}" for k in CORRELATION_KEYS) + " |"
-        )
-    for name in names:
-        agg = cells[name]["aggregate"]
-        lines.append(
-            f"| {cells[name]['objective']} | {cells[name]['sampler']} | "
-            + " | ".join(_cell(agg[k], seeds, agg[k][0] == best[k]) for k in CORRELATION_KEYS)
-            + " |"
-        )
     reported = [m for m in results["config"]["report_ms"] if m in noise_ms] or list(noise_ms[:4])
     columns = [f"MRR@M={m}" for m in reported] + [f"R@1@M={m}" for m in reported]
     columns += [f"R@5@M={m}" for m in reported] + ["MRR_mean_over_M"]
-    best = {c: max(cells[n]["aggregate"][c][0] for n in names) for c in columns}
     lines += [
         "",
         "Retrieval with incomplete queries (M relations removed; the query must find its own image "
         "among all test images):",
         "",
-        "| objective | sampler | " + " | ".join(columns) + " |",
-        "|---|---|" + "---:|" * len(columns),
+        *_table(cells, columns, results.get("baseline_retrieval", {}), seeds),
     ]
-    for baseline, values in results.get("baseline_retrieval", {}).items():
-        lines.append(
-            f"| {baseline} | — | " + " | ".join(f"{values[c]:.3f}" for c in columns) + " |"
-        )
-    for name in names:
-        agg = cells[name]["aggregate"]
-        lines.append(
-            f"| {cells[name]['objective']} | {cells[name]['sampler']} | "
-            + " | ".join(_cell(agg[c], seeds, agg[c][0] == best[c]) for c in columns)
-            + " |"
-        )
     first_run = next(iter(cells.values()))["runs"][0]["test"]["noise_sweep"]
     empty = ", ".join(
         f"M={m}: {first_run[str(m)]['num_empty_queries'] / first_run[str(m)]['num_queries']:.0%}"
