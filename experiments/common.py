@@ -161,6 +161,20 @@ def eval_pipeline_config(vocab: Vocab) -> pipeline.PipelineConfig:
 
 
 Scorer = Callable[[SceneGraphBatch], tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]
+MultiScorer = Callable[
+    [SceneGraphBatch], Mapping[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]
+]
+
+
+def predicate_groups_of(vocab: Vocab) -> dict[str, Any] | None:
+    """Head / body / tail predicates by training-frequency thirds (None with fewer than 3)."""
+    counts = vocab.predicate_counts
+    positive = np.sort(counts[1:][counts[1:] > 0])
+    if positive.size < 3:
+        return None
+    head_above = int(positive[(2 * positive.size) // 3])
+    tail_below = int(positive[positive.size // 3])
+    return frequency_groups(counts, thresholds=(max(head_above - 1, tail_below), tail_below))
 
 
 def evaluate_scorer(
@@ -186,30 +200,73 @@ def evaluate_scorer(
     Returns:
       The evaluator's metrics.
     """
-    predictions = {}
+    return evaluate_scorers(
+        lambda batch: {"": scorer(batch)},
+        graphs,
+        vocab,
+        mode=mode,
+        zeroshot_triplets=zeroshot_triplets,
+        object_features=object_features,
+    )[""]
+
+
+def evaluate_scorers(
+    scorers: MultiScorer,
+    graphs: Sequence[SceneGraph],
+    vocab: Vocab,
+    *,
+    mode: str,
+    zeroshot_triplets: np.ndarray | None = None,
+    object_features: Sequence[np.ndarray] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_scorer` for several scorings of one pass (e.g. one model, several rankings).
+
+    Args:
+      scorers: ``scorers(host_batch) -> {name: (predicate_scores, object_labels, object_scores)}``
+        with the same names for every batch.
+      graphs, vocab, mode, zeroshot_triplets, object_features: as :func:`evaluate_scorer`.
+
+    Returns:
+      ``{name: metrics}``.
+    """
+    predictions: dict[str, dict[int, Any]] = {}
     loader = pipeline.make_loader(
         graphs, eval_pipeline_config(vocab), object_features=object_features
     )
     for batch in loader:
-        scores, labels, object_scores = scorer(batch)
-        predictions.update(batch_predictions(graphs, batch, scores, labels, object_scores))
-    ordered = [predictions[i] for i in range(len(graphs))]
-    counts = vocab.predicate_counts
-    positive = np.sort(counts[1:][counts[1:] > 0])
-    groups = None
-    if positive.size >= 3:
-        # head / body / tail by training-frequency thirds of the predicates of this dataset
-        head_above = int(positive[(2 * positive.size) // 3])
-        tail_below = int(positive[positive.size // 3])
-        groups = frequency_groups(counts, thresholds=(max(head_above - 1, tail_below), tail_below))
+        for name, (scores, labels, object_scores) in scorers(batch).items():
+            predictions.setdefault(name, {}).update(
+                batch_predictions(graphs, batch, scores, labels, object_scores)
+            )
+    return {
+        name: evaluate_predictions(
+            graphs,
+            [by_index[i] for i in range(len(graphs))],
+            vocab,
+            mode=mode,
+            zeroshot_triplets=zeroshot_triplets,
+        )
+        for name, by_index in predictions.items()
+    }
+
+
+def evaluate_predictions(
+    graphs: Sequence[SceneGraph],
+    predictions: Sequence[Any],
+    vocab: Vocab,
+    *,
+    mode: str,
+    zeroshot_triplets: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The evaluator's metrics of ``predictions`` (one per graph), with the head/body/tail groups."""
     return evaluate(
         graphs,
-        ordered,
+        predictions,
         mode=mode,
         num_predicates=vocab.num_predicates,
         zeroshot_triplets=zeroshot_triplets,
         predicate_names=vocab.predicate_names,
-        predicate_groups=groups,
+        predicate_groups=predicate_groups_of(vocab),
     )
 
 

@@ -31,11 +31,14 @@ padding cannot leak), and each mean is divided by the mask count of the whole ba
   :func:`cce_scorer_losses` — Huang et al., "Addressing Class Imbalance in Scene Graph Parsing by
   Learning to Contrast and Score" (ACCV 2020, Sec. 3): the contrasting cross-entropy against
   the hardest negative predicate, the focal loss it is compared with, and the Scorer's binary
-  cross-entropy; ``L = L_other + λ1·L_CCE + λ2·L_BCE``.
+  cross-entropy; ``L = L_other + λ1·L_CCE + λ2·L_BCE``. :class:`CCEScorerLossConfig` /
+  :func:`make_cce_scorer_loss` build that total for a MotifNet or PE-Net base model (one row of
+  the paper's ablation: +CCE, +Scorer, focal instead of CE).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -656,3 +659,159 @@ def cce_scorer_losses(
         lambda_bce=lambda_bce,
     )
     return loss, terms
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss builder of the CCE + Scorer experiment (MotifNet or PE-Net base models)
+# ----------------------------------------------------------------------------------------------
+
+CCE_SCORER_BASES = ("motifs", "penet")
+
+
+@dataclasses.dataclass(frozen=True)
+class CCEScorerLossConfig:
+    """Which terms :func:`make_cce_scorer_loss` adds; invalid values raise :class:`ConfigError`.
+
+    ``L = L_other + λ1·L_CCE + λ2·L_BCE`` (Huang et al., ACCV 2020), where ``L_other`` is the base
+    model's own loss: MotifNet's relation CE (+ object CE in SGCls, Scene-Graph-Benchmark's
+    ``RelationLossComputation``) or PE-Net's :func:`penet_losses`. With ``use_focal`` the relation
+    cross-entropy of ``L_other`` (PE-Net: ``relation_ce``, L_e_sim) is replaced by :func:`focal`;
+    the object CE and PE-Net's other terms stay.
+
+    Attributes:
+      base: ``"motifs"`` or ``"penet"``.
+      use_cce: add ``λ1·L_CCE`` (:func:`cce` on ``outputs["relation_logits"]``).
+      use_scorer: add ``λ2·L_BCE`` (:func:`scorer_bce` on ``outputs["scorer_logits"]``, targets
+        :func:`scorer_targets` (1 = annotated pair, 0 = background), masked by ``pair_mask``).
+      use_focal: focal loss instead of the relation cross-entropy.
+      lambda_cce: λ1 >= 0 (paper 100).
+      lambda_bce: λ2 >= 0 (paper 1).
+      margin: α >= 0 of CCE (paper 0).
+      background: CCE on background pairs, ``"skip"`` or ``"include"`` (see :func:`cce`).
+      gamma: γ >= 0 of the focal loss (4 here, the value the brief fixed for the baseline).
+      class_weights: optional float[C] focal class weights ``w`` (column 0 = background), finite
+        and >= 0.
+    """
+
+    base: str = "motifs"
+    use_cce: bool = False
+    use_scorer: bool = False
+    use_focal: bool = False
+    lambda_cce: float = 100.0
+    lambda_bce: float = 1.0
+    margin: float = 0.0
+    background: str = "skip"
+    gamma: float = 4.0
+    class_weights: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.base not in CCE_SCORER_BASES:
+            raise ConfigError("base", f"must be one of {CCE_SCORER_BASES}, got {self.base!r}")
+        for option in ("use_cce", "use_scorer", "use_focal"):
+            if not isinstance(getattr(self, option), bool):
+                raise ConfigError(option, f"must be True or False, got {getattr(self, option)!r}")
+        for option in ("lambda_cce", "lambda_bce", "margin", "gamma"):
+            object.__setattr__(self, option, _check_non_negative(option, getattr(self, option)))
+        if self.background not in CCE_BACKGROUND_MODES:
+            raise ConfigError(
+                "background", f"must be one of {CCE_BACKGROUND_MODES}, got {self.background!r}"
+            )
+        if self.class_weights is not None:
+            weights = np.asarray(self.class_weights, np.float64)
+            if weights.ndim != 1 or not np.all(np.isfinite(weights)) or np.any(weights < 0):
+                raise ConfigError("class_weights", "must be a 1-d sequence of finite numbers >= 0")
+            object.__setattr__(self, "class_weights", tuple(float(w) for w in weights))
+
+
+def make_cce_scorer_loss(
+    config: CCEScorerLossConfig,
+    model_config: Any,
+    *,
+    gamma1: float = 1.0,
+    gamma2: float = 7.0,
+    num_negatives: int | None = None,
+) -> LossFn:
+    """The loss of one row of the CCE + Scorer ablation, as ``loss_fn(outputs, aux, batch)``.
+
+    Args:
+      config: the terms (:class:`CCEScorerLossConfig`).
+      model_config: the base model's config (``MotifsConfig`` or ``PENetConfig``): ``task``
+        decides the object CE, ``num_relation_classes`` the size of ``class_weights``.
+      gamma1, gamma2, num_negatives: PE-Net's margins and k1 (:func:`penet_losses`); k1 defaults
+        to ``min(10, num_predicates)`` (the official 10, clipped for small vocabularies).
+
+    Returns:
+      ``loss_fn(outputs, aux, batch) -> (loss, terms)`` with the unweighted terms by name:
+      ``relation_ce`` or ``relation_focal``, ``object_ce`` (SGCls), PE-Net's
+      ``relation_euclidean`` / ``prototype_similarity`` / ``prototype_distance``, ``cce`` and
+      ``scorer_bce`` when on. ``loss = Σ other terms + λ1·cce + λ2·scorer_bce``.
+
+    Raises:
+      ConfigError: at build time for a bad option (``class_weights`` of the wrong size, PE-Net's
+        options); at trace time when the model's outputs do not match (``object_logits`` for the
+        task, ``scorer_logits`` with ``use_scorer``).
+    """
+    if not isinstance(config, CCEScorerLossConfig):
+        raise ConfigError("config", f"must be a CCEScorerLossConfig, got {type(config).__name__}")
+    num_classes = model_config.num_relation_classes
+    weight = None
+    if config.class_weights is not None:
+        if len(config.class_weights) != num_classes:
+            raise ConfigError(
+                "class_weights",
+                f"must have {num_classes} entries (C = num_predicates + 1), "
+                f"got {len(config.class_weights)}",
+            )
+        weight = np.asarray(config.class_weights, np.float32)
+    with_objects = model_config.task == "sgcls"
+    penet_loss = None
+    if config.base == "penet":
+        if num_negatives is None:
+            num_negatives = min(10, model_config.num_predicates)
+        penet_loss = make_penet_loss(
+            model_config, gamma1=gamma1, gamma2=gamma2, num_negatives=num_negatives
+        )
+
+    def loss_fn(outputs, aux, batch):
+        if with_objects != ("object_logits" in outputs):
+            raise ConfigError(
+                "task",
+                f"the loss was built for {model_config.task!r} but the model outputs "
+                f"{'no ' if with_objects else ''}object_logits",
+            )
+        if config.use_scorer and "scorer_logits" not in outputs:
+            raise ConfigError("use_scorer", "the model has no Scorer (outputs['scorer_logits'])")
+        pair_mask = jnp.asarray(batch.pair_mask, bool)
+        pair_labels = jnp.asarray(batch.pair_labels, jnp.int32)
+        relation_logits = outputs["relation_logits"]
+        if penet_loss is not None:
+            _, terms = penet_loss(outputs, aux, batch)
+            terms = dict(terms)
+        else:
+            terms = {"relation_ce": cross_entropy(relation_logits, pair_labels, pair_mask)}
+            if with_objects:
+                terms["object_ce"] = cross_entropy(
+                    outputs["object_logits"], batch.labels, jnp.asarray(batch.object_mask, bool)
+                )
+        if config.use_focal:
+            del terms["relation_ce"]
+            terms = {
+                "relation_focal": focal(
+                    relation_logits, pair_labels, pair_mask, config.gamma, weight
+                ),
+                **terms,
+            }
+        loss = sum(terms.values())  # L_other (PE-Net's terms have weight 1, as the official code)
+        if config.use_cce:
+            terms["cce"] = cce(
+                relation_logits, pair_labels, pair_mask, config.margin, background=config.background
+            )
+            loss = loss + config.lambda_cce * terms["cce"]
+        if config.use_scorer:
+            terms["scorer_bce"] = scorer_bce(
+                outputs["scorer_logits"], scorer_targets(pair_labels), pair_mask
+            )
+            loss = loss + config.lambda_bce * terms["scorer_bce"]
+        return loss, terms
+
+    return loss_fn

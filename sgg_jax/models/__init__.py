@@ -3,6 +3,8 @@
 * :mod:`sgg_jax.models.features` — object and union features of a batch (geometry | precomputed).
 * :mod:`sgg_jax.models.penet` — PE-Net (Zheng et al., CVPR 2023): ``PENet``, ``PENetConfig``.
 * :mod:`sgg_jax.models.frequency` — Motifs' frequency baseline and trainable frequency bias.
+* :mod:`sgg_jax.models.cce_scorer` — a base model (MotifNet / PE-Net) + the Scorer of Huang et al.
+  (ACCV 2020), and the test-time rankings ``predicate | scorer_x_predicate | scorer``.
 
 A model is a ``flax.linen`` module applied as
 ``outputs, aux = model.apply(variables, batch, train=..., rngs={"dropout": key})``;

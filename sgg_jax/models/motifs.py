@@ -35,6 +35,7 @@ scorers (``softmax(relation_logits)``, ``object_labels``, ``object_scores``) and
     aux["object_context"]       f32[B, N, H]    ``C`` in the original object order
     aux["edge_context"]         f32[B, N, H]    ``D`` in the original object order
     aux["object_prior_logits"]  f32[B, N, K+1]  SGCls only, the distribution ``l_i`` comes from
+    aux["object_features"]      f32[B, N, D_obj] the feature source's ``f_i`` (0 for padded objects)
 
 PE-Net's prototype keys (``relation_projection``, ``prototype_projection``) do not exist here:
 :func:`sgg_jax.losses.make_penet_loss` adds PE-Net's prototype terms and cannot train MotifNet; a
@@ -586,5 +587,6 @@ class MotifNet(nn.Module):
             relation_embedding=relation,
             object_context=object_context,
             edge_context=edge_context,
+            object_features=object_features,
         )
         return outputs, aux

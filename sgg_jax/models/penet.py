@@ -432,7 +432,10 @@ class PENet(nn.Module):
           f32[B, N] (0 for padded objects), and in SGCls ``object_logits`` f32[B, N, K+1].
           ``aux``: ``relation_embedding`` f32[B, P, H] (``r`` before the projection head),
           ``relation_projection`` f32[B, P, 2H], ``prototype_embedding`` f32[C, H],
-          ``prototype_projection`` f32[C, 2H], ``logit_scale`` f32[] (the log of 1/τ).
+          ``prototype_projection`` f32[C, 2H], ``logit_scale`` f32[] (the log of 1/τ),
+          ``object_features`` f32[B, N, D_obj] (the feature source's per-object features, 0 for
+          padded objects) and ``unbiased_relation_logits`` f32[B, P, C] (the logits before the
+          inference-only frequency bias: what training sees, e.g. the Scorer's input).
         """
         config = self.config
         hidden_dim = config.hidden_dim
@@ -531,6 +534,7 @@ class PENet(nn.Module):
         relation_logits = jnp.einsum(
             "bph,ch->bpc", l2_normalize(relation_projection), l2_normalize(prototype_projection)
         ) * jnp.exp(logit_scale)
+        unbiased_relation_logits = relation_logits
         if config.frequency_bias is not None:
             num_labels = config.num_classes + 1
             log_bias = self.variable(
@@ -554,5 +558,7 @@ class PENet(nn.Module):
             "prototype_embedding": prototypes,
             "prototype_projection": prototype_projection,
             "logit_scale": logit_scale,
+            "object_features": jnp.where(object_mask[..., None], object_features, 0.0),
+            "unbiased_relation_logits": unbiased_relation_logits,
         }
         return outputs, aux

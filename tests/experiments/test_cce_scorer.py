@@ -1,0 +1,91 @@
+"""``experiments.cce_scorer`` end to end on the smoke flagfile (both base models), and flag errors.
+
+The subprocesses compile with XLA's cheaper CPU optimisation level on one CPU device (not the 4
+simulated devices of the in-process tests): compiling (one init, one train step and one predict per
+row) is what the smoke run spends its time on, not running, and one device compiles about a quarter
+faster.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.experiments import ROOT
+
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = FAST_COMPILE
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.cce_scorer", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_smoke_runs_both_base_models_and_writes_the_table(tmp_path):
+    result = _run("--flagfile=experiments/flags/cce_scorer_smoke.flags", f"--workdir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["experiment"] == "cce_scorer" and document["task"] == "predcls"
+    expected = {
+        f"{base}/{row}"
+        for base in ("motifs", "penet")
+        for row in ("ce", "cce_scorer", "cce_scorer/predicate", "cce_scorer/scorer")
+    }
+    assert set(document["runs"]) == expected
+    for name, metrics in document["runs"].items():
+        for key in ("R@20", "R@50", "R@100", "mR@20", "mR@50", "mR@100", "mR@all", "ngmR@100"):
+            assert math.isfinite(metrics[key]) and 0.0 <= metrics[key] <= 1.0, (name, key)
+        assert metrics["R@20"] <= metrics["R@50"] <= metrics["R@100"]
+        assert metrics["num_images_evaluated"] == 80
+    for base in ("motifs", "penet"):
+        runs = document["runs"]
+        # the rankings rescale, never reorder, a pair's predicates; mR@all ignores the order of pairs
+        assert runs[f"{base}/cce_scorer/scorer"]["mR@all"] == pytest.approx(
+            runs[f"{base}/cce_scorer"]["mR@all"], abs=1e-12
+        )
+        delta = document["cce_scorer"]["delta_vs_ce"][f"{base}/cce_scorer"]
+        assert delta["mR@100"] == pytest.approx(
+            runs[f"{base}/cce_scorer"]["mR@100"] - runs[f"{base}/ce"]["mR@100"]
+        )
+        assert (tmp_path / "plots" / f"per_predicate_recall_{base}.png").exists()
+        assert (tmp_path / "plots" / f"confusion_train_{base}_ce.png").exists()
+        assert (tmp_path / base / "cce_scorer" / "metrics.jsonl").exists()
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## MotifNet" in markdown and "## PE-Net" in markdown
+    assert "| cce_scorer/scorer |" in markdown
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lambda_cce=-1"], "error: option 'lambda_cce': must be a finite number >= 0, got -1.0"),
+        (["--lambda_bce=nan"], "error: option 'lambda_bce': must be a finite number >= 0, got nan"),
+        (
+            ["--rows=ce,cce,bogus"],
+            "error: option 'rows': unknown ['bogus']; expected some of "
+            "['ce', 'cce', 'scorer', 'cce_scorer', 'cce_scorer_no_sa', 'focal']",
+        ),
+    ],
+)
+def test_bad_flags_fail_in_one_line_before_loading_data(tmp_path, args, message):
+    # gqa200_mini logs a line when it is read: stderr holding only the error proves it was not
+    result = _run(
+        "--flagfile=experiments/flags/cce_scorer_gqa200_mini.flags",
+        f"--workdir={tmp_path}",
+        *args,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [message]
+    assert not any(tmp_path.iterdir())
