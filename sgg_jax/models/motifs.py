@@ -106,6 +106,7 @@ import numpy as np
 
 from sgg_jax import boxes as box_ops
 from sgg_jax.errors import ConfigError, is_finite_number
+from sgg_jax.models.common import config_hash, configs_equal
 from sgg_jax.models.features import FEATURE_SOURCES, gather_objects, make_feature_source
 from sgg_jax.structures import SceneGraphBatch
 
@@ -292,21 +293,10 @@ class MotifsConfig:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MotifsConfig):
             return NotImplemented
-        if any(getattr(self, f) != getattr(other, f) for f in _SCALAR_FIELDS):
-            return False
-        for field in _ARRAY_FIELDS:
-            mine, theirs = getattr(self, field), getattr(other, field)
-            if (mine is None) != (theirs is None):
-                return False
-            if mine is not None and not np.array_equal(mine, theirs):
-                return False
-        return True
+        return configs_equal(self, other, _SCALAR_FIELDS, _ARRAY_FIELDS)
 
     def __hash__(self) -> int:
-        shapes = tuple(
-            None if getattr(self, f) is None else getattr(self, f).shape for f in _ARRAY_FIELDS
-        )
-        return hash((tuple(getattr(self, f) for f in _SCALAR_FIELDS), shapes))
+        return config_hash(self, _SCALAR_FIELDS, _ARRAY_FIELDS)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ import numpy as np
 
 from sgg_jax import boxes as box_ops
 from sgg_jax.errors import ConfigError, is_finite_number
+from sgg_jax.models.common import config_hash, configs_equal, l2_normalize
 from sgg_jax.models.features import FEATURE_SOURCES, gather_objects, make_feature_source
 from sgg_jax.structures import SceneGraphBatch
 
@@ -238,21 +239,10 @@ class PENetConfig:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PENetConfig):
             return NotImplemented
-        if any(getattr(self, f) != getattr(other, f) for f in _SCALAR_FIELDS):
-            return False
-        for field in _ARRAY_FIELDS:
-            mine, theirs = getattr(self, field), getattr(other, field)
-            if (mine is None) != (theirs is None):
-                return False
-            if mine is not None and not np.array_equal(mine, theirs):
-                return False
-        return True
+        return configs_equal(self, other, _SCALAR_FIELDS, _ARRAY_FIELDS)
 
     def __hash__(self) -> int:
-        shapes = tuple(
-            None if getattr(self, f) is None else getattr(self, f).shape for f in _ARRAY_FIELDS
-        )
-        return hash((tuple(getattr(self, f) for f in _SCALAR_FIELDS), shapes))
+        return config_hash(self, _SCALAR_FIELDS, _ARRAY_FIELDS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,12 +370,6 @@ class ObjectClassifier(nn.Module):
             jnp.concatenate([object_features, box_embedding], axis=-1)
         )
         return nn.Dense(self.num_labels, name="logits")(hidden)
-
-
-def l2_normalize(vectors: jax.Array, epsilon: float = 1e-12) -> jax.Array:
-    """``vectors / ‖vectors‖`` along the last axis (zero vectors stay zero, gradients finite)."""
-    squared_norm = jnp.sum(jnp.square(vectors), axis=-1, keepdims=True)
-    return vectors * jax.lax.rsqrt(jnp.maximum(squared_norm, epsilon**2))
 
 
 def _table_initializer(vectors: np.ndarray | None):

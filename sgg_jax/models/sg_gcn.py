@@ -64,6 +64,7 @@ import numpy as np
 from sgg_jax.data.graph_batch import GraphBatch
 from sgg_jax.errors import ConfigError, is_finite_number
 from sgg_jax.masked import masked_mean
+from sgg_jax.models.common import config_hash, configs_equal, l2_normalize
 
 BATCH_NORM_EPSILON = 1e-5  # PyTorch's nn.BatchNorm1d default, as in sg2im
 # sg2im initialises its Linear weights with PyTorch's kaiming_normal_: N(0, 2 / fan_in).
@@ -161,21 +162,10 @@ class SGGCNConfig:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SGGCNConfig):
             return NotImplemented
-        if any(getattr(self, f) != getattr(other, f) for f in _SCALAR_FIELDS):
-            return False
-        for field in _ARRAY_FIELDS:
-            mine, theirs = getattr(self, field), getattr(other, field)
-            if (mine is None) != (theirs is None):
-                return False
-            if mine is not None and not np.array_equal(mine, theirs):
-                return False
-        return True
+        return configs_equal(self, other, _SCALAR_FIELDS, _ARRAY_FIELDS)
 
     def __hash__(self) -> int:
-        shapes = tuple(
-            None if getattr(self, f) is None else getattr(self, f).shape for f in _ARRAY_FIELDS
-        )
-        return hash((tuple(getattr(self, f) for f in _SCALAR_FIELDS), shapes))
+        return config_hash(self, _SCALAR_FIELDS, _ARRAY_FIELDS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,12 +235,6 @@ class MaskedMLP(nn.Module):
             )(hidden, mask=mask[..., None])
             hidden = nn.relu(hidden)
         return hidden
-
-
-def l2_normalize(vectors: jax.Array, epsilon: float = 1e-12) -> jax.Array:
-    """``vectors / ‖vectors‖`` along the last axis (zero vectors stay zero, gradients finite)."""
-    squared_norm = jnp.sum(jnp.square(vectors), axis=-1, keepdims=True)
-    return vectors * jax.lax.rsqrt(jnp.maximum(squared_norm, epsilon**2))
 
 
 def gather_nodes(node_states: jax.Array, node_index: jax.Array) -> jax.Array:
