@@ -16,8 +16,14 @@ Three sources produce them:
   ``batch.object_features`` (e.g. detector RoI features saved by
   :mod:`sgg_jax.data.feature_store`); union features are an MLP over
   ``[feature of subject, feature of object, pair geometry]`` since no union RoI is pooled.
-* ``"roi"``: RoI features pooled from pixels by the detector; needs images and the detector
-  backbone, which :func:`make_feature_source` does not build yet.
+* ``"roi"`` (:class:`RoIFeatures`): RoI features pooled from ``batch.images`` by the Faster R-CNN
+  of :mod:`sgg_jax.models.detector`: object features are the box head's fc7 features of each
+  object box; union features are the fc7 features of the pair's union box, concatenated with the
+  pair geometry and projected by an MLP (Scene-Graph-Benchmark pools the union box with a separate
+  extractor and a two-box rectangle mask; here the detector's box head is shared and the geometry
+  carries the layout). ``freeze_detector`` stops gradients into the detector, as SGB freezes it
+  when training relation heads; its parameters live under the feature source's ``detector``
+  subtree, where pretrained detector variables are loaded.
 
 Every source is per object / per pair, so a real object's or pair's features never depend on the
 padding of the batch; padded objects and pairs get zero features.
@@ -36,7 +42,7 @@ from sgg_jax import boxes as box_ops
 from sgg_jax.errors import ConfigError
 from sgg_jax.structures import SceneGraphBatch
 
-FEATURE_SOURCES = ("geometry", "precomputed")
+FEATURE_SOURCES = ("geometry", "precomputed", "roi")
 
 
 def gather_objects(values: jax.Array, indices: jax.Array) -> jax.Array:
@@ -189,6 +195,70 @@ class PrecomputedFeatures(nn.Module):
         return object_features, jnp.where(pair_mask, union_features, 0.0)
 
 
+class RoIFeatures(nn.Module):
+    """Object and union features pooled from pixels by the detector (module docstring).
+
+    Attributes:
+      detector: a :class:`~sgg_jax.models.detector.DetectorConfig`.
+      union_dim: D_union, size of the union features.
+      hidden_dim: first-layer size of the union MLP.
+      freeze_detector: no gradient reaches the detector (pretrained and fixed, as in SGB).
+    """
+
+    detector: object
+    union_dim: int
+    hidden_dim: int
+    freeze_detector: bool = True
+
+    @nn.compact
+    def __call__(
+        self, batch: SceneGraphBatch, *, train: bool = False
+    ) -> tuple[jax.Array, jax.Array]:
+        """Computes the features.
+
+        Args:
+          batch: B images with ``images[B, H, W, 3]`` (normalised as the detector expects) and
+            boxes in the pixels of those images.
+          train: unused by the frozen detector; part of the feature-source interface.
+
+        Returns:
+          ``(object_features f32[B, N, representation_size], union_features f32[B, P, D_union])``;
+          zeros where padded.
+
+        Raises:
+          ConfigError: the batch has no images.
+        """
+        from sgg_jax.models.detector import FasterRCNN
+
+        del train
+        if getattr(batch, "images", None) is None:
+            raise ConfigError(
+                "feature_source",
+                "'roi' pools features from pixels and needs batch.images; this batch has none",
+            )
+        detector = FasterRCNN(self.detector, name="detector")
+        maps = detector.features(batch.images)
+        boxes = jnp.asarray(batch.boxes, jnp.float32)
+        pairs = jnp.asarray(batch.pairs, jnp.int32)
+        object_mask = jnp.asarray(batch.object_mask, bool)
+        pair_mask = jnp.asarray(batch.pair_mask, bool)
+        object_features = detector.box_features(maps, boxes, object_mask)
+        union = box_ops.union_boxes(
+            gather_objects(boxes, pairs[..., 0]), gather_objects(boxes, pairs[..., 1])
+        )
+        union_roi = detector.box_features(maps, union, pair_mask)
+        if self.freeze_detector:
+            object_features = jax.lax.stop_gradient(object_features)
+            union_roi = jax.lax.stop_gradient(union_roi)
+        union_features = FeatureMLP((self.hidden_dim, self.union_dim), name="union_mlp")(
+            jnp.concatenate([union_roi, pair_geometry_features(batch)], axis=-1)
+        )
+        return (
+            jnp.where(object_mask[..., None], object_features, 0.0),
+            jnp.where(pair_mask[..., None], union_features, 0.0),
+        )
+
+
 def make_feature_source(
     source: str,
     *,
@@ -196,15 +266,19 @@ def make_feature_source(
     union_dim: int = 256,
     hidden_dim: int = 256,
     name: str | None = None,
+    detector: object | None = None,
+    freeze_detector: bool = True,
 ) -> nn.Module:
     """Builds a feature source by name.
 
     Args:
-      source: ``"geometry"`` or ``"precomputed"`` (``"roi"`` needs pixels and the detector).
+      source: ``"geometry"``, ``"precomputed"`` or ``"roi"`` (needs ``detector`` and images).
       object_dim: D_obj of the geometry source (the precomputed source keeps the stored size).
       union_dim: D_union of either source.
       hidden_dim: first-layer size of the source's MLPs.
       name: the module's name when built inside a parent module (e.g. ``"features"``).
+      detector: the :class:`~sgg_jax.models.detector.DetectorConfig` of the ``"roi"`` source.
+      freeze_detector: ``"roi"``: stop gradients into the detector.
 
     Returns:
       A module called as ``source(batch, train=...) -> (object_features, union_features)``.
@@ -226,11 +300,19 @@ def make_feature_source(
     if source == "precomputed":
         return PrecomputedFeatures(union_dim=union_dim, hidden_dim=hidden_dim, name=name)
     if source == "roi":
-        raise ConfigError(
-            "feature_source",
-            "'roi' pools features from pixels: it needs batch.images and the detector backbone, "
-            "which are not available to this feature source yet; use 'geometry' (boxes only) or "
-            "'precomputed' (saved object features)",
+        if detector is None:
+            raise ConfigError(
+                "feature_source",
+                "'roi' pools features from pixels with a detector: pass detector=DetectorConfig "
+                "(sgg_jax.models.detector); use 'geometry' (boxes only) or 'precomputed' (saved "
+                "object features) without one",
+            )
+        return RoIFeatures(
+            detector=detector,
+            union_dim=union_dim,
+            hidden_dim=hidden_dim,
+            freeze_detector=freeze_detector,
+            name=name,
         )
     raise ConfigError(
         "feature_source", f"unknown feature source {source!r}; expected one of {FEATURE_SOURCES}"

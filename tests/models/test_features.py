@@ -12,6 +12,7 @@ from sgg_jax.errors import ConfigError
 from sgg_jax.models.features import (
     GeometryFeatures,
     PrecomputedFeatures,
+    RoIFeatures,
     gather_objects,
     make_feature_source,
     pair_geometry_features,
@@ -143,9 +144,54 @@ def test_make_feature_source_names_and_errors():
     assert isinstance(make_feature_source("geometry", object_dim=3), GeometryFeatures)
     assert isinstance(make_feature_source("precomputed"), PrecomputedFeatures)
     assert isinstance(make_feature_source("geometry"), nn.Module)
-    with pytest.raises(ConfigError, match="'feature_source'.*pixels"):
+    with pytest.raises(ConfigError, match="'feature_source'.*detector"):
         make_feature_source("roi")
     with pytest.raises(ConfigError, match="'feature_source'.*unknown"):
         make_feature_source("clip")
     with pytest.raises(ConfigError, match="'union_dim'"):
         make_feature_source("geometry", union_dim=0)
+
+
+def test_roi_features_pool_pixels_per_object_and_union_box(graphs):
+    from sgg_jax.models.detector import DetectorConfig, FasterRCNN
+
+    batch = make_batch(graphs, max_objects=5, max_pairs=16, with_features=False)
+    images = np.random.default_rng(0).uniform(-1, 1, size=(2, 96, 128, 3)).astype(np.float32)
+    batch = batch.replace(images=images)
+    config = DetectorConfig.tiny()
+    source = make_feature_source("roi", union_dim=6, hidden_dim=8, detector=config)
+    assert isinstance(source, RoIFeatures)
+    variables = jax.jit(lambda b: source.init(jax.random.key(0), b))(batch)
+    apply = jax.jit(source.apply)
+    object_features, union_features = apply(variables, batch)
+    assert object_features.shape == (2, 5, config.representation_size)
+    assert union_features.shape == (2, 16, 6)
+    mask = np.asarray(batch.object_mask)
+    assert np.all(np.asarray(object_features)[~mask] == 0)
+    assert np.all(np.asarray(union_features)[~np.asarray(batch.pair_mask)] == 0)
+    # Object features are the detector's own box features of the object boxes.
+    detector_variables = {
+        name: collection["detector"]
+        for name, collection in variables.items()
+        if "detector" in collection
+    }
+    detector = FasterRCNN(config)
+    maps = detector.apply(detector_variables, batch.images, method=detector.features)
+    expected = detector.apply(
+        detector_variables, maps, batch.boxes, batch.object_mask, method=detector.box_features
+    )
+    np.testing.assert_allclose(object_features, expected, atol=1e-5)
+    # Pixels change the features; the frozen detector receives no gradient.
+    other = apply(variables, batch.replace(images=images[::-1].copy()))[0]
+    assert not np.allclose(other, object_features)
+
+    def loss(params):
+        objects, unions = source.apply({**variables, "params": params}, batch)
+        return jnp.sum(objects) + jnp.sum(unions)
+
+    grads = jax.jit(jax.grad(loss))(variables["params"])
+    detector_norm = sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grads["detector"]))
+    union_norm = sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grads["union_mlp"]))
+    assert detector_norm == 0.0 and union_norm > 0.0
+    with pytest.raises(ConfigError, match="'feature_source'.*images"):
+        source.init(jax.random.key(0), batch.replace(images=None))
