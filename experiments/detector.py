@@ -1,0 +1,748 @@
+"""Detector pretraining on synthetic pixels: Faster R-CNN (FPN) trained and evaluated by box mAP@0.5.
+
+``python -m experiments.detector --flagfile=experiments/flags/detector_synthetic.flags``
+
+The SGDet pipeline of Scene-Graph-Benchmark (Tang et al., CVPR 2020) starts from a Faster R-CNN
+pretrained on the scene-graph images and judged by its box mAP@0.5. This experiment runs that stage
+end to end on a CPU:
+
+1. Data: synthetic scene graphs (:mod:`sgg_jax.data.synthetic`, VG150 class frequencies), split
+   70 / 10 / 20 into train / val / test. ``--num_classes=K`` keeps only the objects of the K most
+   frequent classes of the train split (relabelled ``1..K`` by descending frequency; the other
+   objects and the relations touching them are removed *before* rendering, so they are not painted
+   either) and ``--min_object_size`` drops objects whose rendered box is smaller than that many
+   pixels on a side. Images left without an object are dropped. The long tail of the 150 VG classes
+   (hundreds of classes with a handful of boxes) cannot be learnt in minutes on a CPU; K = 20-50
+   still covers most boxes.
+2. Pixels: every graph is rendered (:mod:`sgg_jax.data.synthetic_pixels`, one appearance per
+   class) as a ``--image_size`` square PNG into ``<workdir>/images``. The folder is a cache: when
+   its ``manifest.json`` matches the data and render options, the PNGs are read instead.
+3. Model: :class:`~sgg_jax.models.detector.FasterRCNN` of ``--preset`` (default ``tiny``: a
+   one-block-per-stage ResNet FPN; ``--backbone_scale`` multiplies its widths, ``--fpn_channels``,
+   ``--representation_size`` and ``--num_proposals`` override the preset) trained from random
+   initialisation (``freeze_at=0``: nothing is pretrained, so nothing is frozen by default; the
+   optimizer is still masked with :func:`~sgg_jax.models.detector.detector_trainable_mask`).
+   Pixels enter as ``(rgb / 255 - ImageNet mean) / ImageNet std``.
+4. Training: Adam(W) or SGD with linear warm-up and cosine decay, global-norm clipping, one jitted
+   train step (donated state), checkpoints with :class:`~sgg_jax.train.checkpoint.Checkpointer`
+   (resumes from ``<workdir>/checkpoints``), losses every ``--log_every`` updates to stdout and
+   ``metrics.jsonl``.
+5. Evaluation on test: VOC box mAP@0.5 (:func:`~sgg_jax.evaluation.detection.detection_map`) next
+   to two chance baselines with as many detections per image as the detector may return:
+
+   * ``chance: random boxes`` — boxes copied from random training objects (their size and
+     position), random classes drawn from the training class frequencies, uniform scores: a
+     detector that knows the box and class statistics but looks at no pixel.
+   * ``chance: GT boxes, random labels`` — the test ground-truth boxes themselves, each with a
+     class drawn from the training class frequencies and a uniform score: perfect localisation,
+     chance classification (an upper bound for any pixel-blind classifier of perfect boxes).
+
+   ``results.json`` (the project schema, metric ``mAP@0.5`` plus ``coco/mAP@[.5:.95]``),
+   ``results.md`` and ``plots/detections_*.png`` (test images with the detections drawn by
+   :func:`sgg_jax.viz.draw_scene_graph`, next to their ground truth) are written to ``--workdir``.
+
+Bad flags are reported as one ``error: ...`` line on stderr with exit status 2, before any data is
+generated or anything is compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+
+import numpy as np
+from absl import app, flags, logging
+
+from sgg_jax.errors import ConfigError, DataError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", "/tmp/sgg_jax/detector", "Output directory.")
+flags.DEFINE_integer("seed", 0, "Seed of the data, the initialisation and the sampling.")
+# data
+flags.DEFINE_integer("synthetic_images", 1500, "Synthetic images generated (all splits).")
+flags.DEFINE_integer(
+    "num_classes", 20, "Keep the objects of the K most frequent train classes (0 = all 150)."
+)
+flags.DEFINE_integer("image_size", 128, "Side of the rendered square images in pixels.")
+flags.DEFINE_float(
+    "min_object_size", 6.0, "Drop objects whose rendered box is smaller on a side (pixels)."
+)
+flags.DEFINE_integer("max_objects", 12, "Object budget per image (extra objects are dropped).")
+# model
+flags.DEFINE_string("preset", "tiny", "DetectorConfig preset: tiny, resnet50_fpn, ...")
+flags.DEFINE_integer("backbone_scale", 2, "tiny preset only: multiply the backbone widths by this.")
+flags.DEFINE_integer("fpn_channels", None, "Override the preset's FPN channels.")
+flags.DEFINE_integer("representation_size", None, "Override the preset's fc6 / fc7 width.")
+flags.DEFINE_integer("num_proposals", None, "Override the RPN proposals per image (train = test).")
+flags.DEFINE_integer(
+    "freeze_at", 0, "Frozen backbone stages (0: train everything, no pretraining)."
+)
+# optimisation
+flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer.")
+flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("weight_decay", 1e-4, "Weight decay.")
+flags.DEFINE_integer("warmup_steps", 50, "Linear warm-up updates.")
+flags.DEFINE_float("clip_norm", 10.0, "Global-norm gradient clipping (0 = off).")
+flags.DEFINE_integer("batch_size", 8, "Images per update.")
+flags.DEFINE_integer("num_steps", 600, "Training updates.")
+flags.DEFINE_integer("checkpoint_every", 200, "Checkpoint every N updates (and at the end).")
+flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.")
+flags.DEFINE_integer("log_every", 25, "Log the losses every N updates.")
+# evaluation
+flags.DEFINE_bool(
+    "fast_compile",
+    False,
+    "Compile with XLA's backend optimisations off (much faster compiles, slower steps: smoke runs).",
+)
+flags.DEFINE_integer("eval_batch_size", 16, "Images per evaluation batch.")
+flags.DEFINE_integer("eval_images", 0, "Evaluate on the first N test images (0 = all).")
+flags.DEFINE_integer("detections_per_image", 20, "Detections kept per test image.")
+flags.DEFINE_float("score_thresh", 0.05, "Detections need a class probability above this.")
+flags.DEFINE_integer("num_plots", 4, "Test images drawn with their detections.")
+flags.DEFINE_float("plot_score_thresh", 0.3, "Only detections above this score are drawn.")
+
+_PIXEL_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_PIXEL_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flags -> configs (validated before any data or compile)
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_flags() -> None:
+    def positive(name):
+        value = getattr(FLAGS, name)
+        if value is None or value <= 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise ConfigError(name, f"must be positive, got {value}")
+
+    for name in ("synthetic_images", "image_size", "max_objects", "batch_size", "num_steps"):
+        positive(name)
+    for name in ("learning_rate", "log_every", "eval_batch_size", "backbone_scale"):
+        positive(name)
+    for name in ("num_classes", "warmup_steps", "checkpoint_every", "eval_images", "num_plots"):
+        if getattr(FLAGS, name) < 0:
+            raise ConfigError(name, f"must be >= 0, got {getattr(FLAGS, name)}")
+    for name in ("weight_decay", "clip_norm", "min_object_size", "momentum"):
+        value = getattr(FLAGS, name)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(name, f"must be a finite number >= 0, got {value}")
+    if FLAGS.num_classes > 150:
+        raise ConfigError("num_classes", f"must be <= 150 (VG150 classes), got {FLAGS.num_classes}")
+    if FLAGS.image_size < 32:
+        raise ConfigError("image_size", f"must be >= 32, got {FLAGS.image_size}")
+    if FLAGS.synthetic_images < 10:
+        raise ConfigError("synthetic_images", f"must be >= 10, got {FLAGS.synthetic_images}")
+
+
+def _detector_config(num_classes: int):
+    """The DetectorConfig of the flags (raises ConfigError naming the bad option)."""
+    from sgg_jax.models.backbone import BackboneConfig
+    from sgg_jax.models.detector import DETECTOR_PRESETS, DetectorConfig
+
+    if FLAGS.preset not in DETECTOR_PRESETS:
+        raise ConfigError("preset", f"must be one of {DETECTOR_PRESETS}, got {FLAGS.preset!r}")
+    base = DetectorConfig.preset(FLAGS.preset)
+    backbone = base.backbone.replace(freeze_at=FLAGS.freeze_at)
+    if FLAGS.preset == "tiny":
+        scale = FLAGS.backbone_scale
+        backbone = BackboneConfig.tiny(
+            width_per_group=4 * scale,
+            stem_channels=4 * scale,
+            res2_out_channels=16 * scale,
+            freeze_at=FLAGS.freeze_at,
+        )
+    overrides = {
+        "backbone": backbone,
+        "num_classes": num_classes + 1,
+        "score_thresh": FLAGS.score_thresh,
+        "detections_per_image": FLAGS.detections_per_image,
+    }
+    if FLAGS.fpn_channels is not None:
+        overrides["fpn_channels"] = FLAGS.fpn_channels
+    if FLAGS.representation_size is not None:
+        overrides["representation_size"] = FLAGS.representation_size
+    if FLAGS.num_proposals is not None:
+        n = FLAGS.num_proposals
+        overrides.update(
+            rpn_pre_nms_top_n_train=2 * n,
+            rpn_pre_nms_top_n_test=2 * n,
+            rpn_post_nms_top_n_train=n,
+            rpn_post_nms_top_n_test=n,
+            rpn_fpn_post_nms_top_n_train=n,
+            rpn_fpn_post_nms_top_n_test=n,
+        )
+    return base.replace(**overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+def _select_classes(splits, object_names, num_classes: int):
+    """Keeps the K most frequent train classes (relabelled 1..K) -> (splits, names, old ids)."""
+    counts = np.zeros(len(object_names), np.int64)
+    for graph in splits["train"]:
+        counts += np.bincount(graph.labels, minlength=len(object_names))
+    counts[0] = 0
+    order = np.argsort(-counts[1:], kind="stable") + 1
+    order = order[counts[order] > 0]
+    kept = order[:num_classes] if num_classes else order
+    relabel = np.zeros(len(object_names), np.int32)
+    relabel[kept] = np.arange(1, len(kept) + 1)
+    names = ("__background__", *(object_names[k] for k in kept))
+    return (
+        {
+            split: [_restrict(graph, relabel) for graph in graphs]
+            for split, graphs in splits.items()
+        },
+        names,
+        kept,
+    )
+
+
+def _subset(graph, keep: np.ndarray, labels: np.ndarray):
+    """The graph with the objects ``keep`` (labels ``labels[keep]``) and the relations among them."""
+    index = np.full(len(keep), -1, np.int64)
+    index[keep] = np.arange(int(keep.sum()))
+    relations = graph.relations
+    if len(relations):
+        relations = relations[keep[relations[:, 0]] & keep[relations[:, 1]]].copy()
+        relations[:, 0] = index[relations[:, 0]]
+        relations[:, 1] = index[relations[:, 1]]
+    return graph.replace(
+        boxes=graph.boxes[keep], labels=labels[keep], relations=relations.reshape(-1, 3)
+    )
+
+
+def _restrict(graph, relabel):
+    """The graph with only the objects whose new label ``relabel[label]`` is > 0."""
+    labels = relabel[graph.labels]
+    return _subset(graph, labels > 0, labels)
+
+
+def _drop_small(graph, size: int, min_side: float, max_objects: int):
+    """Drops objects smaller than ``min_side`` rendered pixels and keeps the ``max_objects`` largest;
+    None when no object is left."""
+    from sgg_jax.data.synthetic_pixels import scale_graph
+
+    scaled = scale_graph(graph, size).boxes
+    width, height = scaled[:, 2] - scaled[:, 0], scaled[:, 3] - scaled[:, 1]
+    keep = np.minimum(width, height) >= min_side
+    if keep.sum() > max_objects:
+        largest = np.argsort(-np.where(keep, width * height, -1.0), kind="stable")[:max_objects]
+        keep = np.zeros_like(keep)
+        keep[largest] = True
+    if not keep.any():
+        return None
+    return _subset(graph, keep, graph.labels)
+
+
+def _file_name(image_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", image_id) + ".png"
+
+
+def _render_cached(splits, image_dir: str, manifest: dict):
+    """Renders every split into ``image_dir`` unless its manifest matches -> (splits, pixels)."""
+    from sgg_jax.data.synthetic_pixels import load_image, render_dataset, scale_graph
+
+    manifest_path = os.path.join(image_dir, "manifest.json")
+    all_graphs = [g for graphs in splits.values() for g in graphs]
+    cached = False
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as handle:
+            cached = json.load(handle) == manifest
+        cached = cached and all(
+            os.path.exists(os.path.join(image_dir, _file_name(g.image_id))) for g in all_graphs
+        )
+    start = time.perf_counter()
+    size = manifest["image_size"]
+    if cached:
+        rendered = [
+            scale_graph(g, size).replace(image_path=os.path.join(image_dir, _file_name(g.image_id)))
+            for g in all_graphs
+        ]
+    else:
+        rendered = list(render_dataset(all_graphs, image_dir, size=size, seed=manifest["seed"]))
+        with open(manifest_path, "w") as handle:
+            json.dump(manifest, handle, indent=1)
+    pixels = np.stack([load_image(g.image_path) for g in rendered])
+    out, offset = {}, 0
+    for split, graphs in splits.items():
+        out[split] = (
+            rendered[offset : offset + len(graphs)],
+            pixels[offset : offset + len(graphs)],
+        )
+        offset += len(graphs)
+    verb = "read from cache" if cached else "rendered"
+    print(f"{len(rendered)} images {verb} in {time.perf_counter() - start:.1f} s ({image_dir})")
+    return out
+
+
+def _gt_arrays(graphs, max_objects: int):
+    """Padded host arrays: boxes [N, G, 4], labels [N, G], mask [N, G], image sizes [N, 2]."""
+    n = len(graphs)
+    boxes = np.zeros((n, max_objects, 4), np.float32)
+    labels = np.zeros((n, max_objects), np.int32)
+    for i, graph in enumerate(graphs):
+        k = min(graph.num_objects, max_objects)
+        boxes[i, :k] = graph.boxes[:k]
+        labels[i, :k] = graph.labels[:k]
+    sizes = np.array([[g.height, g.width] for g in graphs], np.float32)
+    return boxes, labels, labels > 0, sizes
+
+
+def load_data(seed: int):
+    """Generates, filters and renders the synthetic splits -> (data dict, object names, info)."""
+    from sgg_jax.data.synthetic import SyntheticConfig, generate, train_val_test
+
+    start = time.perf_counter()
+    dataset = generate(SyntheticConfig(num_images=FLAGS.synthetic_images, seed=seed))
+    parts = train_val_test(dataset)
+    splits = {
+        name: list(part.graphs) for name, part in zip(("train", "val", "test"), parts, strict=True)
+    }
+    total_boxes = sum(g.num_objects for g in splits["train"])
+    splits, names, kept = _select_classes(splits, dataset.vocab.object_names, FLAGS.num_classes)
+    kept_boxes = sum(g.num_objects for g in splits["train"])
+    for split in splits:
+        filtered = [
+            _drop_small(g, FLAGS.image_size, FLAGS.min_object_size, FLAGS.max_objects)
+            for g in splits[split]
+            if g.num_objects
+        ]
+        splits[split] = [g for g in filtered if g is not None]
+    print(
+        f"synthetic: {FLAGS.synthetic_images} graphs generated in {time.perf_counter() - start:.1f}"
+        f" s; top {len(names) - 1} classes keep {kept_boxes}/{total_boxes} train boxes "
+        f"({100 * kept_boxes / max(total_boxes, 1):.0f}%); after size filter: "
+        + ", ".join(
+            f"{s} {len(g)} images / {sum(x.num_objects for x in g)} boxes"
+            for s, g in splits.items()
+        )
+    )
+    manifest = {
+        "synthetic_images": FLAGS.synthetic_images,
+        "seed": seed,
+        "num_classes": FLAGS.num_classes,
+        "image_size": FLAGS.image_size,
+        "min_object_size": FLAGS.min_object_size,
+        "max_objects": FLAGS.max_objects,
+    }
+    rendered = _render_cached(splits, os.path.join(FLAGS.workdir, "images"), manifest)
+    data = {}
+    for split, (graphs, pixels) in rendered.items():
+        boxes, labels, mask, sizes = _gt_arrays(graphs, FLAGS.max_objects)
+        data[split] = dict(graphs=graphs, pixels=pixels, boxes=boxes, labels=labels, mask=mask)
+        data[split]["sizes"] = sizes
+    info = {
+        "classes": list(names[1:]),
+        "vg150_class_ids": [int(k) for k in kept],
+        "train_box_fraction_kept": kept_boxes / max(total_boxes, 1),
+        "images": {s: len(d["graphs"]) for s, d in data.items()},
+        "boxes": {s: int(d["mask"].sum()) for s, d in data.items()},
+    }
+    return data, names, info
+
+
+def normalise(pixels: np.ndarray) -> np.ndarray:
+    """uint8 RGB [..., 3] -> float32 ImageNet-normalised."""
+    return (pixels.astype(np.float32) / 255.0 - _PIXEL_MEAN) / _PIXEL_STD
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, optimizer, steps
+# ----------------------------------------------------------------------------------------------
+
+
+def make_optimizer(config, params):
+    """Clipping, then the optimizer on the trainable leaves and zero updates on the frozen ones."""
+    import jax
+    import optax
+
+    from sgg_jax.models.detector import detector_trainable_mask
+
+    warmup = min(FLAGS.warmup_steps, FLAGS.num_steps - 1)
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.1 * FLAGS.learning_rate,
+        peak_value=FLAGS.learning_rate,
+        warmup_steps=max(warmup, 1),
+        decay_steps=max(FLAGS.num_steps, warmup + 2),
+        end_value=0.01 * FLAGS.learning_rate,
+    )
+    if FLAGS.optimizer == "adamw":
+        inner = optax.adamw(schedule, weight_decay=FLAGS.weight_decay)
+    else:
+        inner = optax.chain(
+            optax.add_decayed_weights(FLAGS.weight_decay),
+            optax.sgd(schedule, momentum=FLAGS.momentum),
+        )
+    mask = detector_trainable_mask(config, params)
+    inverted = jax.tree.map(lambda m: not m, mask)
+    parts = [optax.masked(inner, mask), optax.masked(optax.set_to_zero(), inverted)]
+    if FLAGS.clip_norm > 0:
+        parts.insert(0, optax.clip_by_global_norm(FLAGS.clip_norm))
+    return optax.chain(*parts), mask
+
+
+def build(config, example_shape):
+    """Model, initial TrainState and the jitted train / inference functions."""
+    import jax
+    import jax.numpy as jnp
+
+    from sgg_jax.models.detector import FasterRCNN
+    from sgg_jax.train.state import TrainState
+
+    model = FasterRCNN(config)
+    init_key, train_key = jax.random.split(jax.random.key(FLAGS.seed))
+    images = jnp.zeros(example_shape, jnp.float32)
+    sizes = jnp.full((example_shape[0], 2), example_shape[1], jnp.float32)
+    options = {}
+    if FLAGS.fast_compile:
+        options["compiler_options"] = {
+            "xla_backend_optimization_level": 0,
+            "xla_llvm_disable_expensive_passes": True,
+        }
+    init = jax.jit(lambda k: model.init(k, images, sizes, train=False), **options)
+    variables = dict(init(init_key))
+    params = variables.pop("params")
+    optimizer, mask = make_optimizer(config, params)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        collections=variables,
+        rng=train_key,
+    )
+
+    def train_step(state, images, sizes, gt_boxes, gt_labels, gt_mask):
+        def loss_fn(params):
+            outputs = model.apply(
+                {"params": params, **state.collections},
+                images,
+                sizes,
+                train=True,
+                gt_boxes=gt_boxes,
+                gt_labels=gt_labels,
+                gt_mask=gt_mask,
+                rng=state.step_key(),
+            )
+            losses = outputs["losses"]
+            return losses["total"], losses
+
+        (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = jax.tree.map(lambda p, u: p + u, state.params, updates)
+        metrics = dict(losses, grad_norm=optax_global_norm(grads))
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    def detect(variables, images, sizes):
+        return model.apply(variables, images, sizes, train=False)["detections"]
+
+    def num_params(tree):
+        return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+    counts = {
+        "params": num_params(params),
+        "trainable": int(
+            sum(
+                np.prod(p.shape)
+                for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
+                if m
+            )
+        ),
+    }
+    jitted_train = jax.jit(train_step, donate_argnums=0, **options)
+    return model, state, jitted_train, jax.jit(detect, **options), counts
+
+
+def optax_global_norm(tree):
+    import optax
+
+    return optax.global_norm(tree)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def run_detector(detect, variables, split, limit: int = 0):
+    """Detections of every image of ``split`` as host (boxes, labels, scores) tuples."""
+    n = len(split["graphs"]) if not limit else min(limit, len(split["graphs"]))
+    batch = FLAGS.eval_batch_size
+    results = []
+    for start in range(0, n, batch):
+        index = np.arange(start, start + batch)
+        valid = index < n
+        index = np.where(valid, index, 0)  # pad the last batch with image 0: one program
+        out = detect(variables, normalise(split["pixels"][index]), split["sizes"][index])
+        out = {k: np.asarray(v) for k, v in out.items()}
+        for row in np.flatnonzero(valid):
+            keep = out["mask"][row]
+            results.append(
+                (out["boxes"][row][keep], out["labels"][row][keep], out["scores"][row][keep])
+            )
+    return results
+
+
+def chance_detections(data, num_detections: int, num_classes: int, rng: np.random.Generator):
+    """The two pixel-blind baselines of the module docstring (per test image)."""
+    train = data["train"]
+    train_boxes = train["boxes"][train["mask"]]
+    train_labels = train["labels"][train["mask"]]
+    prior = np.bincount(train_labels, minlength=num_classes + 1)[1:].astype(np.float64)
+    prior /= prior.sum()
+    random_boxes, gt_boxes = [], []
+    for graph in data["test"]["graphs"]:
+        picks = rng.integers(0, len(train_boxes), num_detections)
+        random_boxes.append(
+            (
+                train_boxes[picks],
+                rng.choice(num_classes, num_detections, p=prior) + 1,
+                rng.uniform(size=num_detections),
+            )
+        )
+        n = graph.num_objects
+        gt_boxes.append((graph.boxes, rng.choice(num_classes, n, p=prior) + 1, rng.uniform(size=n)))
+    return {"chance: random boxes": random_boxes, "chance: GT boxes, random labels": gt_boxes}
+
+
+def _map_row(graphs, detections, num_classes):
+    from sgg_jax.evaluation.detection import detection_map
+
+    result = detection_map(graphs, detections, num_classes, coco=True)
+    return {
+        "mAP@0.5": result["mAP@0.5"],
+        "coco/mAP@[.5:.95]": result["coco/mAP@[.5:.95]"],
+        "coco/mAP@0.75": result["coco/mAP@0.75"],
+        "detections_per_image": float(np.mean([len(d[1]) for d in detections])),
+        "AP_per_class": result["AP_per_class"],
+    }
+
+
+def draw_examples(data, detections, names, out_dir: str) -> list[str]:
+    from sgg_jax.viz import draw_scene_graph
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    test = data["test"]
+    for i in range(min(FLAGS.num_plots, len(detections))):
+        boxes, labels, scores = detections[i]
+        keep = scores >= FLAGS.plot_score_thresh
+        graph = test["graphs"][i]
+        det = draw_scene_graph(
+            test["pixels"][i],
+            boxes[keep],
+            labels[keep],
+            names,
+            scores=scores[keep],
+            scale=4,
+            legend_width=0,
+        )
+        truth = draw_scene_graph(
+            test["pixels"][i], graph.boxes, graph.labels, names, scale=4, legend_width=0
+        )
+        gap = np.full((det.shape[0], 8, 3), 255, np.uint8)
+        path = os.path.join(out_dir, f"detections_{i}.png")
+        from sgg_jax.data.synthetic_pixels import write_png
+
+        write_png(path, np.concatenate([det, gap, truth], axis=1))
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------
+
+
+def run() -> dict:
+    import jax
+
+    from sgg_jax.train.checkpoint import Checkpointer, jsonable, write_json
+
+    wall_start = time.perf_counter()
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    data, names, data_info = load_data(FLAGS.seed)
+    num_classes = len(names) - 1
+    config = _detector_config(num_classes)
+    train = data["train"]
+    if len(train["graphs"]) < FLAGS.batch_size:
+        raise ConfigError(
+            "batch_size", f"is larger than the {len(train['graphs'])} training images left"
+        )
+    size = FLAGS.image_size
+    model, state, train_step, detect, counts = build(config, (FLAGS.batch_size, size, size, 3))
+    print(
+        f"FasterRCNN ({FLAGS.preset}, backbone scale {FLAGS.backbone_scale}): {counts['params']:,} "
+        f"parameters ({counts['trainable']:,} trainable), {num_classes} classes + background, "
+        f"{config.num_proposals_train} proposals, {config.roi_batch_size_per_image} RoIs / image"
+    )
+    run_config = {
+        "flags": {f.name: f.value for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])},
+        "detector": jsonable(dataclasses.asdict(config)),
+    }
+    checkpointer = Checkpointer(
+        FLAGS.workdir,
+        save_every=FLAGS.checkpoint_every,
+        max_to_keep=FLAGS.keep_checkpoints,
+        config=run_config,
+    )
+    restored = checkpointer.restore_latest(state)
+    if restored is not None:
+        state, step = restored
+        print(f"resumed from checkpoint {step}")
+    num_train = len(train["graphs"])
+    steps_per_epoch = num_train // FLAGS.batch_size
+    metrics_path = os.path.join(FLAGS.workdir, "metrics.jsonl")
+    start_step = int(state.step)
+    order = None
+    compile_s = 0.0
+    train_start = time.perf_counter()
+    window_start, window_steps = time.perf_counter(), 0
+    last = {}
+    for step in range(start_step, FLAGS.num_steps):
+        epoch, offset = divmod(step, steps_per_epoch)
+        if order is None or offset == 0:  # seeded per epoch: a resumed run sees the same batches
+            order = np.random.default_rng([FLAGS.seed, epoch]).permutation(num_train)
+        index = order[offset * FLAGS.batch_size : (offset + 1) * FLAGS.batch_size]
+        step_start = time.perf_counter()
+        state, metrics = train_step(
+            state,
+            normalise(train["pixels"][index]),
+            train["sizes"][index],
+            train["boxes"][index],
+            train["labels"][index],
+            train["mask"][index],
+        )
+        if step == start_step:
+            jax.block_until_ready(metrics)
+            compile_s = time.perf_counter() - step_start
+            window_start, window_steps = time.perf_counter(), 0
+        else:
+            window_steps += 1
+        done = step + 1
+        if done % FLAGS.log_every == 0 or done == FLAGS.num_steps:
+            last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            if not all(math.isfinite(v) for v in last.values()):
+                raise DataError(f"non-finite training loss at step {done}: {last}")
+            rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
+            window_start, window_steps = time.perf_counter(), 0
+            print(
+                f"step {done:5d}/{FLAGS.num_steps} "
+                + " ".join(f"{k} {v:.3f}" for k, v in last.items())
+                + f" | {rate:.2f} steps/s ({rate * FLAGS.batch_size:.1f} img/s)",
+                flush=True,
+            )
+            with open(metrics_path, "a") as handle:
+                handle.write(json.dumps({"step": done, **last, "steps_per_s": rate}) + "\n")
+        checkpointer.maybe_save(done, state, final=done == FLAGS.num_steps)
+    checkpointer.close()
+    train_s = time.perf_counter() - train_start
+    if compile_s:
+        print(f"training: {train_s:.0f} s ({compile_s:.0f} s of it compiling the train step)")
+
+    # -- evaluation ------------------------------------------------------------------------------
+    eval_start = time.perf_counter()
+    test = data["test"]
+    if FLAGS.eval_images:
+        limit = min(FLAGS.eval_images, len(test["graphs"]))
+        test = {k: v[:limit] for k, v in test.items()}
+        data = {**data, "test": test}
+    detections = run_detector(detect, state.variables, test)
+    eval_s = time.perf_counter() - eval_start
+    runs = {f"Faster R-CNN ({FLAGS.preset})": _map_row(test["graphs"], detections, num_classes)}
+    baselines = chance_detections(
+        data, config.detections_per_image, num_classes, np.random.default_rng([FLAGS.seed, 1])
+    )
+    for label, chance in baselines.items():
+        runs[label] = _map_row(test["graphs"], chance, num_classes)
+    plots = draw_examples(data, detections, names, os.path.join(FLAGS.workdir, "plots"))
+    wall_s = time.perf_counter() - wall_start
+    results = {
+        "experiment": "detector",
+        "dataset": "synthetic",
+        "task": "detection",
+        "seed": FLAGS.seed,
+        "runs": {
+            label: {k: v for k, v in row.items() if k != "AP_per_class"}
+            for label, row in runs.items()
+        },
+        "AP_per_class": {label: row["AP_per_class"] for label, row in runs.items()},
+        "data": data_info,
+        "model": {"preset": FLAGS.preset, **counts},
+        "timing": {
+            "wall_s": wall_s,
+            "train_s": train_s,
+            "train_compile_s": compile_s,
+            "eval_s": eval_s,
+            "steps": FLAGS.num_steps - start_step,
+            "load_average_1m": os.getloadavg()[0],
+            "cpu_count": os.cpu_count(),
+            "backend": jax.default_backend(),
+        },
+        "last_train_metrics": last,
+        "plots": plots,
+    }
+    write_json(os.path.join(FLAGS.workdir, "results.json"), results)
+    _write_markdown(results, os.path.join(FLAGS.workdir, "results.md"))
+    print()
+    print(open(os.path.join(FLAGS.workdir, "results.md")).read())
+    return results
+
+
+def _write_markdown(results: dict, path: str) -> None:
+    lines = [
+        f"# Detector pretraining on synthetic pixels (seed {results['seed']})",
+        "",
+        f"{results['data']['images']['test']} test images, {results['data']['boxes']['test']} boxes,"
+        f" {len(results['data']['classes'])} classes; wall time {results['timing']['wall_s']:.0f} s"
+        f" (training {results['timing']['train_s']:.0f} s, load average "
+        f"{results['timing']['load_average_1m']:.1f} on {results['timing']['cpu_count']} cores).",
+        "",
+        "| run | mAP@0.5 | mAP@[.5:.95] | mAP@0.75 | detections / image |",
+        "|---|---|---|---|---|",
+    ]
+    for label, row in results["runs"].items():
+        lines.append(
+            f"| {label} | {100 * row['mAP@0.5']:.1f} | {100 * row['coco/mAP@[.5:.95]']:.1f} | "
+            f"{100 * row['coco/mAP@0.75']:.1f} | {row['detections_per_image']:.1f} |"
+        )
+    lines += [
+        "",
+        "Chance rows: random training boxes with classes drawn from the training class frequencies;"
+        " the test ground-truth boxes with such random classes. Plots: "
+        + ", ".join(os.path.basename(p) for p in results["plots"])
+        + " (left: detections above the plot threshold, right: ground truth).",
+    ]
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
+        return 2
+    try:
+        _check_flags()
+        num = FLAGS.num_classes or 150
+        _detector_config(num)  # validates the model flags before any data or compile
+        run()
+    except (DataError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
