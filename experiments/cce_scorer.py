@@ -121,14 +121,7 @@ flags.DEFINE_bool(
 flags.DEFINE_integer("scorer_hidden_dim", None, "Scorer H (default: small 128, official 512).")
 flags.DEFINE_integer("scorer_attention_dim", None, "Scorer A (default: small 64, official 256).")
 # Optimisation
-flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw"], "Optimizer.")
-flags.DEFINE_float("learning_rate", 1e-2, "Base learning rate.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("weight_decay", 1e-4, "Weight decay.")
-flags.DEFINE_integer("warmup_steps", 500, "Linear warmup updates.")
-flags.DEFINE_float("warmup_factor", 0.1, "Learning-rate factor at step 0.")
-flags.DEFINE_list("decay_steps", [], "Milestones where the learning rate is multiplied by 0.1.")
-flags.DEFINE_float("clip_norm", 5.0, "Global-norm gradient clipping (0 = off).")
+common.define_optim_flags(learning_rate=1e-2)
 flags.DEFINE_integer("num_steps", 1000, "Training updates per row.")
 flags.DEFINE_integer(
     "eval_every", 0, "Evaluate on val every N updates (0 = never; test at the end)."
@@ -163,25 +156,6 @@ DELTA_COLUMNS = ("R@20", "R@50", "R@100", "mR@20", "mR@50", "mR@100", "mR@all", 
 # ----------------------------------------------------------------------------------------------
 # Configuration (checked before any data is read)
 # ----------------------------------------------------------------------------------------------
-
-
-def _optim_config():
-    from sgg_jax.train import OptimConfig
-
-    try:
-        decay_steps = tuple(int(s) for s in FLAGS.decay_steps)
-    except ValueError:
-        raise ConfigError("decay_steps", f"expected integers, got {FLAGS.decay_steps}") from None
-    return OptimConfig(
-        optimizer=FLAGS.optimizer,
-        learning_rate=FLAGS.learning_rate,
-        momentum=FLAGS.momentum,
-        weight_decay=FLAGS.weight_decay,
-        warmup_steps=FLAGS.warmup_steps,
-        warmup_factor=FLAGS.warmup_factor,
-        decay_steps=decay_steps,
-        clip_norm=FLAGS.clip_norm,
-    )
 
 
 def _loss_config(base: str, row: str, class_weights=None):
@@ -219,7 +193,7 @@ def _scorer_config(row: str):
 def check_flags() -> None:
     """One-line ConfigErrors for every bad flag, before any data is read or anything compiled."""
     common.check_data_flags()
-    _optim_config()
+    common.optim_config()
     for name in ("num_steps",):
         if getattr(FLAGS, name) <= 0:
             raise ConfigError(name, f"must be positive, got {getattr(FLAGS, name)}")
@@ -497,7 +471,7 @@ def _run_row(context, base, base_config, row):
             log_every=FLAGS.log_every,
             progress=FLAGS.progress,
         ),
-        optim_config=_optim_config(),
+        optim_config=common.optim_config(),
         eval_fn=eval_fn,
         mesh=mesh,
         config=run_config,

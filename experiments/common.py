@@ -57,6 +57,38 @@ def define_data_flags() -> None:
     )
 
 
+def define_optim_flags(learning_rate: float) -> None:
+    """Optimizer and schedule flags (shared by the SGG experiments); see :func:`optim_config`."""
+    flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw"], "Optimizer.")
+    flags.DEFINE_float("learning_rate", learning_rate, "Base learning rate.")
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_float("weight_decay", 1e-4, "Weight decay.")
+    flags.DEFINE_integer("warmup_steps", 500, "Linear warmup updates.")
+    flags.DEFINE_float("warmup_factor", 0.1, "Learning-rate factor at step 0.")
+    flags.DEFINE_list("decay_steps", [], "Milestones where the learning rate is multiplied by 0.1.")
+    flags.DEFINE_float("clip_norm", 5.0, "Global-norm gradient clipping (0 = off).")
+
+
+def optim_config():
+    """The :class:`sgg_jax.train.OptimConfig` of the flags of :func:`define_optim_flags`."""
+    from sgg_jax.train import OptimConfig
+
+    try:
+        decay_steps = tuple(int(s) for s in FLAGS.decay_steps)
+    except ValueError:
+        raise ConfigError("decay_steps", f"expected integers, got {FLAGS.decay_steps}") from None
+    return OptimConfig(
+        optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate,
+        momentum=FLAGS.momentum,
+        weight_decay=FLAGS.weight_decay,
+        warmup_steps=FLAGS.warmup_steps,
+        warmup_factor=FLAGS.warmup_factor,
+        decay_steps=decay_steps,
+        clip_norm=FLAGS.clip_norm,
+    )
+
+
 def check_data_flags() -> None:
     """One-line ConfigErrors for bad values, before anything is loaded or compiled."""
     for name in ("batch_size", "max_objects", "max_pairs", "max_fg", "eval_max_pairs"):

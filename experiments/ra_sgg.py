@@ -58,14 +58,7 @@ flags.DEFINE_bool(
     "Add the training split's log predicate frequencies of each (subject, object) class pair to the "
     "logits at inference (official PE-Net, PREDICT_USE_BIAS).",
 )
-flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw"], "Optimizer.")
-flags.DEFINE_float("learning_rate", 1e-3, "Base learning rate.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("weight_decay", 1e-4, "Weight decay.")
-flags.DEFINE_integer("warmup_steps", 500, "Linear warmup updates.")
-flags.DEFINE_float("warmup_factor", 0.1, "Learning-rate factor at step 0.")
-flags.DEFINE_list("decay_steps", [], "Milestones where the learning rate is multiplied by 0.1.")
-flags.DEFINE_float("clip_norm", 5.0, "Global-norm gradient clipping (0 = off).")
+common.define_optim_flags(learning_rate=1e-3)
 flags.DEFINE_integer("num_steps", 1000, "Training updates.")
 flags.DEFINE_integer("eval_every", 0, "Evaluate on val every N updates (0 = only at the end).")
 flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every N updates (and at the end).")
@@ -167,25 +160,6 @@ def run_data_stage(splits, vocab) -> dict:
 # ----------------------------------------------------------------------------------------------
 # PE-Net (phase 1)
 # ----------------------------------------------------------------------------------------------
-
-
-def _optim_config():
-    from sgg_jax.train import OptimConfig
-
-    try:
-        decay_steps = tuple(int(s) for s in FLAGS.decay_steps)
-    except ValueError:
-        raise ConfigError("decay_steps", f"expected integers, got {FLAGS.decay_steps}") from None
-    return OptimConfig(
-        optimizer=FLAGS.optimizer,
-        learning_rate=FLAGS.learning_rate,
-        momentum=FLAGS.momentum,
-        weight_decay=FLAGS.weight_decay,
-        warmup_steps=FLAGS.warmup_steps,
-        warmup_factor=FLAGS.warmup_factor,
-        decay_steps=decay_steps,
-        clip_norm=FLAGS.clip_norm,
-    )
 
 
 def _model_config(vocab, frequency=None):
@@ -468,7 +442,7 @@ def run_penet(splits, vocab) -> dict:
     state, last = experiment.train_phase(
         FLAGS.workdir,
         num_steps=FLAGS.num_steps,
-        optim_config=_optim_config(),
+        optim_config=common.optim_config(),
         loss_fn=make_penet_loss(experiment.model_config),
     )
     runs = {"FREQ (predcls)": experiment.frequency_metrics()}
@@ -514,7 +488,7 @@ def _ra_config(**overrides):
 def _phase2_optim_config():
     import dataclasses
 
-    config = _optim_config()
+    config = common.optim_config()
     rate = FLAGS.phase2_learning_rate or config.learning_rate
     try:
         decay_steps = tuple(int(s) for s in FLAGS.phase2_decay_steps)
@@ -554,7 +528,7 @@ def run_ra_sgg(splits, vocab) -> dict:
     phase1_state, _ = experiment.train_phase(
         os.path.join(FLAGS.workdir, "phase1"),
         num_steps=FLAGS.num_steps,
-        optim_config=_optim_config(),
+        optim_config=common.optim_config(),
         loss_fn=make_penet_loss(experiment.model_config),
     )
     phase1_variables = phase1_state.variables
@@ -637,7 +611,7 @@ def main(argv):
     try:
         common.check_data_flags()
         if FLAGS.method in ("penet", "ra_sgg"):
-            _optim_config()  # validates the optimizer flags before any data or compile
+            common.optim_config()  # validates the optimizer flags before any data or compile
             if FLAGS.num_steps <= 0:
                 raise ConfigError("num_steps", f"must be positive, got {FLAGS.num_steps}")
         if FLAGS.method == "ra_sgg":
