@@ -42,7 +42,8 @@ from sgg_jax import boxes as box_ops
 from sgg_jax.errors import ConfigError
 from sgg_jax.structures import SceneGraphBatch
 
-FEATURE_SOURCES = ("geometry", "precomputed", "roi")
+# Sources a relation model builds from its own config; "roi" also needs a DetectorConfig and images.
+FEATURE_SOURCES = ("geometry", "precomputed")
 
 
 def gather_objects(values: jax.Array, indices: jax.Array) -> jax.Array:
@@ -315,5 +316,6 @@ def make_feature_source(
             name=name,
         )
     raise ConfigError(
-        "feature_source", f"unknown feature source {source!r}; expected one of {FEATURE_SOURCES}"
+        "feature_source",
+        f"unknown feature source {source!r}; expected one of {(*FEATURE_SOURCES, 'roi')}",
     )

@@ -32,14 +32,16 @@ def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     )
 
 
-def test_smoke_runs_both_base_models_and_writes_the_table(tmp_path):
+def test_smoke_runs_the_rows_and_writes_the_table(tmp_path):
+    # MotifNet end to end; PE-Net with CCE and the Scorer is covered by tests/models/test_cce_scorer.py
+    # and tests/test_cce_scorer_loss.py (a second base model would double this test's compiles).
     result = _run("--flagfile=experiments/flags/cce_scorer_smoke.flags", f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     document = json.loads((tmp_path / "results.json").read_text())
     assert document["experiment"] == "cce_scorer" and document["task"] == "predcls"
     expected = {
         f"{base}/{row}"
-        for base in ("motifs", "penet")
+        for base in ("motifs",)
         for row in ("ce", "cce_scorer", "cce_scorer/predicate", "cce_scorer/scorer")
     }
     assert set(document["runs"]) == expected
@@ -48,7 +50,7 @@ def test_smoke_runs_both_base_models_and_writes_the_table(tmp_path):
             assert math.isfinite(metrics[key]) and 0.0 <= metrics[key] <= 1.0, (name, key)
         assert metrics["R@20"] <= metrics["R@50"] <= metrics["R@100"]
         assert metrics["num_images_evaluated"] == 80
-    for base in ("motifs", "penet"):
+    for base in ("motifs",):
         runs = document["runs"]
         # the rankings rescale, never reorder, a pair's predicates; mR@all ignores the order of pairs
         assert runs[f"{base}/cce_scorer/scorer"]["mR@all"] == pytest.approx(
@@ -62,7 +64,7 @@ def test_smoke_runs_both_base_models_and_writes_the_table(tmp_path):
         assert (tmp_path / "plots" / f"confusion_train_{base}_ce.png").exists()
         assert (tmp_path / base / "cce_scorer" / "metrics.jsonl").exists()
     markdown = (tmp_path / "results.md").read_text()
-    assert "## MotifNet" in markdown and "## PE-Net" in markdown
+    assert "## MotifNet" in markdown and "## PE-Net" not in markdown
     assert "| cce_scorer/scorer |" in markdown
 
 
