@@ -322,7 +322,11 @@ def bench_scann(keys, queries, args, truth) -> list[dict]:
         "index_bytes": index_bytes,
         "index_bytes_what": "ScannIndex.save folder (searcher + ids + manifest)",
         "peak_rss_delta_bytes": peak.delta,
-        "threads": "1 (ScannIndex calls search_batched)",
+        "threads": (
+            "ScaNN's thread pool (ScannIndex calls search_batched_parallel)"
+            if index.parallel_search and len(queries) >= index.PARALLEL_MIN_QUERIES
+            else "1 (ScannIndex calls search_batched)"
+        ),
     }
     # Diagnostic: the raw ScaNN searcher without the wrapper (private attribute, read only).
     searcher = getattr(index, "_searcher", None)
