@@ -173,21 +173,21 @@ def _check_similarity(similarity: Any, num_graphs: int) -> np.ndarray:
     return matrix.astype(np.float32)
 
 
-def _objective_loss(config: EmbedTrainConfig) -> Callable:
-    if config.objective == "ranking":
+def _objective_loss(objective: str, nu: float, margin: float, temperature: float) -> Callable:
+    if objective == "ranking":
 
         def loss(fa, fp, fn, s_ap, s_an, mask):
-            return embedding_losses.ranking_loss(fa, fp, fn, s_ap, s_an, mask, nu=config.nu)
+            return embedding_losses.ranking_loss(fa, fp, fn, s_ap, s_an, mask, nu=nu)
 
-    elif config.objective == "triplet":
+    elif objective == "triplet":
 
         def loss(fa, fp, fn, s_ap, s_an, mask):
-            return embedding_losses.triplet_loss(fa, fp, fn, mask, margin=config.margin)
+            return embedding_losses.triplet_loss(fa, fp, fn, mask, margin=margin)
 
     else:
 
         def loss(fa, fp, fn, s_ap, s_an, mask):
-            return embedding_losses.info_nce_loss(fa, fp, fn, mask, temperature=config.temperature)
+            return embedding_losses.info_nce_loss(fa, fp, fn, mask, temperature=temperature)
 
     return loss
 
@@ -226,9 +226,7 @@ def _compiled_step(
     Cached so that a grid of seeds (or repeated calls) compiles the step once per shape.
     """
     model = SceneGraphGCN(model_config)
-    loss_of = _objective_loss(
-        EmbedTrainConfig(objective=objective, nu=nu, margin=margin, temperature=temperature)
-    )
+    loss_of = _objective_loss(objective, nu, margin, temperature)
     optimizer = optax.adam(learning_rate)
 
     def loss_fn(params, batch_stats, batch, anchor, positive, negative, s_ap, s_an, mask):
