@@ -1,6 +1,7 @@
-"""PyTorch checkpoints -> backbone / FPN variables (and back): torchvision and maskrcnn_benchmark.
+"""PyTorch checkpoints -> backbone / FPN / Faster R-CNN variables (and back): torchvision and
+maskrcnn_benchmark.
 
-Two naming schemes are read:
+Names read:
 
 * torchvision ``resnet50`` / ``resnet101`` / ``resnext101_32x8d`` state dicts: ``conv1.weight``,
   ``bn1.{weight,bias,running_mean,running_var}``, ``layer{s}.{b}.conv{1,2,3}.weight``,
@@ -17,10 +18,36 @@ Two naming schemes are read:
   the FPN's ``backbone.fpn.fpn_inner{i}.{weight,bias}`` (lateral 1x1 on C{i+1}) and
   ``backbone.fpn.fpn_layer{i}.{weight,bias}`` (3x3 output conv of P{i+1}), i = 1..4; the VGG
   body's ``backbone.body.conv_body.{i}.*`` (indices as torchvision's). Keys outside
-  ``backbone.`` (``rpn.``, ``roi_heads.``, ...) belong to other converters and are ignored.
+  ``backbone.`` (``rpn.``, ``roi_heads.``, ...) are ignored by :func:`convert_maskrcnn_benchmark`.
+* The whole maskrcnn_benchmark Faster R-CNN (:func:`convert_maskrcnn_benchmark_detector`, the
+  variables of :class:`~sgg_jax.models.detector.FasterRCNN`): the backbone and FPN keys above
+  (``params/backbone``, ``constants/backbone``, ``params/fpn``) plus
+
+  - the RPN head (``RPNHead``, shared by every level): ``rpn.head.conv.{weight,bias}`` (3x3,
+    C -> C), ``rpn.head.cls_logits.*`` (1x1, C -> A) and ``rpn.head.bbox_pred.*`` (1x1, C -> 4A,
+    ``(dx, dy, dw, dh)`` per anchor) -> ``params/rpn_head/{conv,cls_logits,bbox_pred}``;
+  - the box head (``FPN2MLPFeatureExtractor`` + ``FPNPredictor``, and the same names on
+    the single-level VGG16 detector): ``roi_heads.box.feature_extractor.fc6.*`` (on
+    the RoIAlign output flattened in PyTorch's (C, H, W) order, which
+    :meth:`~sgg_jax.models.detector.FasterRCNN.box_features` keeps),
+    ``roi_heads.box.feature_extractor.fc7.*``, ``roi_heads.box.predictor.cls_score.*`` and
+    ``roi_heads.box.predictor.bbox_pred.*`` (``4 * num_classes`` outputs, class-major then
+    ``(dx, dy, dw, dh)``: the ``[..., num_classes, 4]`` of
+    :meth:`~sgg_jax.models.detector.FasterRCNN.box_regression`) -> ``params/{fc6,fc7,cls_score,
+    bbox_pred}``. The pooler has no parameters; class-agnostic box regression
+    (``CLS_AGNOSTIC_BBOX_REG``, 8 outputs) and the ResNet-C4 ``res5`` head are not supported
+    (a shape error / unexpected keys).
+
+  Skipped: ``rpn.anchor_generator.*`` (anchor buffers; anchors come from the config) and
+  ``*.num_batches_tracked``. Not the detector's, and ignored even with ``strict=True``: every key
+  outside ``backbone.``, ``rpn.`` and ``roi_heads.box.``, e.g. Scene-Graph-Benchmark's
+  ``roi_heads.relation.*`` and ``roi_heads.attribute.*``. Without a config,
+  :func:`infer_detector_config` reads the backbone, FPN width, anchors per location, pooler
+  resolution, head width and class count off the weights, the rest from the closest preset.
 
 Layouts: conv weights are OIHW in PyTorch and HWIO in Flax (``kernel = weight.transpose(2, 3, 1,
-0)``); a grouped conv's weight ``[O, I / groups, kh, kw]`` becomes ``[kh, kw, I / groups, O]``,
+0)``); Linear weights ``[out, in]`` become Dense kernels ``[in, out]`` (``weight.T``); a grouped
+conv's weight ``[O, I / groups, kh, kw]`` becomes ``[kh, kw, I / groups, O]``,
 which is what ``feature_group_count`` expects. BN ``weight`` / ``bias`` / ``running_mean`` /
 ``running_var`` become ``scale`` / ``bias`` / ``mean`` / ``var``: in ``"constants"`` for
 ``norm="frozen_bn"``, in ``"params"`` (scale, bias) and ``"batch_stats"`` (mean, var) for
@@ -40,6 +67,7 @@ inferred value follows its configs: ``True`` (MSRA) for ResNet, ``False`` for Re
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -52,10 +80,19 @@ from flax import traverse_util
 
 from sgg_jax.errors import ConfigError, DataError
 from sgg_jax.models.backbone import BackboneConfig, build_backbone, vgg_layer_names
+from sgg_jax.models.detector import DetectorConfig
 
 STYLES = ("torchvision", "maskrcnn_benchmark")
 MASKRCNN_BODY = "backbone.body."
 MASKRCNN_FPN = "backbone.fpn."
+MASKRCNN_RPN_HEAD = "rpn.head."
+MASKRCNN_ANCHORS = "rpn.anchor_generator."
+MASKRCNN_BOX_HEAD = "roi_heads.box."
+DETECTOR_PREFIXES = ("backbone.", "rpn.", MASKRCNN_BOX_HEAD)  # the rest is not the detector's
+_KNOWN_ASPECT_RATIOS = (
+    (0.5, 1.0, 2.0),  # maskrcnn_benchmark
+    DetectorConfig.resnext101_fpn().aspect_ratios,  # Scene-Graph-Benchmark (VG, Neural Motifs)
+)
 _LEAF_TO_TORCH = {
     "kernel": "weight",
     "scale": "weight",
@@ -306,9 +343,20 @@ def _convert(
                 field=key,
             )
         if our_path[-1] == "kernel":
-            value = np.ascontiguousarray(value.transpose(2, 3, 1, 0))  # OIHW -> HWIO
+            value = _kernel_from_torch(value)
         flat[our_path] = value
     return traverse_util.unflatten_dict(flat)
+
+
+def _kernel_from_torch(value: np.ndarray) -> np.ndarray:
+    """Conv ``OIHW -> HWIO``; Linear ``[out, in] -> [in, out]``."""
+    axes = (2, 3, 1, 0) if value.ndim == 4 else (1, 0)
+    return np.ascontiguousarray(value.transpose(axes))
+
+
+def _kernel_to_torch(value: np.ndarray) -> np.ndarray:
+    """Conv ``HWIO -> OIHW``; Linear ``[in, out] -> [out, in]``."""
+    return value.transpose((3, 2, 0, 1) if value.ndim == 4 else (1, 0))
 
 
 def _skip_torchvision(key: str) -> bool:
@@ -449,7 +497,7 @@ def _export(variables: Mapping[str, Any], table) -> dict[str, np.ndarray]:
             raise DataError("missing from the variables", field="/".join(our_path))
         value = np.asarray(flat[our_path], dtype=np.float32)
         if our_path[-1] == "kernel":
-            value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+            value = _kernel_to_torch(value)
         if value.shape != torch_shape:
             raise DataError(f"shape {value.shape}, expected {torch_shape}", field=key)
         state_dict[key] = np.ascontiguousarray(value)
@@ -478,6 +526,193 @@ def to_maskrcnn_benchmark(
         out_channels = int(np.shape(fpn_variables["params"]["lateral2"]["bias"])[0])
         state_dict.update(_export(fpn_variables, _fpn_table(config, out_channels)))
     return state_dict
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole Faster R-CNN (backbone, FPN, RPN head, box head)
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_detector_key(key: str) -> bool:
+    """Whether a (prefix-stripped) maskrcnn_benchmark key is one the detector must account for."""
+    if key.endswith("num_batches_tracked") or key.startswith(MASKRCNN_ANCHORS):
+        return False
+    return key.startswith(DETECTOR_PREFIXES)
+
+
+def _detector_table(config: DetectorConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """``{torch key: (flat path in FasterRCNN's variables, torch shape)}`` for the whole detector."""
+    if not isinstance(config, DetectorConfig):
+        raise ConfigError("config", f"must be a DetectorConfig, got {type(config).__name__}")
+    return _cached_detector_table(config)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_detector_table(config: DetectorConfig):
+    table = {}
+    for key, (path, shape) in _backbone_table(config.backbone, "maskrcnn_benchmark").items():
+        table[key] = ((path[0], "backbone", *path[1:]), shape)
+    if config.use_fpn:
+        for key, (path, shape) in _fpn_table(config.backbone, config.fpn_channels).items():
+            table[key] = ((path[0], "fpn", *path[1:]), shape)
+    channels, anchors = config.feature_channels, config.anchors_per_location
+    for name, shape in (
+        ("conv", (channels, channels, 3, 3)),
+        ("cls_logits", (anchors, channels, 1, 1)),
+        ("bbox_pred", (4 * anchors, channels, 1, 1)),
+    ):
+        table[f"{MASKRCNN_RPN_HEAD}{name}.weight"] = (("params", "rpn_head", name, "kernel"), shape)
+        table[f"{MASKRCNN_RPN_HEAD}{name}.bias"] = (("params", "rpn_head", name, "bias"), shape[:1])
+    width, classes = config.representation_size, config.num_classes
+    pooled = channels * config.pooler_resolution**2  # flattened in PyTorch's (C, H, W) order
+    for torch_name, name, shape in (
+        ("feature_extractor.fc6", "fc6", (width, pooled)),
+        ("feature_extractor.fc7", "fc7", (width, width)),
+        ("predictor.cls_score", "cls_score", (classes, width)),
+        ("predictor.bbox_pred", "bbox_pred", (4 * classes, width)),  # [class, (dx, dy, dw, dh)]
+    ):
+        prefix = f"{MASKRCNN_BOX_HEAD}{torch_name}"
+        table[f"{prefix}.weight"] = (("params", name, "kernel"), shape)
+        table[f"{prefix}.bias"] = (("params", name, "bias"), shape[:1])
+    return table
+
+
+def detector_torch_shapes(config: DetectorConfig) -> dict[str, tuple[int, ...]]:
+    """Every maskrcnn_benchmark key (and its shape) of :class:`FasterRCNN` ``config``'s variables."""
+    return {key: shape for key, (_, shape) in _detector_table(config).items()}
+
+
+def infer_detector_config(
+    state_dict: Mapping[str, Any], *, path: str | None = None, **overrides: Any
+) -> DetectorConfig:
+    """The :class:`DetectorConfig` of a maskrcnn_benchmark / Scene-Graph-Benchmark checkpoint.
+
+    Starts from the closest preset (``vgg16`` without ``backbone.fpn.*`` keys; otherwise
+    ``resnext101_fpn`` for a grouped backbone, ``resnet50_fpn`` for a plain ResNet) and overrides
+    what the weights determine:
+
+    * ``backbone``: :func:`infer_vgg_config` / :func:`infer_resnet_config`;
+    * ``use_fpn``: whether ``backbone.fpn.*`` keys exist; ``fpn_channels``: rows of
+      ``backbone.fpn.fpn_inner1.weight``;
+    * ``num_classes``: rows of ``roi_heads.box.predictor.cls_score.weight``;
+      ``representation_size``: rows of ``roi_heads.box.feature_extractor.fc7.weight``;
+      ``pooler_resolution``: ``sqrt(fc6 inputs / feature channels)``;
+    * ``aspect_ratios``: only their count is known (rows of ``rpn.head.cls_logits.weight``, divided
+      by the number of anchor sizes without FPN). The preset's ratios are kept when the count
+      matches, else maskrcnn_benchmark's ``(0.5, 1, 2)`` or Scene-Graph-Benchmark's four VG ratios
+      when one of them has that count; otherwise pass ``aspect_ratios`` (and ``anchor_sizes``).
+
+    Everything else (RPN / RoI sampling, NMS and score thresholds, proposal counts, anchor sizes)
+    is not stored in the weights and comes from the preset: pass ``overrides`` to match the
+    checkpoint's yaml config.
+
+    Args:
+      state_dict: the checkpoint's ``"model"`` entry (``module.`` prefixes are stripped).
+      path: the file, for error messages.
+      **overrides: :class:`DetectorConfig` fields that take precedence over the inferred ones
+        (``backbone`` included: then the backbone is not inferred).
+    """
+    state_dict = _strip_module_prefix(state_dict)
+    backbone = overrides.get("backbone")
+    if isinstance(backbone, str):
+        backbone = BackboneConfig.preset(backbone)
+    if backbone is None:
+        if any(key.startswith(f"{MASKRCNN_BODY}conv_body.") for key in state_dict):
+            backbone = infer_vgg_config(state_dict, "maskrcnn_benchmark", path=path)
+        else:
+            backbone = infer_resnet_config(state_dict, "maskrcnn_benchmark", path=path)
+    use_fpn = overrides.get("use_fpn", any(k.startswith(MASKRCNN_FPN) for k in state_dict))
+    if not use_fpn:
+        preset = "vgg16"
+    else:
+        preset = "resnext101_fpn" if backbone.num_groups > 1 else "resnet50_fpn"
+    fields: dict[str, Any] = {"backbone": backbone}
+    if use_fpn:
+        fields["use_fpn"] = True
+        fields["anchor_strides"] = DetectorConfig().anchor_strides
+        fields["fpn_channels"] = _require(state_dict, f"{MASKRCNN_FPN}fpn_inner1.weight", path)[0]
+    fields["num_classes"] = _require(
+        state_dict, f"{MASKRCNN_BOX_HEAD}predictor.cls_score.weight", path
+    )[0]
+    fields["representation_size"] = _require(
+        state_dict, f"{MASKRCNN_BOX_HEAD}feature_extractor.fc7.weight", path
+    )[0]
+    base = DetectorConfig.preset(preset, **{**fields, **overrides})
+    fc6_key = f"{MASKRCNN_BOX_HEAD}feature_extractor.fc6.weight"
+    pooled = _require(state_dict, fc6_key, path)[1]
+    resolution = math.isqrt(pooled // base.feature_channels)
+    if "pooler_resolution" not in overrides and pooled == base.feature_channels * resolution**2:
+        fields["pooler_resolution"] = resolution
+    logits_key = f"{MASKRCNN_RPN_HEAD}cls_logits.weight"
+    anchors = _require(state_dict, logits_key, path)[0]
+    if base.anchors_per_location != anchors and not {"aspect_ratios", "anchor_sizes"} & set(
+        overrides
+    ):
+        sizes = base.anchors_per_location // len(base.aspect_ratios)
+        for ratios in _KNOWN_ASPECT_RATIOS:
+            if sizes * len(ratios) == anchors:
+                fields["aspect_ratios"] = ratios
+                break
+    config = DetectorConfig.preset(preset, **{**fields, **overrides})
+    if config.anchors_per_location != anchors:
+        raise DataError(
+            f"{anchors} anchors per location in the file, the config has "
+            f"{config.anchors_per_location} ({len(config.anchor_sizes)} sizes x "
+            f"{len(config.aspect_ratios)} aspect ratios): pass aspect_ratios= / anchor_sizes=",
+            path=path,
+            field=logits_key,
+        )
+    return config
+
+
+def convert_maskrcnn_benchmark_detector(
+    state_dict: Mapping[str, Any],
+    config: DetectorConfig | None = None,
+    *,
+    strict: bool = True,
+    path: str | None = None,
+) -> dict[str, Any]:
+    """Variables of :class:`~sgg_jax.models.detector.FasterRCNN` from a whole maskrcnn_benchmark /
+    Scene-Graph-Benchmark Faster R-CNN checkpoint (backbone, FPN, RPN head, box head).
+
+    Args:
+      state_dict: the checkpoint's ``"model"`` entry (``module.`` prefixes are stripped). Keys
+        under ``backbone.``, ``rpn.`` and ``roi_heads.box.`` are the detector's; of these,
+        ``rpn.anchor_generator.*`` (anchor buffers, recomputed from the config) and
+        ``*.num_batches_tracked`` are skipped. Everything else (``roi_heads.relation.*``,
+        ``roi_heads.attribute.*``, ... of relation models) is ignored, also with ``strict=True``.
+      config: the detector; when None, :func:`infer_detector_config` (call it yourself to get the
+        config the variables are for).
+      strict: raise on a missing detector key or an unmapped one under ``backbone.``, ``rpn.``
+        or ``roi_heads.box.``; with False, unknown keys are ignored and missing variables left
+        out (merge the result into an initialised tree).
+      path: the file the state dict came from, for error messages.
+
+    Returns:
+      ``{"params": {"backbone", "fpn" (with FPN), "rpn_head", "fc6", "fc7", "cls_score",
+      "bbox_pred"}, "constants": {"backbone": ...}}`` (``"batch_stats"`` instead of
+      ``"constants"`` for ``norm="bn"``): ``FasterRCNN(config).apply``'s variables, numpy float32.
+    """
+    state_dict = _strip_module_prefix(state_dict)
+    if config is None:
+        config = infer_detector_config(state_dict, path=path)
+    return _convert(
+        state_dict,
+        _detector_table(config),
+        considered=_is_detector_key,
+        strict=strict,
+        path=path,
+        what="the Faster R-CNN detector",
+    )
+
+
+def to_maskrcnn_benchmark_detector(
+    variables: Mapping[str, Any], config: DetectorConfig
+) -> dict[str, np.ndarray]:
+    """The maskrcnn_benchmark state dict (``backbone.*``, ``rpn.head.*``, ``roi_heads.box.*``) of
+    :class:`~sgg_jax.models.detector.FasterRCNN` ``variables``; the inverse of
+    :func:`convert_maskrcnn_benchmark_detector` (no ``rpn.anchor_generator.*`` buffers)."""
+    return _export(variables, _detector_table(config))
 
 
 # ----------------------------------------------------------------------------------------------
