@@ -193,6 +193,12 @@ def _scorer_config(row: str):
 def check_flags() -> None:
     """One-line ConfigErrors for every bad flag, before any data is read or anything compiled."""
     common.check_data_flags()
+    if FLAGS.feature_source == "roi":
+        raise ConfigError(
+            "feature_source",
+            "'roi' (SGCls / SGDet from pixels) runs in experiments.ra_sgg --method=penet; this "
+            "experiment's Table 2 rows use the geometry or precomputed features",
+        )
     common.optim_config()
     for name in ("num_steps",):
         if getattr(FLAGS, name) <= 0:

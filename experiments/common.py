@@ -17,7 +17,7 @@ from absl import flags
 from sgg_jax.data import datasets, pipeline
 from sgg_jax.errors import ConfigError
 from sgg_jax.evaluation import evaluate, frequency_groups
-from sgg_jax.evaluation.collect import batch_predictions
+from sgg_jax.evaluation.collect import batch_predictions, detection_predictions
 from sgg_jax.structures import SceneGraph, SceneGraphBatch, Vocab
 
 FLAGS = flags.FLAGS
@@ -25,7 +25,12 @@ FLAGS = flags.FLAGS
 
 def define_data_flags() -> None:
     """Dataset, task and budget flags (shared by every SGG experiment)."""
-    flags.DEFINE_enum("dataset", "gqa200_mini", datasets.DATASETS, "Dataset to use.")
+    flags.DEFINE_enum(
+        "dataset",
+        "gqa200_mini",
+        [*datasets.DATASETS, "synthetic_pixels"],
+        "Dataset to use (synthetic_pixels: the rendered images of --detector_workdir).",
+    )
     flags.DEFINE_string("gqa200_train", None, "GQA_200_Train.json (dataset=gqa200).")
     flags.DEFINE_string("gqa200_test", None, "GQA_200_Test.json (dataset=gqa200).")
     flags.DEFINE_string("gqa200_id_info", None, "GQA_200_ID_Info.json (dataset=gqa200).")
@@ -50,10 +55,32 @@ def define_data_flags() -> None:
     )
     flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
     flags.DEFINE_enum(
-        "feature_source", "geometry", ["geometry", "precomputed"], "Object/union feature source."
+        "feature_source",
+        "geometry",
+        ["geometry", "precomputed", "roi"],
+        "Object/union feature source (roi: pooled from pixels by the detector of "
+        "--detector_workdir; needed by --task=sgdet).",
     )
     flags.DEFINE_string(
         "object_features", None, "Precomputed object features .npz (feature_source=precomputed)."
+    )
+    flags.DEFINE_string(
+        "detector_workdir",
+        None,
+        "Workdir of experiments.detector: its newest checkpoint initialises the detector of "
+        "--feature_source=roi; with --dataset=synthetic_pixels its images are the data.",
+    )
+    flags.DEFINE_integer(
+        "image_size",
+        0,
+        "roi: images resized to this longer side and padded to a square (0 = the detector "
+        "workdir's --image_size).",
+    )
+    flags.DEFINE_bool("freeze_detector", True, "roi: keep the pretrained detector fixed (SGB).")
+    flags.DEFINE_integer(
+        "detections_per_image",
+        0,
+        "sgdet: detections per image (0 = the detector's); every ordered pair is a candidate.",
     )
 
 
@@ -105,8 +132,28 @@ def check_data_flags() -> None:
             raise ConfigError("object_features", "is required with --feature_source=precomputed")
         if not os.path.exists(FLAGS.object_features):
             raise ConfigError("object_features", f"{FLAGS.object_features} does not exist")
-    if FLAGS.task == "sgdet":
-        raise ConfigError("task", "sgdet needs the detector and pixels; use predcls or sgcls")
+    if FLAGS.task == "sgdet" and FLAGS.feature_source != "roi":
+        raise ConfigError(
+            "task", "sgdet detects objects from pixels: it needs --feature_source=roi"
+        )
+    if FLAGS.dataset == "synthetic_pixels" and FLAGS.feature_source != "roi":
+        raise ConfigError(
+            "dataset", "synthetic_pixels is the pixel dataset of --feature_source=roi"
+        )
+    if FLAGS.feature_source == "roi":
+        if not FLAGS.detector_workdir:
+            raise ConfigError("detector_workdir", "is required with --feature_source=roi")
+        path = os.path.join(FLAGS.detector_workdir, "config.json")
+        if not os.path.exists(path):
+            raise ConfigError(
+                "detector_workdir",
+                f"{FLAGS.detector_workdir} has no config.json (not an experiments.detector run)",
+            )
+    for name in ("image_size", "detections_per_image"):
+        if getattr(FLAGS, name) < 0:
+            raise ConfigError(name, f"must be >= 0, got {getattr(FLAGS, name)}")
+    if FLAGS.detections_per_image == 1:
+        raise ConfigError("detections_per_image", "must be 0 (the detector's) or >= 2")
     required = {
         "gqa200": ("gqa200_train", "gqa200_test", "gqa200_id_info"),
         "vg150": ("vg150_h5", "vg150_dicts", "vg150_image_data"),
@@ -136,6 +183,14 @@ def data_paths() -> dict[str, str]:
 
 def load_splits() -> tuple[dict[str, Sequence[SceneGraph]], Vocab]:
     """Train / val / test graphs of ``--dataset`` and the vocabulary (train counts)."""
+    if FLAGS.dataset == "synthetic_pixels":
+        from sgg_jax.data.pixel_dataset import PixelDatasetConfig, pixel_splits
+
+        detector_flags = detector_run_config()["flags"]
+        recipe = PixelDatasetConfig.from_manifest(detector_flags)
+        image_dir = os.path.join(FLAGS.detector_workdir, "images")
+        splits, vocab, _ = pixel_splits(recipe, image_dir)
+        return splits, vocab
     splits = {}
     vocab = None
     for split in datasets.SPLITS:
@@ -217,17 +272,21 @@ def evaluate_scorer(
     mode: str,
     zeroshot_triplets: np.ndarray | None = None,
     object_features: Sequence[np.ndarray] | None = None,
+    image_transform: Callable[[Sequence[SceneGraph]], Any] | None = None,
 ) -> dict[str, Any]:
     """Runs ``scorer`` over every image of ``graphs`` and evaluates its predictions.
 
     Args:
       scorer: ``scorer(host_batch) -> (predicate_scores[B,P,C], object_labels[B,N] | None,
-        object_scores[B,N] | None)`` as numpy arrays.
+        object_scores[B,N] | None)`` as numpy arrays, or (SGDet) the dict of
+        :func:`predict_outputs` whose ``boxes`` / ``pairs`` are the model's own.
       graphs: the evaluated split.
       vocab: vocabulary (predicate names and train counts give the head/body/tail groups).
       mode: ``predcls`` or ``sgcls``.
       zeroshot_triplets: optional int[Z, 3] for zR@K.
       object_features: precomputed object features aligned with ``graphs``.
+      image_transform: ``image_transform(graphs) -> ImageBatchTransform`` adding the pixels of
+        every batch (``"roi"`` feature source); SGDet boxes are mapped back with its scales.
 
     Returns:
       The evaluator's metrics.
@@ -239,6 +298,7 @@ def evaluate_scorer(
         mode=mode,
         zeroshot_triplets=zeroshot_triplets,
         object_features=object_features,
+        image_transform=image_transform,
     )[""]
 
 
@@ -250,13 +310,15 @@ def evaluate_scorers(
     mode: str,
     zeroshot_triplets: np.ndarray | None = None,
     object_features: Sequence[np.ndarray] | None = None,
+    image_transform: Callable[[Sequence[SceneGraph]], Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """:func:`evaluate_scorer` for several scorings of one pass (e.g. one model, several rankings).
 
     Args:
       scorers: ``scorers(host_batch) -> {name: (predicate_scores, object_labels, object_scores)}``
         with the same names for every batch.
-      graphs, vocab, mode, zeroshot_triplets, object_features: as :func:`evaluate_scorer`.
+      graphs, vocab, mode, zeroshot_triplets, object_features, image_transform: as
+        :func:`evaluate_scorer`.
 
     Returns:
       ``{name: metrics}``.
@@ -265,11 +327,18 @@ def evaluate_scorers(
     loader = pipeline.make_loader(
         graphs, eval_pipeline_config(vocab), object_features=object_features
     )
+    transform = image_transform(graphs) if image_transform is not None else None
     for batch in loader:
-        for name, (scores, labels, object_scores) in scorers(batch).items():
-            predictions.setdefault(name, {}).update(
-                batch_predictions(graphs, batch, scores, labels, object_scores)
-            )
+        scales = None
+        if transform is not None:
+            scales = transform.scales(batch)
+            batch, _ = transform(None, 0, batch)
+        for name, result in scorers(batch).items():
+            if isinstance(result, Mapping):  # SGDet: the model's own boxes and pairs
+                found = detection_predictions(batch, result, scales)
+            else:
+                found = batch_predictions(graphs, batch, *result)
+            predictions.setdefault(name, {}).update(found)
     return {
         name: evaluate_predictions(
             graphs,
@@ -305,6 +374,9 @@ def evaluate_predictions(
 def model_scorer(model, variables_fn: Callable[[], Mapping[str, Any]], mesh, shard) -> Scorer:
     """A scorer running ``model`` (eval mode) on the mesh; softmax over the relation logits.
 
+    Returns the ``(scores, labels, object_scores)`` of :func:`evaluate_scorer`, or in SGDet the
+    host dict of :func:`predict_outputs`.
+
     Args:
       model: the flax module (outputs follow the model contract).
       variables_fn: returns the current variables (e.g. of the train state).
@@ -312,18 +384,17 @@ def model_scorer(model, variables_fn: Callable[[], Mapping[str, Any]], mesh, sha
       shard: ``shard(batch, mesh)`` placing a host batch on the mesh.
     """
 
-    @jax.jit
-    def predict(variables, batch):
-        outputs, _ = model.apply(variables, batch, train=False)
-        return (
-            jax.nn.softmax(outputs["relation_logits"], axis=-1),
-            outputs["object_labels"],
-            outputs["object_scores"],
-        )
+    predict = jax.jit(predict_outputs(model))
 
     def scorer(batch: SceneGraphBatch):
-        scores, labels, object_scores = predict(variables_fn(), shard(batch, mesh))
-        return np.asarray(scores), np.asarray(labels), np.asarray(object_scores)
+        outputs = jax.device_get(predict(variables_fn(), shard(batch, mesh)))
+        if "boxes" in outputs:  # SGDet: objects and pairs are the model's (detection_predictions)
+            return {k: np.asarray(v) for k, v in outputs.items()}
+        return (
+            np.asarray(outputs["predicate_scores"]),
+            np.asarray(outputs["object_labels"]),
+            np.asarray(outputs["object_scores"]),
+        )
 
     return scorer
 
@@ -351,3 +422,138 @@ def zeroshot_for(splits: Mapping[str, Sequence[SceneGraph]]) -> np.ndarray | Non
 
     unseen = sorted(triplets(splits["test"]) - triplets(splits["train"]))
     return np.asarray(unseen, np.int32).reshape(-1, 3) if unseen else None
+
+
+def predict_outputs(model) -> Callable[[Mapping[str, Any], SceneGraphBatch], dict[str, Any]]:
+    """``predict_fn(variables, batch) -> outputs`` of a relation model for export and evaluation.
+
+    Outputs: ``predicate_scores`` f32[B, P, C] (softmax of the relation logits), ``object_labels``
+    and ``object_scores`` [B, N]; in SGDet also the batch over the detections: ``boxes`` [B, D, 4]
+    (pixels of the image the detector saw), ``object_mask`` [B, D], ``pairs`` [B, P, 2],
+    ``pair_mask`` [B, P], and the detector's ``detection_labels`` / ``detection_scores`` [B, D].
+    """
+    sgdet_keys = ("boxes", "object_mask", "pairs", "pair_mask")
+    sgdet_keys += ("detection_labels", "detection_scores")
+
+    def predict_fn(variables, batch):
+        outputs, _ = model.apply(variables, batch, train=False)
+        result = {
+            "predicate_scores": jax.nn.softmax(outputs["relation_logits"], axis=-1),
+            "object_labels": outputs["object_labels"],
+            "object_scores": outputs["object_scores"],
+        }
+        result.update({key: outputs[key] for key in sgdet_keys if key in outputs})
+        return result
+
+    return predict_fn
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixels: --feature_source=roi (SGCls / SGDet from images)
+# ----------------------------------------------------------------------------------------------
+
+
+def detector_run_config() -> dict[str, Any]:
+    """``config.json`` of ``--detector_workdir`` (the detector experiment's flags and config)."""
+    import json
+
+    path = os.path.join(FLAGS.detector_workdir, "config.json")
+    try:
+        with open(path) as handle:
+            config = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ConfigError("detector_workdir", f"cannot read {path}: {error}") from None
+    if not isinstance(config, dict) or "detector" not in config or "flags" not in config:
+        raise ConfigError("detector_workdir", f"{path} is not an experiments.detector config")
+    return config
+
+
+class PixelInputs:
+    """What ``--feature_source=roi`` adds to a relation experiment.
+
+    * ``detector``: the :class:`~sgg_jax.models.detector.DetectorConfig` of ``--detector_workdir``
+      (``--detections_per_image`` overrides its detections per image);
+    * ``image_size``: the longer side images are resized to (``--image_size`` or the detector
+      run's);
+    * :meth:`transform`: the :class:`~sgg_jax.data.images.ImageBatchTransform` of a split;
+    * :meth:`merge_detector`: fresh relation-model variables with the detector run's newest
+      checkpoint under ``features/detector`` (every collection: params, frozen BN constants).
+    """
+
+    def __init__(self):
+        from sgg_jax.models.detector import DetectorConfig
+
+        config = detector_run_config()
+        detector = DetectorConfig.from_dict(config["detector"])
+        if FLAGS.detections_per_image:
+            detector = detector.replace(detections_per_image=FLAGS.detections_per_image)
+        self.detector = detector
+        self.image_size = int(FLAGS.image_size or config["flags"].get("image_size", 0))
+        if self.image_size <= 0:
+            raise ConfigError("image_size", "is required: the detector run records none")
+        self.workdir = FLAGS.detector_workdir
+
+    def transform(self, graphs: Sequence[SceneGraph]):
+        from sgg_jax.data.images import ImageBatchTransform
+
+        return ImageBatchTransform(graphs, self.image_size)
+
+    def example_batch(self, graphs: Sequence[SceneGraph], loader) -> SceneGraphBatch:
+        """The first batch of ``loader`` (over ``graphs``) with its pixels (model init)."""
+        return self.transform(graphs)(None, 0, loader.dataset[0])[0]
+
+    def transform_config(self) -> dict[str, Any]:
+        """How the export's images must be prepared (``experiments.predict`` reads it)."""
+        from sgg_jax.data.images import IMAGENET_MEAN, IMAGENET_STD
+
+        return {
+            "image_size": self.image_size,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "scale_255": True,
+            "bgr": False,
+        }
+
+    def merge_detector(self, fresh: Mapping[str, Any]) -> dict[str, Any]:
+        """``fresh`` with the pretrained detector's variables under ``features/detector``."""
+        from sgg_jax.train.checkpoint import Checkpointer
+
+        with Checkpointer(self.workdir, read_only=True) as checkpointer:
+            if checkpointer.latest_step() is None:
+                raise ConfigError("detector_workdir", f"{self.workdir} holds no checkpoint")
+            pretrained = jax.device_get(checkpointer.restore_variables())
+        from flax import traverse_util
+
+        merged = {name: dict(collection) for name, collection in fresh.items()}
+        for name, collection in merged.items():
+            target = collection.get("features", {}).get("detector")
+            if target is None:
+                continue
+            # SGCls pools features only: the model holds a subset (no RPN, no predictor) of the
+            # detector's variables; every one it holds must come from the checkpoint.
+            source = traverse_util.flatten_dict(dict(pretrained.get(name, {})))
+            wanted = traverse_util.flatten_dict(dict(target))
+            missing = [p for p in wanted if p not in source]
+            wrong = [
+                p for p in wanted if p in source and np.shape(source[p]) != np.shape(wanted[p])
+            ]
+            if missing or wrong:
+                first = "/".join((missing or wrong)[0])
+                raise ConfigError(
+                    "detector_workdir",
+                    f"the detector checkpoint of {self.workdir} does not fit the detector config: "
+                    f"{len(missing)} '{name}' variables missing, {len(wrong)} of another shape "
+                    f"(first: {first})",
+                )
+            features = dict(collection["features"])
+            features["detector"] = traverse_util.unflatten_dict({p: source[p] for p in wanted})
+            merged[name]["features"] = features
+        return merged
+
+
+def sgdet_config():
+    """The :class:`~sgg_jax.models.sgdet.SGDetConfig` of the flags: ``--max_pairs`` candidates
+    per training image with at most ``--max_fg`` foreground (SGB: 256 and 64)."""
+    from sgg_jax.models.sgdet import SGDetConfig
+
+    return SGDetConfig(train_pairs=FLAGS.max_pairs, train_fg=FLAGS.max_fg)

@@ -6,9 +6,10 @@ The SGDet pipeline of Scene-Graph-Benchmark (Tang et al., CVPR 2020) starts from
 pretrained on the scene-graph images and judged by its box mAP@0.5. This experiment runs that stage
 end to end on a CPU:
 
-1. Data: synthetic scene graphs (:mod:`sgg_jax.data.synthetic`, VG150 class frequencies), split
-   70 / 10 / 20 into train / val / test. ``--num_classes=K`` keeps only the objects of the K most
-   frequent classes of the train split (relabelled ``1..K`` by descending frequency; the other
+1. Data (:mod:`sgg_jax.data.pixel_dataset`, the recipe the relation experiments' ``--dataset=
+   synthetic_pixels`` reuses): synthetic scene graphs (:mod:`sgg_jax.data.synthetic`, VG150 class
+   frequencies), split 70 / 10 / 20 into train / val / test. ``--num_classes=K`` keeps only the
+   objects of the K most frequent classes of the train split (relabelled ``1..K`` by descending frequency; the other
    objects and the relations touching them are removed *before* rendering, so they are not painted
    either) and ``--min_object_size`` drops objects whose rendered box is smaller than that many
    pixels on a side. Images left without an object are dropped. The long tail of the 150 VG classes
@@ -51,7 +52,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import sys
 import time
 
@@ -186,106 +186,6 @@ def _detector_config(num_classes: int):
 # ----------------------------------------------------------------------------------------------
 
 
-def _select_classes(splits, object_names, num_classes: int):
-    """Keeps the K most frequent train classes (relabelled 1..K) -> (splits, names, old ids)."""
-    counts = np.zeros(len(object_names), np.int64)
-    for graph in splits["train"]:
-        counts += np.bincount(graph.labels, minlength=len(object_names))
-    counts[0] = 0
-    order = np.argsort(-counts[1:], kind="stable") + 1
-    order = order[counts[order] > 0]
-    kept = order[:num_classes] if num_classes else order
-    relabel = np.zeros(len(object_names), np.int32)
-    relabel[kept] = np.arange(1, len(kept) + 1)
-    names = ("__background__", *(object_names[k] for k in kept))
-    return (
-        {
-            split: [_restrict(graph, relabel) for graph in graphs]
-            for split, graphs in splits.items()
-        },
-        names,
-        kept,
-    )
-
-
-def _subset(graph, keep: np.ndarray, labels: np.ndarray):
-    """The graph with the objects ``keep`` (labels ``labels[keep]``) and the relations among them."""
-    index = np.full(len(keep), -1, np.int64)
-    index[keep] = np.arange(int(keep.sum()))
-    relations = graph.relations
-    if len(relations):
-        relations = relations[keep[relations[:, 0]] & keep[relations[:, 1]]].copy()
-        relations[:, 0] = index[relations[:, 0]]
-        relations[:, 1] = index[relations[:, 1]]
-    return graph.replace(
-        boxes=graph.boxes[keep], labels=labels[keep], relations=relations.reshape(-1, 3)
-    )
-
-
-def _restrict(graph, relabel):
-    """The graph with only the objects whose new label ``relabel[label]`` is > 0."""
-    labels = relabel[graph.labels]
-    return _subset(graph, labels > 0, labels)
-
-
-def _drop_small(graph, size: int, min_side: float, max_objects: int):
-    """Drops objects smaller than ``min_side`` rendered pixels and keeps the ``max_objects`` largest;
-    None when no object is left."""
-    from sgg_jax.data.synthetic_pixels import scale_graph
-
-    scaled = scale_graph(graph, size).boxes
-    width, height = scaled[:, 2] - scaled[:, 0], scaled[:, 3] - scaled[:, 1]
-    keep = np.minimum(width, height) >= min_side
-    if keep.sum() > max_objects:
-        largest = np.argsort(-np.where(keep, width * height, -1.0), kind="stable")[:max_objects]
-        keep = np.zeros_like(keep)
-        keep[largest] = True
-    if not keep.any():
-        return None
-    return _subset(graph, keep, graph.labels)
-
-
-def _file_name(image_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", image_id) + ".png"
-
-
-def _render_cached(splits, image_dir: str, manifest: dict):
-    """Renders every split into ``image_dir`` unless its manifest matches -> (splits, pixels)."""
-    from sgg_jax.data.synthetic_pixels import load_image, render_dataset, scale_graph
-
-    manifest_path = os.path.join(image_dir, "manifest.json")
-    all_graphs = [g for graphs in splits.values() for g in graphs]
-    cached = False
-    if os.path.exists(manifest_path):
-        with open(manifest_path) as handle:
-            cached = json.load(handle) == manifest
-        cached = cached and all(
-            os.path.exists(os.path.join(image_dir, _file_name(g.image_id))) for g in all_graphs
-        )
-    start = time.perf_counter()
-    size = manifest["image_size"]
-    if cached:
-        rendered = [
-            scale_graph(g, size).replace(image_path=os.path.join(image_dir, _file_name(g.image_id)))
-            for g in all_graphs
-        ]
-    else:
-        rendered = list(render_dataset(all_graphs, image_dir, size=size, seed=manifest["seed"]))
-        with open(manifest_path, "w") as handle:
-            json.dump(manifest, handle, indent=1)
-    pixels = np.stack([load_image(g.image_path) for g in rendered])
-    out, offset = {}, 0
-    for split, graphs in splits.items():
-        out[split] = (
-            rendered[offset : offset + len(graphs)],
-            pixels[offset : offset + len(graphs)],
-        )
-        offset += len(graphs)
-    verb = "read from cache" if cached else "rendered"
-    print(f"{len(rendered)} images {verb} in {time.perf_counter() - start:.1f} s ({image_dir})")
-    return out
-
-
 def _gt_arrays(graphs, max_objects: int):
     """Padded host arrays: boxes [N, G, 4], labels [N, G], mask [N, G], image sizes [N, 2]."""
     n = len(graphs)
@@ -301,55 +201,25 @@ def _gt_arrays(graphs, max_objects: int):
 
 def load_data(seed: int):
     """Generates, filters and renders the synthetic splits -> (data dict, object names, info)."""
-    from sgg_jax.data.synthetic import SyntheticConfig, generate, train_val_test
+    from sgg_jax.data.pixel_dataset import PixelDatasetConfig, pixel_splits
+    from sgg_jax.data.synthetic_pixels import load_image
 
-    start = time.perf_counter()
-    dataset = generate(SyntheticConfig(num_images=FLAGS.synthetic_images, seed=seed))
-    parts = train_val_test(dataset)
-    splits = {
-        name: list(part.graphs) for name, part in zip(("train", "val", "test"), parts, strict=True)
-    }
-    total_boxes = sum(g.num_objects for g in splits["train"])
-    splits, names, kept = _select_classes(splits, dataset.vocab.object_names, FLAGS.num_classes)
-    kept_boxes = sum(g.num_objects for g in splits["train"])
-    for split in splits:
-        filtered = [
-            _drop_small(g, FLAGS.image_size, FLAGS.min_object_size, FLAGS.max_objects)
-            for g in splits[split]
-            if g.num_objects
-        ]
-        splits[split] = [g for g in filtered if g is not None]
-    print(
-        f"synthetic: {FLAGS.synthetic_images} graphs generated in {time.perf_counter() - start:.1f}"
-        f" s; top {len(names) - 1} classes keep {kept_boxes}/{total_boxes} train boxes "
-        f"({100 * kept_boxes / max(total_boxes, 1):.0f}%); after size filter: "
-        + ", ".join(
-            f"{s} {len(g)} images / {sum(x.num_objects for x in g)} boxes"
-            for s, g in splits.items()
-        )
+    recipe = PixelDatasetConfig(
+        num_images=FLAGS.synthetic_images,
+        seed=seed,
+        num_classes=FLAGS.num_classes,
+        image_size=FLAGS.image_size,
+        min_object_size=FLAGS.min_object_size,
+        max_objects=FLAGS.max_objects,
     )
-    manifest = {
-        "synthetic_images": FLAGS.synthetic_images,
-        "seed": seed,
-        "num_classes": FLAGS.num_classes,
-        "image_size": FLAGS.image_size,
-        "min_object_size": FLAGS.min_object_size,
-        "max_objects": FLAGS.max_objects,
-    }
-    rendered = _render_cached(splits, os.path.join(FLAGS.workdir, "images"), manifest)
+    rendered, vocab, info = pixel_splits(recipe, os.path.join(FLAGS.workdir, "images"))
     data = {}
-    for split, (graphs, pixels) in rendered.items():
+    for split, graphs in rendered.items():
+        pixels = np.stack([load_image(g.image_path) for g in graphs])
         boxes, labels, mask, sizes = _gt_arrays(graphs, FLAGS.max_objects)
         data[split] = dict(graphs=graphs, pixels=pixels, boxes=boxes, labels=labels, mask=mask)
         data[split]["sizes"] = sizes
-    info = {
-        "classes": list(names[1:]),
-        "vg150_class_ids": [int(k) for k in kept],
-        "train_box_fraction_kept": kept_boxes / max(total_boxes, 1),
-        "images": {s: len(d["graphs"]) for s, d in data.items()},
-        "boxes": {s: int(d["mask"].sum()) for s, d in data.items()},
-    }
-    return data, names, info
+    return data, vocab.object_names, info
 
 
 def normalise(pixels: np.ndarray) -> np.ndarray:

@@ -162,7 +162,7 @@ def run_data_stage(splits, vocab) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def _model_config(vocab, frequency=None):
+def _model_config(vocab, frequency=None, pixels=None):
     from sgg_jax.models.penet import PENetConfig
 
     vectors = {}
@@ -195,6 +195,12 @@ def _model_config(vocab, frequency=None):
         print(
             f"predicate_word_vectors: {len(missing)} of {len(rows)} names not in the bundled table"
         )
+    if pixels is not None:
+        vectors.update(
+            detector=pixels.detector,
+            freeze_detector=FLAGS.freeze_detector,
+            sgdet=common.sgdet_config(),
+        )
     make = PENetConfig.small if FLAGS.model_size == "small" else PENetConfig.official
     return make(
         vocab.num_classes,
@@ -217,7 +223,10 @@ class _Experiment:
         self.frequency = FrequencyBaseline.from_graphs(
             splits["train"], vocab.num_classes, vocab.num_predicates
         )
-        self.model_config = _model_config(vocab, self.frequency if FLAGS.frequency_bias else None)
+        self.pixels = common.PixelInputs() if FLAGS.feature_source == "roi" else None
+        self.model_config = _model_config(
+            vocab, self.frequency if FLAGS.frequency_bias else None, self.pixels
+        )
         self.model = PENet(self.model_config)
         self.mesh = make_mesh()
         self.features = common.object_features_for(splits)
@@ -226,6 +235,7 @@ class _Experiment:
             common.train_pipeline_config(vocab),
             object_features=self.features["train"],
         )
+        self.image_transform = self.pixels.transform if self.pixels is not None else None
         self.val_graphs, self.val_features = splits["val"], self.features["val"]
         if FLAGS.eval_images:
             self.val_graphs = self.val_graphs[: FLAGS.eval_images]
@@ -244,6 +254,8 @@ class _Experiment:
                 k: v for k, v in vars(self.model_config).items() if not isinstance(v, np.ndarray)
             },
         }
+        if self.pixels is not None:
+            self.run_config["detector_workdir"] = os.path.abspath(FLAGS.detector_workdir)
 
     def scorer(self, variables_fn):
         from sgg_jax.train import shard_batch
@@ -283,9 +295,25 @@ class _Experiment:
                 self.vocab,
                 mode=FLAGS.task,
                 object_features=self.val_features,
+                image_transform=self.image_transform,
             )
             return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
+        pixel_options = {}
+        if self.pixels is not None:
+            from sgg_jax.models.features import relation_trainable_mask
+
+            if batch_transform is not None:
+                raise ConfigError("feature_source", "'roi' takes no other batch transform")
+            batch_transform = self.pixels.transform(self.splits["train"])
+            pixel_options = dict(
+                example_batch=self.pixels.example_batch(self.splits["train"], self.loader),
+                trainable=relation_trainable_mask(
+                    self.model_config.detector, self.model_config.freeze_detector
+                ),
+            )
+            if init_variables is None:
+                init_variables = self.pixels.merge_detector
         state, last = train(
             self.model,
             loss_fn,
@@ -298,6 +326,7 @@ class _Experiment:
             config={**self.run_config, **(extra_config or {})},
             batch_transform=batch_transform,
             init_variables=init_variables,
+            **pixel_options,
         )
         return state, last
 
@@ -314,6 +343,7 @@ class _Experiment:
             mode=mode,
             zeroshot_triplets=self.zeroshot_triplets,
             object_features=self.features["test"],
+            image_transform=self.image_transform if mode == FLAGS.task else None,
         )
         if self.true_test is not None:
             truth = common.evaluate_scorer(
@@ -342,23 +372,21 @@ class _Experiment:
             object_features=self.features["test"],
         )
         example = next(iter(example_loader))
-        model = self.model
-
-        def predict_fn(variables, batch):
-            import jax
-
-            outputs, _ = model.apply(variables, batch, train=False)
-            return {
-                "predicate_scores": jax.nn.softmax(outputs["relation_logits"], axis=-1),
-                "object_labels": outputs["object_labels"],
-                "object_scores": outputs["object_scores"],
-            }
-
+        config = {
+            **self.run_config,
+            "vocab": {
+                "object_names": list(self.vocab.object_names),
+                "predicate_names": list(self.vocab.predicate_names),
+            },
+        }
+        if self.pixels is not None:
+            example, _ = self.pixels.transform(self.splits["test"])(None, 0, example)
+            config["image_transform"] = self.pixels.transform_config()
         path = export(
             state,
-            predict_fn,
+            common.predict_outputs(self.model),
             example,
-            config=self.run_config,
+            config=config,
             out_dir=os.path.join(FLAGS.workdir, "export"),
         )
         print(f"exported the predict function to {path}")
@@ -505,6 +533,12 @@ def _phase2_optim_config():
 
 
 def _check_ra_flags():
+    if FLAGS.feature_source == "roi":
+        raise ConfigError(
+            "method",
+            "ra_sgg's memory bank embeds ground-truth relations without pixels: use "
+            "--method=penet with --feature_source=roi",
+        )
     _ra_config()  # validates the RA-SGG options
     _phase2_optim_config()
     if FLAGS.phase2_steps <= 0:

@@ -266,6 +266,13 @@ def penet_losses(
     return _with_shared_terms(terms, outputs, prototype_projection, batch, gamma2, resolved)
 
 
+def targets_of(aux: Mapping[str, Any], batch: SceneGraphBatch) -> SceneGraphBatch:
+    """The batch a relation loss reads: in SGDet the model's batch over the detections
+    (``aux["targets"]``: assigned object labels, sampled pairs and their predicates), else the
+    input batch."""
+    return aux.get("targets", batch) if isinstance(aux, Mapping) else batch
+
+
 def make_penet_loss(
     config: Any,
     *,
@@ -305,9 +312,10 @@ def make_penet_loss(
         )
     _check_weights(weights)
     num_negatives = int(num_negatives)
-    with_objects = config.task == "sgcls"
+    with_objects = config.task in ("sgcls", "sgdet")
 
     def loss_fn(outputs, aux, batch):
+        batch = targets_of(aux, batch)
         if with_objects != ("object_logits" in outputs):
             raise ConfigError(
                 "task",
@@ -763,7 +771,7 @@ def make_cce_scorer_loss(
                 f"got {len(config.class_weights)}",
             )
         weight = np.asarray(config.class_weights, np.float32)
-    with_objects = model_config.task == "sgcls"
+    with_objects = model_config.task in ("sgcls", "sgdet")
     penet_loss = None
     if config.base == "penet":
         if num_negatives is None:
@@ -773,6 +781,7 @@ def make_cce_scorer_loss(
         )
 
     def loss_fn(outputs, aux, batch):
+        batch = targets_of(aux, batch)
         if with_objects != ("object_logits" in outputs):
             raise ConfigError(
                 "task",

@@ -56,3 +56,47 @@ def batch_predictions(
             predicate_scores=predicate_scores[row][pair_mask],
         )
     return predictions
+
+
+def detection_predictions(
+    batch: SceneGraphBatch,
+    outputs: dict[str, np.ndarray],
+    scales: np.ndarray | None = None,
+) -> dict[int, Prediction]:
+    """SGDet predictions of the real images of one batch: the model's own objects and pairs.
+
+    Args:
+      batch: the host batch the model ran on (``graph_mask``, ``image_index``).
+      outputs: host arrays of an SGDet model (``experiments.common.predict_outputs``):
+        ``boxes`` [B, D, 4], ``object_mask`` [B, D], ``object_labels``, ``object_scores``
+        [B, D], ``pairs`` [B, P, 2] into the D detections, ``pair_mask`` [B, P],
+        ``predicate_scores`` [B, P, C].
+      scales: float[B] resized / original image size (the image transform's); boxes are divided
+        by it to return to the original image's pixels. None = 1.
+
+    Returns:
+      ``image_index -> Prediction`` with the valid detections (in slot order) as objects and the
+      valid pairs re-indexed to them; an image without detections has no object and no pair.
+    """
+    boxes = np.asarray(outputs["boxes"], np.float32)
+    object_mask = np.asarray(outputs["object_mask"], bool)
+    pair_mask = np.asarray(outputs["pair_mask"], bool)
+    pairs_all = np.asarray(outputs["pairs"], np.int64)
+    scores_all = np.asarray(outputs["predicate_scores"], np.float32)
+    predictions = {}
+    for row in np.flatnonzero(np.asarray(batch.graph_mask)):
+        keep = object_mask[row]
+        position = np.cumsum(keep) - 1  # slot -> index among the kept detections
+        valid = pair_mask[row]
+        pairs = pairs_all[row][valid]
+        valid_pairs = keep[pairs[:, 0]] & keep[pairs[:, 1]] if len(pairs) else np.zeros(0, bool)
+        pairs = pairs[valid_pairs]
+        scale = 1.0 if scales is None else float(scales[row])
+        predictions[int(batch.image_index[row])] = Prediction(
+            boxes=boxes[row][keep] / scale,
+            labels=np.asarray(outputs["object_labels"])[row][keep],
+            object_scores=np.asarray(outputs["object_scores"])[row][keep],
+            pairs=position[pairs].reshape(-1, 2),
+            predicate_scores=scores_all[row][valid][valid_pairs],
+        )
+    return predictions

@@ -354,6 +354,29 @@ class DetectorConfig:
     def replace(self, **changes: Any) -> DetectorConfig:
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DetectorConfig:
+        """The config of ``dataclasses.asdict(config)`` read back from JSON (lists -> tuples, the
+        backbone's dict -> :class:`BackboneConfig`); unknown fields raise naming them."""
+        if not isinstance(values, Mapping):
+            raise ConfigError("detector", f"expected a mapping of fields, got {type(values)!r}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ConfigError("detector", f"unknown fields {unknown}")
+        values = dict(values)
+        backbone = values.get("backbone", "resnet50")
+        if isinstance(backbone, Mapping):
+            backbone_fields = {f.name for f in dataclasses.fields(BackboneConfig)}
+            unknown = sorted(set(backbone) - backbone_fields)
+            if unknown:
+                raise ConfigError("backbone", f"unknown fields {unknown}")
+            backbone = BackboneConfig(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in backbone.items()}
+            )
+        values["backbone"] = backbone
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
     # -- presets -------------------------------------------------------------------------------
 
     @classmethod
@@ -760,6 +783,7 @@ class FasterRCNN(nn.Module):
     * :meth:`features` ``(images) -> {"P2": ..., "P6": ...}`` (or ``{"C4": ...}``).
     * :meth:`box_features` ``(features, boxes, box_mask) -> [B, R, representation_size]``: the
       pooled fc7 features of any boxes, e.g. detections or GT boxes for the relation heads.
+    * :meth:`detect` ``(features, image_sizes) -> detections``: inference on precomputed maps.
     * :meth:`object_logits` ``(box_features) -> [B, R, num_classes]``.
     * :meth:`box_regression` ``(box_features) -> [B, R, num_classes, 4]`` class-specific deltas.
     """
@@ -902,31 +926,9 @@ class FasterRCNN(nn.Module):
         image_sizes = jnp.asarray(image_sizes, jnp.float32)
         features = self.features(images, train=train)
         logits, deltas, anchors = self._rpn(features)
-        if train:
-            pre_n, post_n = cfg.rpn_pre_nms_top_n_train, cfg.rpn_post_nms_top_n_train
-            final_n = cfg.num_proposals_train
-        else:
-            pre_n, post_n = cfg.rpn_pre_nms_top_n_test, cfg.rpn_post_nms_top_n_test
-            final_n = cfg.num_proposals_test
-
-        stacked_anchors = _stack_levels(anchors, 0.0)  # [L, N_max, 4]
-
-        def propose(image_logits, image_deltas, image_size):
-            return _proposals_one_image(
-                _stack_levels(image_logits, -jnp.inf),
-                _stack_levels(image_deltas, 0.0),
-                stacked_anchors,
-                image_size,
-                pre_n=pre_n,
-                post_n=post_n,
-                final_n=final_n,
-                config=cfg,
-            )
-
-        proposals, proposal_logits, proposal_mask = jax.vmap(propose)(
-            jax.lax.stop_gradient(logits), jax.lax.stop_gradient(deltas), image_sizes
+        proposals, proposal_scores, proposal_mask = self._proposals(
+            logits, deltas, anchors, image_sizes, train=train
         )
-        proposal_scores = jnp.where(proposal_mask, jax.nn.sigmoid(proposal_logits), 0.0)
         outputs: dict[str, Any] = {"features": features}
         if not train:
             outputs.update(
@@ -1018,6 +1020,57 @@ class FasterRCNN(nn.Module):
             losses=losses,
         )
         return outputs
+
+    def _proposals(self, logits, deltas, anchors, image_sizes, *, train: bool):
+        """RPN post-processing of every image -> (proposals, objectness probability, mask)."""
+        cfg = self.config
+        if train:
+            pre_n, post_n = cfg.rpn_pre_nms_top_n_train, cfg.rpn_post_nms_top_n_train
+            final_n = cfg.num_proposals_train
+        else:
+            pre_n, post_n = cfg.rpn_pre_nms_top_n_test, cfg.rpn_post_nms_top_n_test
+            final_n = cfg.num_proposals_test
+
+        stacked_anchors = _stack_levels(anchors, 0.0)  # [L, N_max, 4]
+
+        def propose(image_logits, image_deltas, image_size):
+            return _proposals_one_image(
+                _stack_levels(image_logits, -jnp.inf),
+                _stack_levels(image_deltas, 0.0),
+                stacked_anchors,
+                image_size,
+                pre_n=pre_n,
+                post_n=post_n,
+                final_n=final_n,
+                config=cfg,
+            )
+
+        proposals, proposal_logits, proposal_mask = jax.vmap(propose)(
+            jax.lax.stop_gradient(logits), jax.lax.stop_gradient(deltas), image_sizes
+        )
+        proposal_scores = jnp.where(proposal_mask, jax.nn.sigmoid(proposal_logits), 0.0)
+        return proposals, proposal_scores, proposal_mask
+
+    def detect(
+        self, features: Mapping[str, jax.Array], image_sizes: jax.Array
+    ) -> dict[str, jax.Array]:
+        """Inference from feature maps already computed by :meth:`features` (e.g. shared with
+        the relation head's RoI features): RPN proposals, box head, post-processing.
+
+        Args:
+          features: the output of :meth:`features`.
+          image_sizes: [B, 2] ``(height, width)`` of each image before padding.
+
+        Returns:
+          the ``detections`` dict of :meth:`__call__` (boxes, labels, scores, mask,
+          proposal_index).
+        """
+        image_sizes = jnp.asarray(image_sizes, jnp.float32)
+        logits, deltas, anchors = self._rpn(features)
+        proposals, _, proposal_mask = self._proposals(
+            logits, deltas, anchors, image_sizes, train=False
+        )
+        return self._detect(features, proposals, proposal_mask, image_sizes)
 
     def _detect(self, features, proposals, proposal_mask, image_sizes):
         """Box head + post-processing on the proposals -> padded detections."""

@@ -31,7 +31,8 @@ padding of the batch; padded objects and pairs get zero features.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -42,8 +43,8 @@ from sgg_jax import boxes as box_ops
 from sgg_jax.errors import ConfigError
 from sgg_jax.structures import SceneGraphBatch
 
-# Sources a relation model builds from its own config; "roi" also needs a DetectorConfig and images.
-FEATURE_SOURCES = ("geometry", "precomputed")
+# Sources a relation model builds from its config; "roi" also needs a DetectorConfig and images.
+FEATURE_SOURCES = ("geometry", "precomputed", "roi")
 
 
 def gather_objects(values: jax.Array, indices: jax.Array) -> jax.Array:
@@ -213,25 +214,30 @@ class RoIFeatures(nn.Module):
 
     @nn.compact
     def __call__(
-        self, batch: SceneGraphBatch, *, train: bool = False
-    ) -> tuple[jax.Array, jax.Array]:
-        """Computes the features.
+        self, batch: SceneGraphBatch, *, train: bool = False, detect: object | None = None
+    ) -> tuple[jax.Array, ...]:
+        """Computes the features (of the batch's boxes, or of the detections with ``detect``).
 
         Args:
           batch: B images with ``images[B, H, W, 3]`` (normalised as the detector expects) and
             boxes in the pixels of those images.
-          train: unused by the frozen detector; part of the feature-source interface.
+          train: training mode (SGDet candidate sampling); the frozen detector always runs in
+            inference mode.
+          detect: None, or a :class:`~sgg_jax.models.sgdet.SGDetConfig`: run the detector on the
+            images and pool the features of the detections and of their pairs (SGDet); in
+            training this draws the ``"dropout"`` rng for the pair sampling.
 
         Returns:
           ``(object_features f32[B, N, representation_size], union_features f32[B, P, D_union])``;
-          zeros where padded.
+          zeros where padded. With ``detect``: ``(object_features, union_features, batch over
+          the detections, detections)`` (:func:`sgg_jax.models.sgdet.detection_batch`; the
+          detector's ``boxes``, ``labels``, ``scores``, ``mask``).
 
         Raises:
           ConfigError: the batch has no images.
         """
         from sgg_jax.models.detector import FasterRCNN
 
-        del train
         if getattr(batch, "images", None) is None:
             raise ConfigError(
                 "feature_source",
@@ -239,6 +245,13 @@ class RoIFeatures(nn.Module):
             )
         detector = FasterRCNN(self.detector, name="detector")
         maps = detector.features(batch.images)
+        detections = None
+        if detect is not None:
+            from sgg_jax.models import sgdet
+
+            detections = jax.lax.stop_gradient(detector.detect(maps, batch.image_size))
+            key = self.make_rng("dropout") if train else None
+            batch = sgdet.detection_batch(batch, detections, train=train, config=detect, key=key)
         boxes = jnp.asarray(batch.boxes, jnp.float32)
         pairs = jnp.asarray(batch.pairs, jnp.int32)
         object_mask = jnp.asarray(batch.object_mask, bool)
@@ -254,10 +267,41 @@ class RoIFeatures(nn.Module):
         union_features = FeatureMLP((self.hidden_dim, self.union_dim), name="union_mlp")(
             jnp.concatenate([union_roi, pair_geometry_features(batch)], axis=-1)
         )
-        return (
+        features = (
             jnp.where(object_mask[..., None], object_features, 0.0),
             jnp.where(pair_mask[..., None], union_features, 0.0),
         )
+        if detect is None:
+            return features
+        return (*features, batch, detections)
+
+
+def relation_trainable_mask(
+    detector: object | None, freeze_detector: bool
+) -> Callable[[Mapping[str, Any]], Any]:
+    """``mask_fn(params) -> bool tree`` of the parameters a relation model's optimizer updates.
+
+    Everything is trainable except, with a ``"roi"`` feature source, the detector under
+    ``features/detector``: all of it with ``freeze_detector`` (SGB trains relation heads on a
+    frozen detector), else its frozen backbone stages
+    (:func:`~sgg_jax.models.detector.detector_trainable_mask`). Frozen parameters get zero updates,
+    weight decay included.
+    """
+
+    def mask_fn(params):
+        mask = jax.tree.map(lambda _: True, params)
+        features = params.get("features", {}) if isinstance(params, Mapping) else {}
+        if detector is None or "detector" not in features:
+            return mask
+        if freeze_detector:
+            detector_mask = jax.tree.map(lambda _: False, features["detector"])
+        else:
+            from sgg_jax.models.detector import detector_trainable_mask
+
+            detector_mask = detector_trainable_mask(detector, features["detector"])
+        return {**mask, "features": {**mask["features"], "detector": detector_mask}}
+
+    return mask_fn
 
 
 def make_feature_source(
@@ -317,5 +361,49 @@ def make_feature_source(
         )
     raise ConfigError(
         "feature_source",
-        f"unknown feature source {source!r}; expected one of {(*FEATURE_SOURCES, 'roi')}",
+        f"unknown feature source {source!r}; expected one of {FEATURE_SOURCES}",
     )
+
+
+def relation_model_features(
+    config: Any, batch: SceneGraphBatch, *, train: bool
+) -> tuple[jax.Array, jax.Array, SceneGraphBatch, dict[str, jax.Array]]:
+    """The feature source of a relation-model config, called inside the model (name ``features``).
+
+    ``config`` has ``feature_source``, ``object_feature_dim``, ``union_feature_dim``,
+    ``feature_hidden_dim``, ``task`` and, for ``"roi"``, ``detector``, ``freeze_detector`` and
+    ``sgdet`` (:class:`~sgg_jax.models.penet.PENetConfig`,
+    :class:`~sgg_jax.models.motifs.MotifsConfig`).
+
+    Returns:
+      ``(object_features, union_features, batch, sgdet_outputs)``: in SGDet ``batch`` is the
+      batch over the detections (:func:`sgg_jax.models.sgdet.detection_batch`) and
+      ``sgdet_outputs`` holds ``boxes`` [B, D, 4], ``object_mask``, ``pairs``, ``pair_mask`` of
+      that batch and the detector's ``detection_labels`` / ``detection_scores`` [B, D]; otherwise
+      the input batch and ``{}``.
+    """
+    source = make_feature_source(
+        config.feature_source,
+        object_dim=config.object_feature_dim,
+        union_dim=config.union_feature_dim,
+        hidden_dim=config.feature_hidden_dim,
+        name="features",
+        detector=getattr(config, "detector", None),
+        freeze_detector=getattr(config, "freeze_detector", True),
+    )
+    if config.task != "sgdet":
+        object_features, union_features = source(batch, train=train)
+        return object_features, union_features, batch, {}
+    object_features, union_features, batch, detections = source(
+        batch, train=train, detect=config.sgdet
+    )
+    mask = jnp.asarray(batch.object_mask, bool)
+    extra = {
+        "boxes": batch.boxes,
+        "object_mask": mask,
+        "pairs": batch.pairs,
+        "pair_mask": batch.pair_mask,
+        "detection_labels": jnp.where(mask, jnp.asarray(detections["labels"], jnp.int32), 0),
+        "detection_scores": jnp.where(mask, jnp.asarray(detections["scores"], jnp.float32), 0.0),
+    }
+    return object_features, union_features, batch, extra

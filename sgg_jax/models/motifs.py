@@ -107,10 +107,16 @@ import numpy as np
 from sgg_jax import boxes as box_ops
 from sgg_jax.errors import ConfigError, is_finite_number
 from sgg_jax.models.common import config_hash, configs_equal
-from sgg_jax.models.features import FEATURE_SOURCES, gather_objects, make_feature_source
+from sgg_jax.models.features import (
+    FEATURE_SOURCES,
+    gather_objects,
+    make_feature_source,
+    relation_model_features,
+)
+from sgg_jax.models.sgdet import SGDetConfig, check_pixel_task
 from sgg_jax.structures import SceneGraphBatch
 
-TASKS = ("predcls", "sgcls")
+TASKS = ("predcls", "sgcls", "sgdet")
 PAIR_FUSIONS = ("concat", "product")
 BOX_HIDDEN_DIM = 32  # SGB's pos_embed: Linear(9, 32), (BatchNorm), Linear(32, 128), ReLU
 
@@ -135,6 +141,7 @@ _SCALAR_FIELDS = (
     "pair_fusion",
     "use_union_features",
 )
+_SCALAR_FIELDS = (*_SCALAR_FIELDS, "detector", "freeze_detector", "sgdet")
 _ARRAY_FIELDS = ("object_word_vectors", "frequency_bias")
 
 
@@ -150,8 +157,10 @@ class MotifsConfig:
     Attributes:
       num_classes: K, object classes without background.
       num_predicates: predicates without background; C = num_predicates + 1 relation classes.
-      task: ``"predcls"`` (ground-truth labels) or ``"sgcls"`` (labels from the object classifier).
-      feature_source: ``"geometry"`` or ``"precomputed"`` (see :mod:`sgg_jax.models.features`).
+      task: ``"predcls"`` (ground-truth labels), ``"sgcls"`` (labels from the object classifier)
+        or ``"sgdet"`` (the detector's boxes, labels from the object classifier; needs ``"roi"``).
+      feature_source: ``"geometry"``, ``"precomputed"`` or ``"roi"`` (pixels through
+        ``detector``; see :mod:`sgg_jax.models.features`).
       embed_dim: E, size of the label embeddings (SGB: GloVe 200d).
       hidden_dim: H, size of the object and edge context (SGB ``CONTEXT_HIDDEN_DIM`` 512); each
         LSTM direction has H units.
@@ -176,6 +185,11 @@ class MotifsConfig:
         value of the trainable parameter ``frequency_bias`` (flattened to [(K+1)², C] like
         :class:`sgg_jax.models.frequency.FrequencyBias`), added to the relation logits in
         training and at inference.
+      detector: the :class:`~sgg_jax.models.detector.DetectorConfig` of the ``"roi"`` source (its
+        variables live under ``features/detector``).
+      freeze_detector: ``"roi"``: no gradient and no update reaches the detector (SGB).
+      sgdet: :class:`~sgg_jax.models.sgdet.SGDetConfig` (or a mapping of its fields): how
+        detections become relation candidates and training targets in SGDet.
     """
 
     num_classes: int
@@ -196,6 +210,9 @@ class MotifsConfig:
     use_union_features: bool = True
     object_word_vectors: np.ndarray | None = None
     frequency_bias: np.ndarray | None = None
+    detector: Any = None
+    freeze_detector: bool = True
+    sgdet: Any = None
 
     def __post_init__(self):
         for field in _INT_FIELDS:
@@ -204,10 +221,14 @@ class MotifsConfig:
                 raise ConfigError(field, f"must be a positive integer, got {value!r}")
             object.__setattr__(self, field, int(value))
         if self.task not in TASKS:
-            detail = " (needs the detector)" if self.task == "sgdet" else ""
-            raise ConfigError("task", f"must be one of {TASKS}{detail}, got {self.task!r}")
+            raise ConfigError("task", f"must be one of {TASKS}, got {self.task!r}")
         if self.feature_source not in FEATURE_SOURCES:
             make_feature_source(self.feature_source)  # raises the source's own ConfigError
+        check_pixel_task(self.task, self.feature_source, self.detector)
+        if not isinstance(self.freeze_detector, bool | np.bool_):
+            raise ConfigError("freeze_detector", f"must be a bool, got {self.freeze_detector!r}")
+        object.__setattr__(self, "freeze_detector", bool(self.freeze_detector))
+        object.__setattr__(self, "sgdet", SGDetConfig.from_mapping(self.sgdet))
         if self.pair_fusion not in PAIR_FUSIONS:
             raise ConfigError(
                 "pair_fusion", f"must be one of {PAIR_FUSIONS}, got {self.pair_fusion!r}"
@@ -461,19 +482,14 @@ class MotifNet(nn.Module):
         config = self.config
         num_labels = config.num_classes + 1
         hidden_dim = config.hidden_dim
+        # In SGDet the batch becomes the batch over the detections (boxes, pairs, targets).
+        object_features, union_features, batch, sgdet_outputs = relation_model_features(
+            config, batch, train=train
+        )
         object_mask = jnp.asarray(batch.object_mask, bool)
         pairs = jnp.asarray(batch.pairs, jnp.int32)
         truth = jnp.where(object_mask, jnp.asarray(batch.labels, jnp.int32), 0)
         boxes = jnp.where(object_mask[..., None], jnp.asarray(batch.boxes, jnp.float32), 0.0)
-
-        source = make_feature_source(
-            config.feature_source,
-            object_dim=config.object_feature_dim,
-            union_dim=config.union_feature_dim,
-            hidden_dim=config.feature_hidden_dim,
-            name="features",
-        )
-        object_features, union_features = source(batch, train=train)
         object_features = jnp.where(object_mask[..., None], object_features, 0.0)
         order = left_to_right_order(boxes, object_mask)
 
@@ -484,9 +500,9 @@ class MotifNet(nn.Module):
             embedding_init=_table_initializer(config.object_word_vectors),
             name="object_embedding",
         )
-        outputs: dict[str, jax.Array] = {}
+        outputs: dict[str, jax.Array] = dict(sgdet_outputs)
         aux: dict[str, jax.Array] = {}
-        if config.task == "sgcls":
+        if config.task in ("sgcls", "sgdet"):
             prior_logits = nn.Dense(num_labels, name="object_prior")(object_features)
             label_embedding = jax.nn.softmax(prior_logits, axis=-1) @ object_embedding.embedding
             aux["object_prior_logits"] = prior_logits
@@ -505,8 +521,8 @@ class MotifNet(nn.Module):
             hidden_dim, config.num_object_layers, config.dropout_rate, name="object_context"
         )(object_inputs, order, object_mask, train=train)
 
-        # Object classes: ground truth (PredCls) or the classifier on the context (SGCls).
-        if config.task == "sgcls":
+        # Object classes: ground truth (PredCls) or the classifier on the context (SGCls, SGDet).
+        if config.task in ("sgcls", "sgdet"):
             object_logits = nn.Dense(num_labels, name="object_classifier")(
                 jnp.concatenate([object_inputs, object_context], axis=-1)
             )
@@ -579,4 +595,6 @@ class MotifNet(nn.Module):
             edge_context=edge_context,
             object_features=object_features,
         )
+        if config.task == "sgdet":
+            aux["targets"] = batch
         return outputs, aux

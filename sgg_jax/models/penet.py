@@ -63,10 +63,16 @@ import numpy as np
 from sgg_jax import boxes as box_ops
 from sgg_jax.errors import ConfigError, is_finite_number
 from sgg_jax.models.common import config_hash, configs_equal, l2_normalize
-from sgg_jax.models.features import FEATURE_SOURCES, gather_objects, make_feature_source
+from sgg_jax.models.features import (
+    FEATURE_SOURCES,
+    gather_objects,
+    make_feature_source,
+    relation_model_features,
+)
+from sgg_jax.models.sgdet import SGDetConfig, check_pixel_task
 from sgg_jax.structures import SceneGraphBatch
 
-TASKS = ("predcls", "sgcls")
+TASKS = ("predcls", "sgcls", "sgdet")
 LAYER_NORM_EPSILON = 1e-5  # PyTorch's nn.LayerNorm default, as in the official code
 
 _INT_FIELDS = (
@@ -81,6 +87,7 @@ _INT_FIELDS = (
     "box_embedding_dim",
 )
 _SCALAR_FIELDS = (*_INT_FIELDS, "task", "feature_source", "dropout_rate", "logit_scale_init")
+_SCALAR_FIELDS = (*_SCALAR_FIELDS, "detector", "freeze_detector", "sgdet")
 _ARRAY_FIELDS = ("object_word_vectors", "predicate_word_vectors", "frequency_bias")
 
 
@@ -96,8 +103,10 @@ class PENetConfig:
     Attributes:
       num_classes: K, object classes without background.
       num_predicates: predicates without background; C = num_predicates + 1 relation classes.
-      task: ``"predcls"`` (ground-truth labels) or ``"sgcls"`` (labels from an object classifier).
-      feature_source: ``"geometry"`` or ``"precomputed"`` (see :mod:`sgg_jax.models.features`).
+      task: ``"predcls"`` (ground-truth labels), ``"sgcls"`` (labels from an object classifier)
+        or ``"sgdet"`` (the detector's boxes, labels from the object classifier; needs ``"roi"``).
+      feature_source: ``"geometry"``, ``"precomputed"`` or ``"roi"`` (pixels through
+        ``detector``; see :mod:`sgg_jax.models.features`).
       embed_dim: E, size of the word embeddings (300 for GloVe).
       hidden_dim: H, size of the joint embedding space (official ``mlp_dim`` 2048); the projection
         head maps H -> 2H.
@@ -116,6 +125,11 @@ class PENetConfig:
         official code with ``PREDICT_USE_BIAS`` (its training script sets it), the bias is added to
         the relation logits at inference only; it is stored in the non-trainable variable
         collection ``"frequency"``.
+      detector: the :class:`~sgg_jax.models.detector.DetectorConfig` of the ``"roi"`` source (its
+        variables live under ``features/detector``).
+      freeze_detector: ``"roi"``: no gradient and no update reaches the detector (SGB).
+      sgdet: :class:`~sgg_jax.models.sgdet.SGDetConfig` (or a mapping of its fields): how
+        detections become relation candidates and training targets in SGDet.
     """
 
     num_classes: int
@@ -134,6 +148,9 @@ class PENetConfig:
     object_word_vectors: np.ndarray | None = None
     predicate_word_vectors: np.ndarray | None = None
     frequency_bias: np.ndarray | None = None
+    detector: Any = None
+    freeze_detector: bool = True
+    sgdet: Any = None
 
     def __post_init__(self):
         for field in _INT_FIELDS:
@@ -144,10 +161,14 @@ class PENetConfig:
         if self.hidden_dim < 2:
             raise ConfigError("hidden_dim", f"must be >= 2 (W_s uses H/2), got {self.hidden_dim}")
         if self.task not in TASKS:
-            detail = " (needs the detector)" if self.task == "sgdet" else ""
-            raise ConfigError("task", f"must be one of {TASKS}{detail}, got {self.task!r}")
+            raise ConfigError("task", f"must be one of {TASKS}, got {self.task!r}")
         if self.feature_source not in FEATURE_SOURCES:
             make_feature_source(self.feature_source)  # raises the source's own ConfigError
+        check_pixel_task(self.task, self.feature_source, self.detector)
+        if not isinstance(self.freeze_detector, bool | np.bool_):
+            raise ConfigError("freeze_detector", f"must be a bool, got {self.freeze_detector!r}")
+        object.__setattr__(self, "freeze_detector", bool(self.freeze_detector))
+        object.__setattr__(self, "sgdet", SGDetConfig.from_mapping(self.sgdet))
         rate = self.dropout_rate
         if not is_finite_number(rate) or not 0.0 <= rate < 1.0:
             raise ConfigError("dropout_rate", f"must lie in [0, 1), got {rate!r}")
@@ -413,30 +434,29 @@ class PENet(nn.Module):
         Returns:
           ``(outputs, aux)``. ``outputs``: ``relation_logits`` f32[B, P, C] (column 0 =
           background), ``object_labels`` i32[B, N] (0 for padded objects), ``object_scores``
-          f32[B, N] (0 for padded objects), and in SGCls ``object_logits`` f32[B, N, K+1].
+          f32[B, N] (0 for padded objects), and in SGCls / SGDet ``object_logits`` f32[B, N, K+1];
+          in SGDet N and P are those of the detections and ``outputs`` also holds ``boxes``,
+          ``object_mask``, ``pairs``, ``pair_mask``, ``detection_labels``, ``detection_scores``
+          (:func:`sgg_jax.models.features.relation_model_features`).
           ``aux``: ``relation_embedding`` f32[B, P, H] (``r`` before the projection head),
           ``relation_projection`` f32[B, P, 2H], ``prototype_embedding`` f32[C, H],
           ``prototype_projection`` f32[C, 2H], ``logit_scale`` f32[] (the log of 1/τ),
           ``object_features`` f32[B, N, D_obj] (the feature source's per-object features, 0 for
           padded objects) and ``unbiased_relation_logits`` f32[B, P, C] (the logits before the
-          inference-only frequency bias: what training sees, e.g. the Scorer's input).
+          inference-only frequency bias: what training sees, e.g. the Scorer's input); in SGDet
+          ``targets``, the batch over the detections the losses read.
         """
         config = self.config
         hidden_dim = config.hidden_dim
+        # In SGDet the batch becomes the batch over the detections (boxes, pairs, targets).
+        object_features, union_features, batch, sgdet_outputs = relation_model_features(
+            config, batch, train=train
+        )
         object_mask = jnp.asarray(batch.object_mask, bool)
         pairs = jnp.asarray(batch.pairs, jnp.int32)
 
-        source = make_feature_source(
-            config.feature_source,
-            object_dim=config.object_feature_dim,
-            union_dim=config.union_feature_dim,
-            hidden_dim=config.feature_hidden_dim,
-            name="features",
-        )
-        object_features, union_features = source(batch, train=train)
-
-        outputs: dict[str, jax.Array] = {}
-        if config.task == "sgcls":
+        outputs: dict[str, jax.Array] = dict(sgdet_outputs)
+        if config.task in ("sgcls", "sgdet"):
             image_size = jnp.asarray(batch.image_size, jnp.float32)[:, None, :]
             box_encoding = box_ops.encode_boxes(jnp.asarray(batch.boxes, jnp.float32), image_size)
             object_logits = ObjectClassifier(
@@ -545,4 +565,6 @@ class PENet(nn.Module):
             "object_features": jnp.where(object_mask[..., None], object_features, 0.0),
             "unbiased_relation_logits": unbiased_relation_logits,
         }
+        if config.task == "sgdet":
+            aux["targets"] = batch
         return outputs, aux

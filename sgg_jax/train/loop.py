@@ -45,7 +45,7 @@ from sgg_jax.errors import ConfigError, check_int
 from sgg_jax.structures import SceneGraphBatch
 from sgg_jax.train import mesh as mesh_lib
 from sgg_jax.train.checkpoint import Checkpointer, jsonable
-from sgg_jax.train.optim import OptimConfig, Schedule, make_optimizer
+from sgg_jax.train.optim import OptimConfig, Schedule, freeze, make_optimizer
 from sgg_jax.train.state import TrainState, create_train_state
 
 LossFn = Callable[
@@ -271,7 +271,9 @@ def train(
     mesh: Mesh | None = None,
     config: Mapping[str, Any] | None = None,
     batch_transform: BatchTransform | None = None,
-    init_variables: Mapping[str, Any] | None = None,
+    init_variables: Mapping[str, Any] | Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+    example_batch: SceneGraphBatch | None = None,
+    trainable: Callable[[Any], Any] | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
     """Trains ``model`` for ``train_config.num_steps`` updates, resuming from ``workdir``.
 
@@ -294,8 +296,14 @@ def train(
         that update, before it is placed on the devices (e.g. RA-SGG's retrieval-augmented soft
         targets); its float metrics are logged with the step's training metrics.
       init_variables: optional ``{"params": ..., **collections}`` replacing the initialisation
-        of a fresh run (e.g. a phase-1 checkpoint); the optimizer state starts fresh. Ignored
-        when the workdir holds a checkpoint to resume from.
+        of a fresh run (e.g. a phase-1 checkpoint), or a function of the freshly initialised
+        variables (host numpy) returning them (e.g. a pretrained detector merged into one
+        subtree); the optimizer state starts fresh. Ignored when the workdir holds a checkpoint
+        to resume from.
+      example_batch: the batch the variables are initialised with (default: the loader's first
+        batch); needed when ``batch_transform`` adds inputs the model reads, e.g. images.
+      trainable: optional ``mask_fn(params) -> bool tree``: parameters with False get zero
+        updates (no gradient step, no weight decay), e.g. a frozen detector.
 
     Returns:
       ``(state, metrics)``: the final state (on the mesh) and the metrics of the last step (train
@@ -321,7 +329,12 @@ def train(
     is_chief = jax.process_index() == 0
 
     optimizer, schedule = make_optimizer(optim_config, num_steps)
-    state = create_train_state(model, optimizer, loader.dataset[0], train_config.seed, mesh=mesh)
+    if trainable is not None:
+        optimizer = freeze(optimizer, trainable)
+    example = loader.dataset[0] if example_batch is None else example_batch
+    state = create_train_state(model, optimizer, example, train_config.seed, mesh=mesh)
+    if callable(init_variables):
+        init_variables = init_variables(jax.device_get(state.variables))
     if init_variables is not None:
         state = _with_variables(state, init_variables, optimizer, mesh)
     full_config = {

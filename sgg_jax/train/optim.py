@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -192,3 +193,25 @@ def make_optimizer(
             )
         )
     return optax.chain(*transforms), schedule
+
+
+def freeze(
+    optimizer: optax.GradientTransformation, trainable: Callable[[Any], Any]
+) -> optax.GradientTransformation:
+    """``optimizer`` on the parameters ``trainable(params)`` marks True, zero updates elsewhere.
+
+    Frozen parameters keep their values exactly: no gradient step, no weight decay, no optimizer
+    state (``optax.masked``). Gradient clipping inside ``optimizer`` sees the trainable
+    gradients only.
+
+    Args:
+      optimizer: the transformation of the trainable parameters.
+      trainable: ``mask_fn(params) -> bool tree`` with the structure of ``params``.
+    """
+
+    def frozen(params):
+        return jax.tree.map(lambda keep: not keep, trainable(params))
+
+    return optax.chain(
+        optax.masked(optimizer, trainable), optax.masked(optax.set_to_zero(), frozen)
+    )

@@ -123,7 +123,7 @@ def test_config_sizes_and_validation():
     assert small != small.replace(task="sgcls")
     bad = [
         ({"task": "sgdet"}, "'task'"),
-        ({"feature_source": "roi"}, "'feature_source'.*pixels"),
+        ({"feature_source": "roi"}, "'detector'.*DetectorConfig"),
         ({"feature_source": "clip"}, "'feature_source'"),
         ({"hidden_dim": 0}, "'hidden_dim'"),
         ({"dropout_rate": 1.0}, "'dropout_rate'"),
