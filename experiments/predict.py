@@ -44,7 +44,7 @@ Outputs in ``--out`` (created):
   "detector_score"}], "relations": [{"subject", "object", "predicate", "predicate_id", "score",
   "text"}]}]}``; relations in rank order, ``subject`` / ``object`` index ``objects``.
 * ``<stem>_scene_graph.png``: the original image with the boxes and the top-K relations
-  (:func:`sgg_jax.viz.draw_scene_graph`; no boxes for an empty graph) and ``<stem>_graph.png``: the
+  (:func:`sgg_jax.viz.draw_prediction`; no boxes for an empty graph) and ``<stem>_graph.png``: the
   node-link graph (:func:`sgg_jax.viz.draw_graph`). Images sharing a stem get ``_1``, ``_2``, ...
 
 One line per image is printed (objects, relations, best triplet), then where the files went.
@@ -377,7 +377,7 @@ def run(
     """Predicts, writes ``scene_graphs.json`` and the PNGs into ``out_dir``; returns the JSON."""
     from sgg_jax.data.images import ImageBatchTransform
     from sgg_jax.data.synthetic_pixels import load_image
-    from sgg_jax.viz import draw_graph, draw_scene_graph
+    from sgg_jax.viz import draw_graph, draw_prediction
 
     export_dir = os.fspath(export_dir)
     paths = [os.fspath(p) for p in paths]
@@ -435,13 +435,10 @@ def run(
     os.makedirs(out_dir, exist_ok=True)
     for index, prediction, triplets in drawings:
         image = load_image(paths[index])
-        draw_scene_graph(
+        draw_prediction(
             image,
-            prediction.boxes,
-            prediction.labels,
+            prediction,
             vocab,
-            scores=prediction.object_scores,
-            triplets=triplets,
             top_k=top_k,
             out_path=os.path.join(out_dir, f"{stems[index]}_scene_graph.png"),
         )
