@@ -23,6 +23,7 @@ Methods (``--method``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -54,9 +55,9 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_bool(
     "frequency_bias",
-    True,
+    False,
     "Add the training split's log predicate frequencies of each (subject, object) class pair to the "
-    "logits at inference (official PE-Net, PREDICT_USE_BIAS).",
+    "logits at inference (PREDICT_USE_BIAS; off in the official PE-Net and RA-SGG code).",
 )
 common.define_optim_flags(learning_rate=1e-3)
 flags.DEFINE_integer("num_steps", 1000, "Training updates.")
@@ -70,6 +71,35 @@ flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.DEFINE_integer("phase2_steps", 2000, "Phase-2 updates, starting from the phase-1 model.")
 flags.DEFINE_float("phase2_learning_rate", None, "Phase-2 learning rate (default --learning_rate).")
 flags.DEFINE_integer("phase2_warmup_steps", 0, "Phase-2 linear warmup updates.")
+flags.DEFINE_integer(
+    "phase2_batch_size", None, "Phase-2 images per batch (default --batch_size; official: 6)."
+)
+flags.DEFINE_string(
+    "variant",
+    "paper",
+    "RA-SGG rule: the paper's equations (label inconsistency, inverse propensity) or the official "
+    "code's (confidence threshold, tail set, class-balanced sampling, background relabelling).",
+)
+flags.DEFINE_float("threshold", 0.3, "Official variant: confidence < threshold may change a label.")
+flags.DEFINE_list(
+    "tail_ids",
+    [],
+    "Official variant: tail predicate ids (default: the official list of VG150 / GQA-200, else the "
+    "rarest --tail_fraction of predicates).",
+)
+flags.DEFINE_float("tail_fraction", 1 / 3, "Tail = the rarest fraction of predicates (no list).")
+flags.DEFINE_string(
+    "bank",
+    "full",
+    "Memory bank: every training relation, refreshed every --bank_refresh_steps ('full'), or the "
+    "official one: built once from the phase-1 model, --memory_size entries per triplet.",
+)
+flags.DEFINE_integer("memory_size", 8, "Official bank: entries kept per triplet (MEMORY_SIZE).")
+flags.DEFINE_integer(
+    "scann_brute_force_threshold",
+    2000,
+    "Banks smaller than this are searched by brute force inside ScaNN; larger ones train a tree.",
+)
 flags.DEFINE_list("phase2_decay_steps", [], "Phase-2 milestones (learning rate x 0.1).")
 flags.DEFINE_integer("num_neighbours", 20, "K relations retrieved (paper: 20 PredCls, 10 SGCls).")
 flags.DEFINE_float("tau", 0.5, "Label-inconsistency threshold: d >= tau selects a candidate.")
@@ -77,10 +107,10 @@ flags.DEFINE_bool("no_selection", False, "Ablation: augment every foreground rel
 flags.DEFINE_bool("no_ipss", False, "Ablation: sample from the raw retrieved histogram.")
 flags.DEFINE_enum(
     "weighting",
-    "inverse_propensity",
+    None,
     ["inverse_propensity", "class_balanced", "uniform"],
-    "Sampling weights of the augmented predicate (paper: inverse_propensity; official code: "
-    "class_balanced).",
+    "Sampling weights of the augmented predicate (default: inverse_propensity with "
+    "--variant=paper, class_balanced with --variant=official).",
 )
 flags.DEFINE_bool("tail_only", False, "Only relabel toward rarer predicates (official code).")
 flags.DEFINE_bool(
@@ -91,7 +121,10 @@ flags.DEFINE_float("lambda_value", 0.8, "lambda with --lambda_mode=fixed.")
 flags.DEFINE_integer("bank_refresh_steps", 0, "Rebuild the memory bank every N updates (0: never).")
 flags.DEFINE_enum("retrieval_backend", "scann", ["scann", "exact"], "Memory-bank search backend.")
 flags.DEFINE_list(
-    "ablations", [], "Extra phase-2 runs: no_selection, no_ipss, continue_penet (plain PE-Net)."
+    "ablations",
+    [],
+    "Extra phase-2 runs: paper / official (the other RA-SGG variant), no_selection, no_ipss, "
+    "continue_penet (plain PE-Net).",
 )
 
 
@@ -272,6 +305,7 @@ class _Experiment:
         batch_transform=None,
         init_variables=None,
         extra_config=None,
+        loader=None,
     ):
         """Trains (or resumes) one phase in ``workdir``; periodic evaluation on val."""
         from sgg_jax.train import TrainConfig, train
@@ -317,7 +351,7 @@ class _Experiment:
         state, last = train(
             self.model,
             loss_fn,
-            self.loader,
+            loader or self.loader,
             workdir=workdir,
             train_config=train_config,
             optim_config=optim_config,
@@ -488,34 +522,60 @@ def run_penet(splits, vocab) -> dict:
 _VARIANTS = {
     # name -> (label in the results, RASGGConfig overrides, retrieval on)
     "ra_sgg": ("RA-SGG", {}, True),
+    "paper": ("RA-SGG (paper)", {"variant": "paper"}, True),
+    "official": ("RA-SGG (official)", {"variant": "official"}, True),
     "no_selection": ("RA-SGG w/o selection", {"select": False}, True),
     "no_ipss": ("RA-SGG w/o IPSS", {"weighting": "uniform"}, True),
     "continue_penet": ("PE-Net continued", {}, False),
 }
+# Banks of the variants: the paper's is the full refreshed bank, the official code's the capped one
+# (--bank sets the bank of the main run and its ablations).
+_VARIANT_BANKS = {"paper": "full", "official": "official"}
+# Datasets whose number of predicates is known before loading (for --tail_ids checks).
+_KNOWN_PREDICATES = {"vg150": 50, "gqa200": 100, "gqa200_mini": 100}
 
 
 def _ra_config(**overrides):
     from sgg_jax.retrieval.ra_sgg import RASGGConfig
+    from sgg_jax.retrieval.tail_sets import official_tail_ids
 
+    variant = overrides.pop("variant", FLAGS.variant)
+    if variant not in _VARIANT_BANKS:
+        raise ConfigError("variant", f"must be one of {tuple(_VARIANT_BANKS)}, got {variant!r}")
+    weighting = FLAGS.weighting or (
+        "class_balanced" if variant == "official" else "inverse_propensity"
+    )
+    if FLAGS.no_ipss:
+        weighting = "uniform"
+    try:
+        tail_ids = tuple(int(i) for i in FLAGS.tail_ids) or official_tail_ids(FLAGS.dataset)
+    except ValueError:
+        raise ConfigError("tail_ids", f"expected integers, got {FLAGS.tail_ids}") from None
+    if FLAGS.tail_ids and not tail_ids:
+        raise ConfigError("tail_ids", "the tail set is empty")
     options = dict(
         num_neighbours=FLAGS.num_neighbours,
         tau=FLAGS.tau,
         select=not FLAGS.no_selection,
-        weighting="uniform" if FLAGS.no_ipss else FLAGS.weighting,
+        weighting=weighting,
         tail_only=FLAGS.tail_only,
         relabel_background=FLAGS.relabel_background,
         lambda_mode=FLAGS.lambda_mode,
         lambda_value=FLAGS.lambda_value,
         bank_refresh_steps=FLAGS.bank_refresh_steps,
         seed=FLAGS.seed,
+        variant=variant,
+        threshold=FLAGS.threshold,
+        tail_ids=tail_ids,
+        tail_fraction=FLAGS.tail_fraction,
+        bank=FLAGS.bank if variant == FLAGS.variant else _VARIANT_BANKS[variant],
+        memory_size=FLAGS.memory_size,
     )
     options.update(overrides)
     return RASGGConfig(**options)
 
 
 def _phase2_optim_config():
-    import dataclasses
-
     config = common.optim_config()
     rate = FLAGS.phase2_learning_rate or config.learning_rate
     try:
@@ -529,6 +589,7 @@ def _phase2_optim_config():
         learning_rate=rate,
         warmup_steps=FLAGS.phase2_warmup_steps,
         decay_steps=decay_steps,
+        images_per_batch=FLAGS.phase2_batch_size or config.images_per_batch,
     )
 
 
@@ -539,7 +600,20 @@ def _check_ra_flags():
             "ra_sgg's memory bank embeds ground-truth relations without pixels: use "
             "--method=penet with --feature_source=roi",
         )
-    _ra_config()  # validates the RA-SGG options
+    for name in ("", "paper", "official"):
+        config = _ra_config(**({"variant": name} if name else {}))  # validates the options
+    if config.tail_ids is not None and FLAGS.dataset in _KNOWN_PREDICATES:
+        from sgg_jax.retrieval.augment import check_tail_ids
+
+        check_tail_ids(config.tail_ids, _KNOWN_PREDICATES[FLAGS.dataset])
+    if FLAGS.phase2_batch_size is not None and FLAGS.phase2_batch_size < 1:
+        raise ConfigError(
+            "phase2_batch_size", f"must be an integer >= 1, got {FLAGS.phase2_batch_size}"
+        )
+    if FLAGS.scann_brute_force_threshold < 0:
+        raise ConfigError(
+            "scann_brute_force_threshold", f"must be >= 0, got {FLAGS.scann_brute_force_threshold}"
+        )
     _phase2_optim_config()
     if FLAGS.phase2_steps <= 0:
         raise ConfigError("phase2_steps", f"must be positive, got {FLAGS.phase2_steps}")
@@ -555,7 +629,7 @@ def run_ra_sgg(splits, vocab) -> dict:
     """Phase 1 (PE-Net), phase 2 (RA-SGG) and the requested ablations, all evaluated on test."""
     from sgg_jax.losses import make_penet_loss
     from sgg_jax.retrieval.memory_bank import MemoryBank
-    from sgg_jax.retrieval.ra_sgg import RetrievalAugmenter, make_embed_fn
+    from sgg_jax.retrieval.ra_sgg import RetrievalAugmenter, make_embed_fn, make_train_embed_fn
     from sgg_jax.train import shard_batch
 
     experiment = _Experiment(splits, vocab)
@@ -569,15 +643,45 @@ def run_ra_sgg(splits, vocab) -> dict:
     runs = {"FREQ (predcls)": experiment.frequency_metrics()}
     runs["PE-Net"] = experiment.test_metrics(phase1_variables)
     embed = make_embed_fn(experiment.model, experiment.mesh, shard_batch)
-    bank = MemoryBank(
-        splits["train"],
-        max_objects=FLAGS.max_objects,
-        num_predicates=vocab.num_predicates,
-        backend=FLAGS.retrieval_backend,
-        batch_size=FLAGS.eval_batch_size,
-        object_features=experiment.features["train"],
-    )
-    print(f"memory bank: {bank.size} training relations")
+    train_embed = make_train_embed_fn(experiment.model, experiment.mesh, shard_batch)
+    banks = {}
+
+    def bank_of(kind):
+        if kind not in banks:
+            options = {}
+            if FLAGS.retrieval_backend == "scann":
+                options["brute_force_threshold"] = FLAGS.scann_brute_force_threshold
+            bank = MemoryBank(
+                splits["train"],
+                max_objects=FLAGS.max_objects,
+                num_predicates=vocab.num_predicates,
+                backend=FLAGS.retrieval_backend,
+                index_options=options,
+                batch_size=FLAGS.eval_batch_size,
+                object_features=experiment.features["train"],
+                max_per_triplet=FLAGS.memory_size if kind == "official" else None,
+                cap_seed=FLAGS.seed,
+            )
+            if kind == "official":  # built once from the phase-1 model in eval mode
+                bank.refresh(lambda b: embed(phase1_variables, b))
+                print(
+                    f"official memory bank: {bank.size} of {bank.num_relations} training "
+                    f"relations (at most {FLAGS.memory_size} per triplet), never refreshed"
+                )
+            else:
+                print(f"memory bank: {bank.size} training relations")
+            banks[kind] = bank
+        return banks[kind]
+
+    loader = experiment.loader
+    if FLAGS.phase2_batch_size and FLAGS.phase2_batch_size != FLAGS.batch_size:
+        loader = pipeline.make_loader(
+            splits["train"],
+            dataclasses.replace(
+                common.train_pipeline_config(vocab), batch_size=FLAGS.phase2_batch_size
+            ),
+            object_features=experiment.features["train"],
+        )
     summaries = {}
     final_state = None
     for variant in ["ra_sgg", *FLAGS.ablations]:
@@ -586,11 +690,12 @@ def run_ra_sgg(splits, vocab) -> dict:
         augmenter = None
         if retrieval:
             augmenter = RetrievalAugmenter(
-                bank,
+                bank_of(ra_config.bank),
                 embed,
                 vocab.predicate_counts,
                 ra_config,
                 foreground_slots=FLAGS.max_fg,
+                train_embed=train_embed,
             )
         print(f"phase 2: {label} ({FLAGS.phase2_steps} updates from the phase-1 model)")
         state, last = experiment.train_phase(
@@ -601,6 +706,7 @@ def run_ra_sgg(splits, vocab) -> dict:
             batch_transform=augmenter,
             init_variables=phase1_variables,
             extra_config={"phase": 2, "variant": variant, "ra_sgg": vars(ra_config)},
+            loader=loader,
         )
         runs[label] = experiment.test_metrics(state.variables)
         if augmenter is not None:
@@ -621,7 +727,15 @@ def run_ra_sgg(splits, vocab) -> dict:
         runs,
         model_name="RA-SGG",
         baseline_name="PE-Net",
-        extra={"ra_sgg": {"augmentation": summaries, "delta_vs_penet": deltas}},
+        extra={
+            "ra_sgg": {
+                "variant": FLAGS.variant,
+                "bank": FLAGS.bank,
+                "bank_sizes": {kind: bank.size for kind, bank in banks.items()},
+                "augmentation": summaries,
+                "delta_vs_penet": deltas,
+            }
+        },
     )
     print(
         "RA-SGG - PE-Net (points): "

@@ -121,10 +121,14 @@ class PENetConfig:
       predicate_word_vectors: optional float32[C, E] initial predicate embeddings (row 0
         background).
       frequency_bias: optional float32[K+1, K+1, C] ``log`` predicate frequencies per (subject
-        class, object class) from the training split (``FrequencyBaseline.log_bias``). As in the
-        official code with ``PREDICT_USE_BIAS`` (its training script sets it), the bias is added to
-        the relation logits at inference only; it is stored in the non-trainable variable
-        collection ``"frequency"``.
+        class, object class) from the training split (``FrequencyBaseline.log_bias``), added to
+        the relation logits at inference only and stored in the non-trainable variable collection
+        ``"frequency"``. Off by default, as in the official code: ``VL-Group/PENET``'s
+        ``PrototypeEmbeddingNetwork`` (``roi_relation_predictors.py``:28-303) never reads
+        ``PREDICT_USE_BIAS``; RA-SGG's copy of it adds the bias at inference when the flag is set
+        (``KanghoonYoon/torch-rasgg`` ``roi_relation_predictors.py``:289-290) but every RA-SGG
+        script sets ``PREDICT_USE_BIAS=False`` (``scripts/sgcls_pretrain_penet.sh``,
+        ``scripts/predcls_train_retag.sh``), and ``ReTAGPENet`` never adds it.
       detector: the :class:`~sgg_jax.models.detector.DetectorConfig` of the ``"roi"`` source (its
         variables live under ``features/detector``).
       freeze_detector: ``"roi"``: no gradient and no update reaches the detector (SGB).

@@ -32,6 +32,10 @@ decide whether, and to what, the relation gets a second (augmented) label.
   ``λ·onehot(gt) + (1 − λ)·onehot(aug)`` with ``λ ~ Beta(20, 5)`` per relation (official code,
   ``RASGG.MIXUP_ALPHA/BETA``) or a fixed λ.
 
+* :func:`official_augment` — the official code's rule (``variant="official"``), over every pair
+  of a batch, foreground and background, exactly as ``ReTAGPENet.forward`` states it (file:line
+  citations in its docstring).
+
 Predicate counts of zero are clipped to 1 so that every propensity is positive.
 """
 
@@ -46,6 +50,7 @@ import numpy as np
 from sgg_jax.errors import ConfigError, DataError, is_finite_number
 
 WEIGHTINGS = ("inverse_propensity", "class_balanced", "uniform")
+VARIANTS = ("paper", "official")
 BACKGROUND_RULES = ("any", "majority")
 
 
@@ -435,3 +440,181 @@ def multi_prototype_targets(gt: Any, augmented: Any, num_classes: int, lam: Any)
     eye = np.eye(num_classes)
     targets = lam[:, None] * eye[gt] + (1.0 - lam[:, None]) * eye[augmented]
     return targets.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The official code's rule (variant="official").
+# ---------------------------------------------------------------------------------------------------
+
+
+def official_predicate_weights(predicate_counts: Any, beta: float = 0.99999) -> np.ndarray:
+    """The official ``freq_rwt``: class-balanced weights divided by their median over predicates.
+
+    ``cb_p = (1 − β) / (1 − β^{n_p})``, ``freq_rwt = cb / median(cb[1:])`` and
+    ``freq_rwt[0] = min(freq_rwt[1:])`` (``KanghoonYoon/torch-rasgg`` at e8be01b,
+    ``maskrcnn_benchmark/modeling/roi_heads/relation_head/roi_relation_predictors.py``:469-473; the
+    background count there is 20× the foreground total, line 439, and is overwritten by the
+    minimum). ``torch.median`` of an
+    even number of values returns the lower of the two middle ones; so does this function.
+
+    Args:
+      predicate_counts: int[P+1] training counts (index 0 ignored; zero counts clipped to 1).
+      beta: β in (0, 1) (``REWEIGHT_BETA``, 0.99999 in every official script).
+
+    Returns:
+      float64[P+1].
+    """
+    cb = class_balanced_weights(predicate_counts, beta)
+    foreground = np.sort(cb[1:])
+    median = foreground[(foreground.shape[0] - 1) // 2]  # torch.median: the lower middle value
+    weights = cb / median
+    weights[0] = weights[1:].min()
+    return weights
+
+
+def check_tail_ids(tail_ids: Any, num_predicates: int | None = None) -> np.ndarray:
+    """Validated tail predicate ids (option ``tail_ids``): non-empty, each in ``[1, P]``.
+
+    Args:
+      tail_ids: sequence of predicate ids.
+      num_predicates: P, or None to check only ``>= 1``.
+
+    Returns:
+      int64 sorted unique ids.
+
+    Raises:
+      ConfigError: naming ``tail_ids``.
+    """
+    try:
+        ids = np.asarray(list(tail_ids), np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ConfigError("tail_ids", f"must be integer predicate ids, got {tail_ids!r}") from None
+    if ids.size == 0:
+        raise ConfigError("tail_ids", "the tail set is empty")
+    upper = "" if num_predicates is None else f", {num_predicates}"
+    bad = ids[(ids < 1) | ((ids > num_predicates) if num_predicates is not None else False)]
+    if bad.size:
+        raise ConfigError(
+            "tail_ids",
+            f"id {int(bad[0])} is outside the predicate vocabulary [1{upper or ', P'}]",
+        )
+    return np.unique(ids)
+
+
+def check_threshold(threshold: Any) -> float:
+    """The official confidence threshold (option ``threshold``), a number in [0, 1]."""
+    if not is_finite_number(threshold) or not 0.0 <= float(threshold) <= 1.0:
+        raise ConfigError("threshold", f"must lie in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
+def official_augment(
+    labels: Any,
+    neighbour_predicates: Any,
+    image_ids: Iterable[Any],
+    tail_ids: Any,
+    predicate_counts: Any,
+    rng: np.random.Generator,
+    *,
+    threshold: float = 0.3,
+    beta: float = 0.99999,
+    select: bool = True,
+    weighting: str = "class_balanced",
+) -> AugmentResult:
+    """The official code's selection and sampling over every pair of a batch (variant "official").
+
+    Re-states ``ReTAGPENet.forward`` (``KanghoonYoon/torch-rasgg`` at e8be01b,
+    ``maskrcnn_benchmark/modeling/roi_heads/relation_head/roi_relation_predictors.py``):
+
+    * line 683-684: ``confidence = #{k : p_k = label} / K`` (float32, K the number of retrieved
+      neighbours, missing neighbours counting as mismatches).
+    * line 686-688: a foreground relation changes when ``confidence < threshold`` **and** at least
+      one neighbour's predicate is in ``tail_ids`` (``torch.isin(retrieved_value_pred,
+      self.tail_ids)``); the others keep their label.
+    * line 690-710: background pairs with a tail neighbour are candidates; in each image only the
+      first one in pair order changes (``torch.where(m_bg)[0][0]``; the random choice of up to
+      ``NUM_CORRECT_BG`` is commented out there).
+    * line 716-720: the new label is drawn from ``h_p / K · freq_rwt_p`` normalised over the
+      predicates, ``h_p`` the neighbour count of p (:func:`official_predicate_weights`), over
+      *all* retrieved predicates: the ground truth stays in the support (a redraw keeps the label).
+      Unchanged background pairs keep 0.
+
+    ``select=False`` (the "w/o selection" ablation) changes every foreground relation;
+    ``weighting="uniform"`` (the "w/o IPSS" ablation) samples from ``h_p`` alone. Neither exists in
+    the official code; they are this library's ablations of the official rule.
+
+    Args:
+      labels: int[Q] predicate of every pair (0 = background), in the batch's pair order.
+      neighbour_predicates: int[Q, K] retrieved predicates (-1 = missing). The official code
+        ranks the bank and drops the first hit (``ret_idx[1:K+1]``, line 649); pass what remains.
+      image_ids: Q image ids (hashable), one per pair.
+      tail_ids: the dataset's tail predicate ids (:mod:`sgg_jax.retrieval.tail_sets`).
+      predicate_counts: int[P+1] training counts.
+      rng: numpy Generator; one uniform per changed pair, in pair order.
+      threshold: ``RASGG.THRESHOLD`` (0.3 in every official script).
+      beta: ``REWEIGHT_BETA``.
+      select: False changes every foreground relation (ablation).
+      weighting: ``"class_balanced"`` (official) or ``"uniform"`` (ablation).
+
+    Returns:
+      :class:`AugmentResult`: ``augmented`` int32[Q] the mixup label (``mixup_labels``),
+      ``selected`` bool[Q] the changed pairs (``mask_change``), ``weights`` float64[Q, P+1] the
+      sampling distribution of each changed pair (zero rows elsewhere).
+    """
+    if weighting not in ("class_balanced", "uniform"):
+        raise ConfigError(
+            "weighting",
+            f"the official rule samples 'class_balanced' or 'uniform', got {weighting!r}",
+        )
+    threshold = check_threshold(threshold)
+    counts = _check_counts(predicate_counts)
+    num_classes = counts.shape[0]
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    neighbours = np.asarray(neighbour_predicates, np.int64)
+    image_ids = list(image_ids)
+    if neighbours.ndim != 2 or neighbours.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"must have shape [Q={labels.shape[0]}, K], got {neighbours.shape}",
+            field="neighbour_predicates",
+        )
+    if len(image_ids) != labels.shape[0]:
+        raise DataError(
+            f"must have {labels.shape[0]} entries, got {len(image_ids)}", field="image_ids"
+        )
+    if np.any((labels < 0) | (labels >= num_classes)):
+        raise DataError(f"predicates must lie in [0, {num_classes - 1}]", field="labels")
+    if np.any((neighbours < -1) | (neighbours >= num_classes)):
+        raise DataError(
+            f"predicates must lie in [0, {num_classes - 1}] or be -1 (missing)",
+            field="neighbour_predicates",
+        )
+    tail = check_tail_ids(tail_ids, num_classes - 1)
+    num_neighbours = neighbours.shape[1]
+    matches = (neighbours == labels[:, None]).sum(-1)
+    confidence = matches.astype(np.float32) / np.float32(max(num_neighbours, 1))
+    has_tail = np.isin(neighbours, tail).any(-1)
+    foreground = labels != 0
+    if select:
+        change_fg = (confidence < np.float32(threshold)) & has_tail & foreground
+    else:
+        change_fg = foreground.copy()
+    change_bg = np.zeros_like(change_fg)
+    seen = set()
+    for index in np.flatnonzero(has_tail & ~foreground):
+        if image_ids[index] not in seen:
+            seen.add(image_ids[index])
+            change_bg[index] = True
+    change = change_fg | change_bg
+    histogram = _histogram(neighbours, num_classes) / max(num_neighbours, 1)  # retrieved_dists
+    if weighting == "class_balanced":
+        scale = official_predicate_weights(counts, beta)
+    else:
+        scale = np.ones(num_classes)
+    unnormalised = np.where(change[:, None], histogram * scale[None, :], 0.0)
+    total = unnormalised.sum(-1, keepdims=True)
+    weights = np.where(total > 0, unnormalised / np.where(total > 0, total, 1.0), 0.0)
+    augmented = np.where(foreground, labels, 0).astype(np.int32)
+    rows = np.flatnonzero(weights.sum(-1) > 0)
+    if rows.size:
+        augmented[rows] = _inverse_cdf_sample(weights, rows, rng)
+    return AugmentResult(augmented=augmented, selected=change, weights=weights)

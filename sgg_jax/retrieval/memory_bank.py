@@ -13,6 +13,14 @@ Entry ids are ``0..M-1`` in (image, relation row) order; :meth:`MemoryBank.entry
 pair ``(image_index, subject, object, predicate)`` back to its entry, which is how a query excludes
 itself from its own neighbours.
 
+The official RA-SGG bank (``--bank=official``) is smaller: ``max_per_triplet`` keeps at most that many
+entries per (subject class, object class, predicate) triplet (``RASGG.MEMORY_SIZE``, 8 in the official
+scripts, whose bank file ``featurebank/{mode}_bg_processed_fb_train_{MEMORY_SIZE}.npy`` is loaded at
+``roi_relation_predictors.py``:463 of ``KanghoonYoon/torch-rasgg`` at e8be01b). The script that wrote
+that file is not public; our reading of it: foreground relations only, embedded once by the phase-1
+model in eval mode, and for a triplet with more than ``max_per_triplet`` relations a uniform random
+sample of them (seeded, ``cap_seed``), kept in training order (:func:`cap_per_triplet`).
+
 Building the keys runs the model batched and jitted on the mesh (``embed_fn``); only the search runs
 on the host (:mod:`sgg_jax.retrieval.index`).
 """
@@ -98,6 +106,34 @@ def enumerate_relations(graphs: Sequence[SceneGraph], max_objects: int) -> BankE
 _ENTRY_FIELDS = ("image_index", "subject", "object", "predicate", "subject_class", "object_class")
 
 
+def cap_per_triplet(entries: BankEntries, max_per_triplet: int, seed: int) -> BankEntries:
+    """At most ``max_per_triplet`` entries per (subject class, object class, predicate) triplet.
+
+    Args:
+      entries: the bank's entries in (image, relation row) order.
+      max_per_triplet: the cap (>= 1).
+      seed: seed of the uniform choice among a triplet's entries.
+
+    Returns:
+      The kept entries, still in (image, relation row) order.
+    """
+    check_int("max_per_triplet", max_per_triplet, minimum=1)
+    if entries.size == 0:
+        return entries
+    _, triplet = np.unique(entries.triplets, axis=0, return_inverse=True)
+    triplet = triplet.reshape(-1)
+    rng = np.random.default_rng(seed)
+    # A random rank per entry; within each triplet keep the max_per_triplet smallest ranks.
+    rank_key = rng.permutation(entries.size)
+    order = np.lexsort((rank_key, triplet))
+    sorted_triplet = triplet[order]
+    starts = np.searchsorted(sorted_triplet, sorted_triplet, side="left")
+    position = np.arange(entries.size) - starts
+    keep = np.zeros(entries.size, bool)
+    keep[order[position < max_per_triplet]] = True
+    return BankEntries(**{name: getattr(entries, name)[keep] for name in _ENTRY_FIELDS})
+
+
 class MemoryBank:
     """Relation embeddings of every ground-truth training relation, searchable by cosine similarity.
 
@@ -112,6 +148,9 @@ class MemoryBank:
         several rows.
       object_features: optional per-image float32[N_i, D] features (the
         ``precomputed`` feature source), aligned with ``graphs``.
+      max_per_triplet: keep at most this many entries per triplet (the official bank's
+        ``MEMORY_SIZE``); None keeps every relation.
+      cap_seed: seed of the choice under ``max_per_triplet``.
 
     Raises:
       DataError: the training split holds no relation.
@@ -129,6 +168,8 @@ class MemoryBank:
         batch_size: int = 8,
         pair_budget: int = 64,
         object_features: Sequence[np.ndarray] | None = None,
+        max_per_triplet: int | None = None,
+        cap_seed: int = 0,
     ):
         check_int("max_objects", max_objects, minimum=1)
         check_int("num_predicates", num_predicates, minimum=1)
@@ -144,6 +185,9 @@ class MemoryBank:
         self.pair_budget = int(pair_budget)
         self.object_features = object_features
         self.entries = enumerate_relations(graphs, self.max_objects)
+        self.num_relations = self.entries.size
+        if max_per_triplet is not None:
+            self.entries = cap_per_triplet(self.entries, max_per_triplet, cap_seed)
         if self.entries.size == 0:
             raise DataError("the training split has no relation to put in the memory bank")
         bad = (self.entries.predicate < 1) | (self.entries.predicate > self.num_predicates)

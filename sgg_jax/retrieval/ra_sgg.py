@@ -15,6 +15,20 @@
    ``soft_targets = λ·onehot(gt) + (1 − λ)·onehot(aug)`` (one-hot for the rest, ``onehot(0)`` for
    background pairs) into the batch, which :func:`sgg_jax.losses.ra_sgg_losses` trains on.
 
+``variant="official"`` follows the official code instead (``KanghoonYoon/torch-rasgg`` at e8be01b,
+``ReTAGPENet.forward``; :func:`sgg_jax.retrieval.augment.official_augment` cites the lines):
+
+* queries are the relation embeddings of the training forward pass itself: every real pair of the
+  batch, foreground and background, embedded in train mode with the dropout key the update will
+  use (the loop passes it, ``wants_dropout_key``), so they equal the step's own ``r``
+  (``query_rels = rel_rep``, line 625);
+* the search ranks K + 1 bank entries and drops the first (``ret_idx[1:K+1]``, line 649), whatever
+  it is;
+* selection, background relabelling and sampling by the official rule over the dataset's tail set
+  (:mod:`sgg_jax.retrieval.tail_sets`), λ ~ Beta(α, β) for every pair;
+* with ``bank="official"`` the bank is built once, by the caller, from the phase-1 model and never
+  refreshed (``bank_refresh_steps`` is ignored).
+
 Randomness is ``numpy.random.default_rng((seed, step))``, so a step's targets depend only on the
 seed, the step and the model. A resumed run rebuilds the bank from the restored model at its first
 update, which is the same bank as an uninterrupted run only when the resume step is a refresh step.
@@ -33,9 +47,11 @@ import numpy as np
 from sgg_jax.errors import ConfigError, check_int, is_finite_number
 from sgg_jax.retrieval import augment as augment_lib
 from sgg_jax.retrieval.memory_bank import MemoryBank
+from sgg_jax.retrieval.tail_sets import rarest_predicates
 from sgg_jax.structures import SceneGraphBatch
 
 LAMBDA_MODES = ("beta", "fixed")
+BANKS = ("full", "official")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +78,15 @@ class RASGGConfig:
       lambda_alpha, lambda_beta, lambda_value: the λ parameters.
       bank_refresh_steps: rebuild the memory bank every this many updates (0 = only at the start).
       seed: seed of the sampling.
+      variant: ``"paper"`` (the paper's equations, the fields above) or ``"official"`` (the official
+        code's rule: ``threshold``, ``tail_ids``, class-balanced sampling; module docstring).
+      threshold: the official confidence threshold (``RASGG.THRESHOLD``, 0.3).
+      tail_ids: the tail predicate ids of the official rule (None: the rarest ``tail_fraction``).
+      bank: ``"full"`` (every training relation, refreshed with the model) or ``"official"`` (built
+        once from the phase-1 model, at most ``memory_size`` entries per triplet, never
+        refreshed).
+      memory_size: the official bank's cap per (subject class, object class, predicate) triplet
+        (``RASGG.MEMORY_SIZE``, 8 in the official scripts).
     """
 
     num_neighbours: int = 20
@@ -80,8 +105,29 @@ class RASGGConfig:
     lambda_value: float = 0.8
     bank_refresh_steps: int = 0
     seed: int = 0
+    variant: str = "paper"
+    threshold: float = 0.3
+    tail_ids: tuple[int, ...] | None = None
+    bank: str = "full"
+    memory_size: int = 8
 
     def __post_init__(self):
+        if self.variant not in augment_lib.VARIANTS:
+            raise ConfigError(
+                "variant", f"must be one of {augment_lib.VARIANTS}, got {self.variant!r}"
+            )
+        if self.bank not in BANKS:
+            raise ConfigError("bank", f"must be one of {BANKS}, got {self.bank!r}")
+        augment_lib.check_threshold(self.threshold)
+        check_int("memory_size", self.memory_size, minimum=1)
+        if self.tail_ids is not None:
+            augment_lib.check_tail_ids(self.tail_ids)
+        if self.variant == "official" and self.weighting not in ("class_balanced", "uniform"):
+            raise ConfigError(
+                "weighting",
+                "the official variant samples 'class_balanced' (or 'uniform' for w/o IPSS), "
+                f"got {self.weighting!r}",
+            )
         check_int("num_neighbours", self.num_neighbours, minimum=1)
         check_int("bank_refresh_steps", self.bank_refresh_steps, minimum=0)
         check_int("seed", self.seed, minimum=0)
@@ -112,20 +158,7 @@ class RASGGConfig:
             raise ConfigError("lambda_value", f"must lie in [0, 1], got {self.lambda_value!r}")
 
 
-def tail_predicates(predicate_counts: np.ndarray, fraction: float) -> np.ndarray:
-    """The rarest ``ceil(fraction * P)`` predicates by training count (ties by lower id first).
-
-    Args:
-      predicate_counts: int[P+1] (index 0 ignored).
-      fraction: in (0, 1].
-
-    Returns:
-      int64 sorted predicate ids.
-    """
-    counts = np.asarray(predicate_counts, np.int64)[1:]
-    number = int(np.ceil(fraction * counts.shape[0]))
-    order = np.lexsort((np.arange(counts.shape[0]), counts))  # ascending count, then id
-    return np.sort(order[:number] + 1).astype(np.int64)
+tail_predicates = rarest_predicates  # the name this module exported before tail_sets existed
 
 
 def make_embed_fn(model: Any, mesh: Any, shard: Callable) -> Callable:
@@ -148,6 +181,35 @@ def make_embed_fn(model: Any, mesh: Any, shard: Callable) -> Callable:
     return run
 
 
+def make_train_embed_fn(model: Any, mesh: Any, shard: Callable) -> Callable:
+    """``embed(variables, host_batch, dropout_key) -> float32[B, P, H]`` in train mode.
+
+    The relation embeddings of the training forward pass: with the update's dropout key and the same
+    batch they equal the ``r`` the update computes (mutable collections such as batch statistics
+    are computed and discarded).
+
+    Args:
+      model: a module returning ``(outputs, aux)`` with ``aux["relation_embedding"]``.
+      mesh: the device mesh.
+      shard: ``shard(batch, mesh)`` placing a host batch on the mesh.
+    """
+
+    @jax.jit
+    def embed(variables, batch, dropout_key):
+        mutable = sorted(k for k in variables if k != "params")
+        rngs = {"dropout": dropout_key}
+        if mutable:
+            (_, aux), _ = model.apply(variables, batch, train=True, rngs=rngs, mutable=mutable)
+        else:
+            _, aux = model.apply(variables, batch, train=True, rngs=rngs)
+        return aux["relation_embedding"]
+
+    def run(variables, batch: SceneGraphBatch, dropout_key) -> np.ndarray:
+        return np.asarray(embed(variables, shard(batch, mesh), dropout_key))
+
+    return run
+
+
 class RetrievalAugmenter:
     """The RA-SGG batch transform (module docstring).
 
@@ -158,6 +220,8 @@ class RetrievalAugmenter:
       config: :class:`RASGGConfig`.
       foreground_slots: the pipeline's ``max_fg``: foreground pairs occupy the first this many
         slots of a training image, so only they are embedded (None = embed every slot).
+      train_embed: ``train_embed(variables, host_batch, dropout_key)`` (:func:`make_train_embed_fn`),
+        required by ``variant="official"``, whose queries come from the training forward pass.
     """
 
     def __init__(
@@ -168,6 +232,7 @@ class RetrievalAugmenter:
         config: RASGGConfig,
         *,
         foreground_slots: int | None = None,
+        train_embed: Callable[[Mapping[str, Any], SceneGraphBatch, Any], np.ndarray] | None = None,
     ):
         counts = np.asarray(predicate_counts, np.int64)
         if counts.shape != (bank.num_predicates + 1,):
@@ -180,18 +245,35 @@ class RetrievalAugmenter:
         self.counts = counts
         self.config = config
         self.foreground_slots = foreground_slots
-        self.tail = tail_predicates(counts, config.tail_fraction)
+        if config.tail_ids is not None:
+            self.tail = augment_lib.check_tail_ids(config.tail_ids, bank.num_predicates)
+        else:
+            self.tail = rarest_predicates(counts, config.tail_fraction)
+        self.official = config.variant == "official"
+        if self.official and train_embed is None:
+            raise ConfigError("variant", "'official' needs train_embed (the training forward pass)")
+        self.train_embed = train_embed
+        # The training loop passes the update's dropout key to transforms that ask for it.
+        self.wants_dropout_key = self.official
         self._refreshed_at: int | None = None
         self.totals = {"foreground": 0, "selected": 0, "augmented": 0, "background_relabelled": 0}
 
     def _refresh_due(self, step: int) -> bool:
+        if self.config.bank == "official":
+            if self.bank.index is None:
+                raise ConfigError("bank", "the official bank must be built before phase 2")
+            return False
         if self._refreshed_at is None:
             return True
         every = self.config.bank_refresh_steps
         return every > 0 and (step - 1) % every == 0 and step - 1 != self._refreshed_at
 
     def __call__(
-        self, variables: Mapping[str, Any], step: int, batch: SceneGraphBatch
+        self,
+        variables: Mapping[str, Any],
+        step: int,
+        batch: SceneGraphBatch,
+        dropout_key: Any = None,
     ) -> tuple[SceneGraphBatch, dict[str, float]]:
         """Soft targets for update ``step`` (1-based) from the model ``variables`` before it.
 
@@ -199,6 +281,7 @@ class RetrievalAugmenter:
           variables: the model variables entering update ``step``.
           step: the update number.
           batch: the host training batch.
+          dropout_key: the update's dropout key (``variant="official"`` only).
 
         Returns:
           ``(batch with soft_targets, metrics)``; metrics ``ra/selected_fraction``,
@@ -211,6 +294,8 @@ class RetrievalAugmenter:
             metrics.update(self.bank.refresh(lambda b: self.embed(variables, b)))
             self._refreshed_at = step - 1
         rng = np.random.default_rng((config.seed, 0xA5, int(step)))
+        if self.official:
+            return self._official(variables, batch, dropout_key, rng, metrics)
         pair_labels = np.asarray(batch.pair_labels)
         pair_mask = np.asarray(batch.pair_mask) & np.asarray(batch.graph_mask)[:, None]
         num_classes = self.bank.num_predicates + 1
@@ -291,6 +376,56 @@ class RetrievalAugmenter:
         metrics.update(
             {
                 "ra/selected_fraction": result.selected_fraction,
+                "ra/augmented_fraction": augmented / max(num_foreground, 1),
+                "ra/background_relabelled": float(relabelled),
+                "ra/search_seconds": time.perf_counter() - start,
+            }
+        )
+        return batch.replace(soft_targets=targets), metrics
+
+    def _official(self, variables, batch, dropout_key, rng, metrics):
+        """The official rule over every real pair of the batch (module docstring)."""
+        if dropout_key is None:
+            raise ConfigError("variant", "'official' needs the update's dropout key")
+        config = self.config
+        pair_labels = np.asarray(batch.pair_labels)
+        pair_mask = np.asarray(batch.pair_mask) & np.asarray(batch.graph_mask)[:, None]
+        num_classes = self.bank.num_predicates + 1
+        embeddings = self.train_embed(variables, batch.replace(soft_targets=None), dropout_key)
+        start = time.perf_counter()
+        rows, columns = np.nonzero(pair_mask)  # image by image, in pair order
+        labels = pair_labels[rows, columns]
+        k = config.num_neighbours
+        ranked, _ = self.bank.search(embeddings[rows, columns], k + 1)
+        neighbours = self.bank.predicates_of(ranked[:, 1:])  # ret_idx[1:K+1]
+        result = augment_lib.official_augment(
+            labels,
+            neighbours,
+            rows.tolist(),
+            self.tail,
+            self.counts,
+            rng,
+            threshold=config.threshold,
+            beta=config.beta,
+            select=config.select,
+            weighting=config.weighting,
+        )
+        targets = np.zeros((*pair_labels.shape, num_classes), np.float32)
+        targets[rows, columns] = augment_lib.multi_prototype_targets(
+            labels, result.augmented, num_classes, self._lambdas(rng, labels.shape[0])
+        )
+        foreground = labels > 0
+        num_foreground = int(foreground.sum())
+        selected = int((result.selected & foreground).sum())
+        augmented = int((foreground & (result.augmented != labels)).sum())
+        relabelled = int((~foreground & (result.augmented > 0)).sum())
+        self.totals["foreground"] += num_foreground
+        self.totals["selected"] += selected
+        self.totals["augmented"] += augmented
+        self.totals["background_relabelled"] += relabelled
+        metrics.update(
+            {
+                "ra/selected_fraction": selected / max(num_foreground, 1),
                 "ra/augmented_fraction": augmented / max(num_foreground, 1),
                 "ra/background_relabelled": float(relabelled),
                 "ra/search_seconds": time.perf_counter() - start,

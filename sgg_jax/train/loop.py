@@ -294,7 +294,10 @@ def train(
       batch_transform: optional ``transform(variables, step, host_batch) -> (host_batch,
         metrics)`` applied to the batch of update ``step`` (1-based) with the variables entering
         that update, before it is placed on the devices (e.g. RA-SGG's retrieval-augmented soft
-        targets); its float metrics are logged with the step's training metrics.
+        targets); its float metrics are logged with the step's training metrics. A transform
+        with a true ``wants_dropout_key`` attribute is also given ``dropout_key=`` the key the
+        update draws its dropout from (RA-SGG's official variant queries with the training
+        forward pass).
       init_variables: optional ``{"params": ..., **collections}`` replacing the initialisation
         of a fresh run (e.g. a phase-1 checkpoint), or a function of the freshly initialised
         variables (host numpy) returning them (e.g. a pretrained detector merged into one
@@ -420,7 +423,13 @@ def _run_steps(
     def prepare(batch: SceneGraphBatch, step: int, state: TrainState):
         extra: Mapping[str, float] = {}
         if batch_transform is not None:
-            batch, extra = batch_transform(state.variables, step, batch)
+            if getattr(batch_transform, "wants_dropout_key", False):
+                # The key this update's train_step draws (state.step == step - 1 here).
+                batch, extra = batch_transform(
+                    state.variables, step, batch, dropout_key=state.step_key()
+                )
+            else:
+                batch, extra = batch_transform(state.variables, step, batch)
         return batch, mesh_lib.shard_batch(batch, mesh), dict(extra)
 
     host_batch, device_batch, extra = prepare(next(batches), start_step + 1, state)

@@ -39,9 +39,52 @@ def test_phase1_phase2_and_an_ablation_run_and_resume(tmp_path):
     assert resumed["runs"]["RA-SGG"]["R@100"] == pytest.approx(ra["R@100"], abs=1e-12)
 
 
+@pytest.mark.e2e
+def test_phase2_with_a_scann_tree_is_reproducible_run_to_run(tmp_path):
+    """Same flags and seed -> identical results.json, with a ScaNN tree (not brute force).
+
+    Both RA-SGG variants run (the official one with its capped bank built once, the paper one
+    with the full bank refreshed), each above the brute-force threshold, so ScaNN trains its k-means
+    partitioner and hashing at every build.
+    """
+    args = (
+        "--flagfile=experiments/flags/ra_sgg_smoke.flags",
+        "--variant=official",
+        "--bank=official",
+        "--bank_refresh_steps=3",
+        "--ablations=paper",
+        "--scann_brute_force_threshold=100",
+        "--noexport",
+    )
+    documents = []
+    for name in ("first", "second"):
+        result = _run(*args, f"--workdir={tmp_path / name}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        documents.append(json.loads((tmp_path / name / "results.json").read_text()))
+    first, second = documents
+    assert first["ra_sgg"]["bank_sizes"]["official"] >= 100
+    assert first["ra_sgg"]["bank_sizes"]["full"] > first["ra_sgg"]["bank_sizes"]["official"]
+    assert first["ra_sgg"]["augmentation"]["RA-SGG"]["background_relabelled"] > 0
+    for label in first["runs"]:
+        assert set(first["runs"][label]) == set(second["runs"][label])
+        for key, value in first["runs"][label].items():
+            assert second["runs"][label][key] == value, (label, key)
+    assert first == second
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["--variant=typo"], "error: option 'variant': must be one of ('paper', 'official')"),
+        (["--bank=typo"], "error: option 'bank': must be one of ('full', 'official')"),
+        (["--threshold=1.5"], "error: option 'threshold': must lie in [0, 1], got 1.5"),
+        (["--memory_size=0"], "error: option 'memory_size': must be an integer >= 1, got 0"),
+        (["--tail_fraction=0"], "error: option 'tail_fraction': must lie in (0, 1], got 0.0"),
+        (["--tail_ids=0,3"], "error: option 'tail_ids': id 0 is outside the predicate vocabulary"),
+        (
+            ["--dataset=gqa200_mini", "--tail_ids=101"],
+            "error: option 'tail_ids': id 101 is outside the predicate vocabulary [1, 100]",
+        ),
         (["--tau=-1"], "error: option 'tau': must be a finite number >= 0, got -1.0"),
         (["--phase2_steps=0"], "error: option 'phase2_steps': must be positive, got 0"),
         (["--num_neighbours=0"], "error: option 'num_neighbours': must be an integer >= 1, got 0"),
