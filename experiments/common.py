@@ -94,16 +94,45 @@ def define_optim_flags(learning_rate: float) -> None:
     flags.DEFINE_float("warmup_factor", 0.1, "Learning-rate factor at step 0.")
     flags.DEFINE_list("decay_steps", [], "Milestones where the learning rate is multiplied by 0.1.")
     flags.DEFINE_float("clip_norm", 5.0, "Global-norm gradient clipping (0 = off).")
+    flags.DEFINE_bool(
+        "scale_lr_by_batch",
+        False,
+        "Multiply the learning rate of every parameter by --batch_size (SGB's "
+        "rl_factor = SOLVER.IMS_PER_BATCH).",
+    )
+    flags.DEFINE_enum(
+        "bias_rules",
+        "none",
+        ["none", "sgb"],
+        "sgb: parameters whose path contains 'bias' get no weight decay and "
+        "--bias_lr_factor x the learning rate (SGB make_optimizer); none: all parameters alike.",
+    )
+    flags.DEFINE_float(
+        "bias_lr_factor",
+        2.0,
+        "Learning-rate factor of biases with --bias_rules=sgb (SGB BIAS_LR_FACTOR: 2 in "
+        "defaults.py, 1 in the relation configs).",
+    )
 
 
 def optim_config():
-    """The :class:`sgg_jax.train.OptimConfig` of the flags of :func:`define_optim_flags`."""
+    """The :class:`sgg_jax.train.OptimConfig` of the flags of :func:`define_optim_flags`.
+
+    ``--batch_size`` (the global images per update) is the ``images_per_batch`` that
+    ``--scale_lr_by_batch`` multiplies the learning rate by.
+    """
     from sgg_jax.train import OptimConfig
 
     try:
         decay_steps = tuple(int(s) for s in FLAGS.decay_steps)
     except ValueError:
         raise ConfigError("decay_steps", f"expected integers, got {FLAGS.decay_steps}") from None
+    if FLAGS.scale_lr_by_batch and FLAGS.batch_size < 1:
+        raise ConfigError(
+            "batch_size",
+            f"must be >= 1 to scale the learning rate by it (--scale_lr_by_batch), "
+            f"got {FLAGS.batch_size}",
+        )
     return OptimConfig(
         optimizer=FLAGS.optimizer,
         learning_rate=FLAGS.learning_rate,
@@ -113,6 +142,10 @@ def optim_config():
         warmup_factor=FLAGS.warmup_factor,
         decay_steps=decay_steps,
         clip_norm=FLAGS.clip_norm,
+        scale_lr_by_batch=FLAGS.scale_lr_by_batch,
+        images_per_batch=max(FLAGS.batch_size, 1),
+        bias_rules=FLAGS.bias_rules,
+        bias_lr_factor=FLAGS.bias_lr_factor,
     )
 
 

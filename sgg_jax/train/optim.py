@@ -19,7 +19,38 @@ The update is SGB's: gradients are clipped to a global L2 norm of ``clip_norm`` 
   (``g + weight_decay * param``, then the momentum trace ``m = momentum * m + g``);
 * ``"adamw"``: AdamW with decoupled weight decay (``optax.adamw``, as ``torch.optim.AdamW``).
 
-Weight decay applies to every parameter.
+By default every parameter gets ``learning_rate`` and ``weight_decay``. Two optional rules make the
+update SGB's ``make_optimizer`` exactly (``maskrcnn_benchmark/solver/build.py:7-26``, identical in
+Scene-Graph-Benchmark, VL-Group/PENET and KanghoonYoon/torch-rasgg)::
+
+    for key, value in model.named_parameters():          # trainable ones only
+        lr, weight_decay = BASE_LR, WEIGHT_DECAY
+        if "bias" in key:
+            lr, weight_decay = BASE_LR * BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS     # (0.0)
+        params += [{"params": [value], "lr": lr * rl_factor, "weight_decay": weight_decay}]
+    torch.optim.SGD(params, lr=BASE_LR, momentum=MOMENTUM)
+
+with ``rl_factor = float(cfg.SOLVER.IMS_PER_BATCH)`` in ``tools/relation_train_net.py``
+(torch-rasgg ``:93-94``, PENET ``:86-87``, Scene-Graph-Benchmark ``:73-74``).
+
+* ``scale_lr_by_batch``: the rate of every parameter is ``learning_rate * images_per_batch``
+  (SGB's ``rl_factor``; ``IMS_PER_BATCH`` is the global batch over all GPUs). The schedule
+  (warmup, milestones) multiplies the scaled rate, as ``WarmupMultiStepLR`` multiplies each
+  group's initial ``lr``.
+* ``bias_rules="sgb"``: a parameter is a *bias* when ``"bias"`` occurs in its path in the Flax
+  parameter tree (keys joined by ``/``, e.g. ``params/subject_fusion/gate/bias``), the analogue of
+  SGB's ``"bias" in key`` on PyTorch's dotted names. Biases get no weight decay (SGB
+  ``WEIGHT_DECAY_BIAS`` = 0.0, ``config/defaults.py``) and ``bias_lr_factor`` times the rate of
+  the other parameters, at every step of the schedule. As in PyTorch, this includes the ``bias``
+  of LayerNorm / BatchNorm (Flax names their shift ``bias`` too) and, in MotifNet, the trainable
+  ``frequency_bias`` table (SGB's ``freq_bias.obj_baseline.weight`` contains "bias" as well).
+  ``maskrcnn_benchmark/config/defaults.py`` sets ``BIAS_LR_FACTOR = 2``, but every relation
+  config (``configs/e2e_relation_X_101_32_8_FPN_1x.yaml`` ``SOLVER.BIAS_LR_FACTOR: 1`` in all
+  three repositories) overrides it to 1: the SGG runs of SGB, PE-Net and RA-SGG train biases at
+  the rate of the weights, only without weight decay.
+
+With SGD the bias factor scales the momentum-SGD step (``p -= factor * lr * buf``), which is
+``torch.optim.SGD`` with the group's ``lr``; with AdamW it scales the Adam step of the biases.
 """
 
 from __future__ import annotations
@@ -36,6 +67,7 @@ import optax
 from sgg_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
+BIAS_RULES = ("none", "sgb")
 
 Schedule = Callable[[jax.Array | int], jax.Array]
 
@@ -56,6 +88,14 @@ class OptimConfig:
       decay_gamma: multiplier at each milestone (SGB ``GAMMA``).
       clip_norm: largest global L2 norm of the gradients; 0 disables clipping.
       adam_b1, adam_b2, adam_eps: AdamW moments and epsilon.
+      scale_lr_by_batch: multiply the rate of every parameter by ``images_per_batch`` (SGB
+        ``rl_factor = IMS_PER_BATCH``); False = ``learning_rate`` is the rate.
+      images_per_batch: global images per update (SGB ``IMS_PER_BATCH``), the factor of
+        ``scale_lr_by_batch``; an integer >= 1 (unused without scaling).
+      bias_rules: ``"none"`` (every parameter alike) or ``"sgb"`` (parameters whose path contains
+        ``"bias"``: no weight decay, rate x ``bias_lr_factor``); see the module docstring.
+      bias_lr_factor: rate multiplier of biases under ``bias_rules="sgb"`` (SGB
+        ``BIAS_LR_FACTOR``: 2 in ``defaults.py``, 1 in the relation configs); positive.
     """
 
     optimizer: str = "sgd"
@@ -70,12 +110,38 @@ class OptimConfig:
     adam_b1: float = 0.9
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
+    scale_lr_by_batch: bool = False
+    images_per_batch: int = 1
+    bias_rules: str = "none"
+    bias_lr_factor: float = 2.0
+
+    @property
+    def effective_learning_rate(self) -> float:
+        """The base rate of the schedule: ``learning_rate`` (x ``images_per_batch`` if scaled)."""
+        if self.scale_lr_by_batch:
+            return self.learning_rate * self.images_per_batch
+        return self.learning_rate
 
     def __post_init__(self):
         object.__setattr__(self, "decay_steps", tuple(int(s) for s in self.decay_steps))
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError("optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.bias_rules not in BIAS_RULES:
+            raise ConfigError("bias_rules", f"must be one of {BIAS_RULES}, got {self.bias_rules!r}")
         _check_number("learning_rate", self.learning_rate, positive=True)
+        _check_number("bias_lr_factor", self.bias_lr_factor, positive=True)
+        if not isinstance(self.scale_lr_by_batch, bool | np.bool_):
+            raise ConfigError(
+                "scale_lr_by_batch", f"must be True or False, got {self.scale_lr_by_batch!r}"
+            )
+        if (
+            isinstance(self.images_per_batch, bool)
+            or not isinstance(self.images_per_batch, int | np.integer)
+            or self.images_per_batch < 1
+        ):
+            raise ConfigError(
+                "images_per_batch", f"must be an integer >= 1, got {self.images_per_batch!r}"
+            )
         for name in ("momentum", "weight_decay", "clip_norm", "warmup_factor", "decay_gamma"):
             _check_number(name, getattr(self, name), positive=False)
         if not 0.0 <= self.momentum < 1.0:
@@ -143,6 +209,30 @@ def warmup_multistep_schedule(
     return schedule
 
 
+def is_bias(path: str) -> bool:
+    """SGB's bias test (``"bias" in key``) on a ``/``-joined Flax parameter path.
+
+    Args:
+      path: e.g. ``"params/subject_fusion/gate/bias"``.
+
+    Returns:
+      True when ``"bias"`` occurs in ``path`` (case-sensitive, as Python's ``in``).
+    """
+    return "bias" in path
+
+
+def bias_mask(params: Any) -> Any:
+    """A bool tree with the structure of ``params``: True at the biases (:func:`is_bias`)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: is_bias(jax.tree_util.keystr(path, simple=True, separator="/")), params
+    )
+
+
+def weights_mask(params: Any) -> Any:
+    """A bool tree with the structure of ``params``: True everywhere but at the biases."""
+    return jax.tree.map(lambda biased: not biased, bias_mask(params))
+
+
 def make_optimizer(
     config: OptimConfig, num_steps: int
 ) -> tuple[optax.GradientTransformation, Schedule]:
@@ -154,7 +244,10 @@ def make_optimizer(
 
     Returns:
       ``(optimizer, schedule)``: clip → (weight decay) → SGD-momentum / AdamW with the
-      schedule, and the schedule itself (``schedule(t)`` = rate of update ``t``).
+      schedule → (bias rate factor), and the schedule itself (``schedule(t)`` = rate of update
+      ``t`` of the non-bias parameters, ``config.effective_learning_rate`` after warmup). With
+      the defaults (no scaling, ``bias_rules="none"``) the chain and its state are those of
+      plain SGD / AdamW.
 
     Raises:
       ConfigError: ``num_steps`` not positive, or ``decay_steps`` beyond ``num_steps``.
@@ -167,18 +260,21 @@ def make_optimizer(
             "decay_steps", f"milestones {late} never take effect in a run of {num_steps} steps"
         )
     schedule = warmup_multistep_schedule(
-        config.learning_rate,
+        config.effective_learning_rate,
         warmup_steps=config.warmup_steps,
         warmup_factor=config.warmup_factor,
         decay_steps=config.decay_steps,
         decay_gamma=config.decay_gamma,
     )
+    sgb_biases = config.bias_rules == "sgb"
+    # SGB WEIGHT_DECAY_BIAS = 0: decay only the non-bias parameters.
+    decay_mask = weights_mask if sgb_biases else None
     transforms = []
     if config.clip_norm > 0:
         transforms.append(optax.clip_by_global_norm(config.clip_norm))
     if config.optimizer == "sgd":
         if config.weight_decay > 0:
-            transforms.append(optax.add_decayed_weights(config.weight_decay))
+            transforms.append(optax.add_decayed_weights(config.weight_decay, mask=decay_mask))
         transforms.append(
             optax.sgd(schedule, momentum=config.momentum if config.momentum > 0 else None)
         )
@@ -190,8 +286,13 @@ def make_optimizer(
                 b2=config.adam_b2,
                 eps=config.adam_eps,
                 weight_decay=config.weight_decay,
+                mask=decay_mask,
             )
         )
+    if sgb_biases and config.bias_lr_factor != 1.0:
+        # The step is linear in the rate, so scaling the final bias updates is a bias group
+        # with rate bias_lr_factor * schedule(t) (SGB BIAS_LR_FACTOR).
+        transforms.append(optax.masked(optax.scale(config.bias_lr_factor), bias_mask))
     return optax.chain(*transforms), schedule
 
 

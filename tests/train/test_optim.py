@@ -1,13 +1,23 @@
-"""Optimizer: SGB WarmupMultiStepLR values, gradient clipping, SGD / AdamW updates, bad configs."""
+"""Optimizer: SGB WarmupMultiStepLR values, gradient clipping, SGD / AdamW updates, SGB's
+learning-rate x IMS_PER_BATCH and bias rules, bad configs."""
 
 import bisect
+import json
+import pathlib
+import subprocess
+import sys
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from sgg_jax.errors import ConfigError
-from sgg_jax.train.optim import OptimConfig, make_optimizer
+from sgg_jax.train.optim import OptimConfig, bias_mask, freeze, make_optimizer
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def sgb_warmup_multistep_lr(base_lr, step, milestones, gamma, warmup_factor, warmup_iters):
@@ -95,6 +105,278 @@ def test_adamw_first_update_is_sign_plus_decoupled_decay():
     np.testing.assert_allclose(updates["w"], expected, rtol=1e-5)
 
 
+def torch_sgd_param_groups(params, grad_steps, groups, momentum):
+    """torch.optim.SGD over one group per leaf (SGB make_optimizer), as numpy.
+
+    ``groups[name] = (lr, weight_decay)``; per step: ``d = g + wd * p``, ``buf = momentum * buf +
+    d`` (``buf = d`` at the first step), ``p -= lr * buf``. Returns the parameters after each step.
+    """
+    params = {name: np.array(value, np.float64) for name, value in params.items()}
+    buffers = {}
+    history = []
+    for grads in grad_steps:
+        for name, grad in grads.items():
+            lr, weight_decay = groups[name]
+            direction = np.asarray(grad, np.float64) + weight_decay * params[name]
+            buffers[name] = (
+                direction if name not in buffers else momentum * buffers[name] + direction
+            )
+            params[name] = params[name] - lr * buffers[name]
+        history.append({name: value.copy() for name, value in params.items()})
+    return history
+
+
+def flat(tree):
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+def apply_steps(optimizer, params, grad_steps):
+    """Parameters after each of ``grad_steps`` (optax.apply_updates)."""
+    state = optimizer.init(params)
+    history = []
+    for grads in grad_steps:
+        updates, state = optimizer.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        history.append(params)
+    return history
+
+
+def two_group_tree(values):
+    """A Flax-shaped tree: a Dense (kernel, bias) and a LayerNorm (scale, bias)."""
+    return {
+        "params": {
+            "dense": {"kernel": jnp.asarray(values[0]), "bias": jnp.asarray(values[1])},
+            "norm": {"scale": jnp.asarray(values[2]), "bias": jnp.asarray(values[3])},
+        }
+    }
+
+
+PARAMS = two_group_tree([[[1.0, -2.0], [0.5, 3.0]], [0.5, -1.0], [1.0, 2.0], [-0.25, 4.0]])
+GRAD_STEPS = [
+    two_group_tree([[[0.2, -0.4], [1.0, 0.0]], [1.0, -3.0], [0.5, 0.5], [2.0, -1.0]]),
+    two_group_tree([[[-1.0, 0.3], [0.0, 2.0]], [-0.5, 0.25], [1.5, -2.0], [0.0, 1.0]]),
+]
+
+
+def test_bias_mask_follows_sgb_name_rule_on_flax_paths():
+    dense = nn.Dense(3).init(jax.random.key(0), jnp.ones((1, 2)))
+    norm = nn.LayerNorm().init(jax.random.key(0), jnp.ones((1, 2)))
+    tree = {
+        "dense": dense["params"],
+        "norm": norm["params"],
+        "relation": {"frequency_bias": jnp.zeros((4, 3)), "embedding": jnp.zeros((4, 3))},
+    }
+    assert flat(bias_mask(tree)) == {
+        "dense/bias": True,
+        "dense/kernel": False,
+        "norm/bias": True,
+        "norm/scale": False,
+        "relation/embedding": False,
+        "relation/frequency_bias": True,  # SGB: "bias" in "freq_bias.obj_baseline.weight"
+    }
+
+
+def test_sgb_bias_rules_one_sgd_step_values():
+    config = OptimConfig(
+        learning_rate=0.5,
+        momentum=0.9,
+        weight_decay=0.1,
+        clip_norm=0.0,
+        bias_rules="sgb",
+        bias_lr_factor=2.0,
+    )
+    optimizer, _ = make_optimizer(config, num_steps=2)
+    updates, _ = optimizer.update(GRAD_STEPS[0], optimizer.init(PARAMS), PARAMS)
+    got = flat(updates)
+    # Weights: lr * (g + wd * p). Biases: 2 * lr * g, no decay.
+    np.testing.assert_allclose(
+        got["params/dense/kernel"],
+        -0.5 * (np.array([[0.2, -0.4], [1.0, 0.0]]) + 0.1 * np.array([[1.0, -2.0], [0.5, 3.0]])),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        got["params/dense/kernel"], [[-0.15, 0.3], [-0.525, -0.15]], rtol=1e-6
+    )
+    np.testing.assert_allclose(got["params/dense/bias"], [-1.0, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(got["params/norm/scale"], [-0.3, -0.35], rtol=1e-6)
+    np.testing.assert_allclose(got["params/norm/bias"], [-2.0, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bias_lr_factor", [2.0, 1.0])
+def test_sgb_rules_match_torch_sgd_param_groups_with_momentum(bias_lr_factor):
+    config = OptimConfig(
+        learning_rate=0.05,
+        momentum=0.9,
+        weight_decay=0.1,
+        clip_norm=0.0,
+        scale_lr_by_batch=True,
+        images_per_batch=6,
+        bias_rules="sgb",
+        bias_lr_factor=bias_lr_factor,
+    )
+    optimizer, _ = make_optimizer(config, num_steps=2)
+    history = apply_steps(optimizer, PARAMS, GRAD_STEPS)
+    # SGB build.py: lr = BASE_LR (x BIAS_LR_FACTOR for biases) x rl_factor (= IMS_PER_BATCH),
+    # weight_decay = WEIGHT_DECAY (WEIGHT_DECAY_BIAS = 0 for biases).
+    groups = {
+        name: (0.05 * 6 * bias_lr_factor, 0.0) if name.endswith("bias") else (0.05 * 6, 0.1)
+        for name in flat(PARAMS)
+    }
+    expected = torch_sgd_param_groups(
+        flat(PARAMS), [flat(grads) for grads in GRAD_STEPS], groups, momentum=0.9
+    )
+    for got, want in zip(history, expected, strict=True):
+        got = flat(got)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_sgb_bias_rules_one_adamw_step_values():
+    config = OptimConfig(
+        optimizer="adamw",
+        learning_rate=0.01,
+        weight_decay=0.5,
+        clip_norm=0.0,
+        bias_rules="sgb",
+        bias_lr_factor=2.0,
+    )
+    optimizer, _ = make_optimizer(config, num_steps=1)
+    updates, _ = optimizer.update(GRAD_STEPS[0], optimizer.init(PARAMS), PARAMS)
+    got = flat(updates)
+    # First Adam step is sign(g); weights add the decoupled lr * wd * p, biases take 2 * lr.
+    np.testing.assert_allclose(
+        got["params/dense/kernel"], [[-0.015, 0.02], [-0.0125, -0.015]], rtol=1e-5
+    )
+    np.testing.assert_allclose(got["params/norm/scale"], [-0.015, -0.02], rtol=1e-5)
+    np.testing.assert_allclose(got["params/dense/bias"], [-0.02, 0.02], rtol=1e-5)
+    np.testing.assert_allclose(got["params/norm/bias"], [-0.02, 0.02], rtol=1e-5)
+
+
+def test_scaling_multiplies_the_rate_and_the_schedule_by_the_batch():
+    common = dict(
+        learning_rate=1e-3, warmup_steps=500, warmup_factor=0.1, decay_steps=(28_000, 48_000)
+    )
+    scaled = OptimConfig(scale_lr_by_batch=True, images_per_batch=8, **common)
+    assert scaled.effective_learning_rate == pytest.approx(8e-3)
+    assert OptimConfig(images_per_batch=8, **common).effective_learning_rate == 1e-3
+    _, schedule = make_optimizer(scaled, num_steps=60_000)
+    steps = [0, 250, 500, 27_999, 28_000, 48_000]
+    expected = [sgb_warmup_multistep_lr(8e-3, s, [28_000, 48_000], 0.1, 0.1, 500) for s in steps]
+    np.testing.assert_allclose([float(schedule(s)) for s in steps], expected, rtol=1e-6)
+    assert float(schedule(0)) == pytest.approx(8e-4)
+
+    # The updates are those of the unscaled optimizer at learning_rate x batch.
+    optimizer, _ = make_optimizer(scaled, num_steps=60_000)
+    reference, _ = make_optimizer(
+        OptimConfig(**{**common, "learning_rate": 8e-3}), num_steps=60_000
+    )
+    for got, want in zip(
+        apply_steps(optimizer, PARAMS, GRAD_STEPS),
+        apply_steps(reference, PARAMS, GRAD_STEPS),
+        strict=True,
+    ):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
+
+
+@pytest.mark.parametrize("optimizer_name", ["sgd", "adamw"])
+def test_defaults_are_plain_optax_and_ignore_the_batch(optimizer_name):
+    """Without scaling and with bias_rules="none" the chain is today's, biases included."""
+    config = OptimConfig(optimizer=optimizer_name, warmup_steps=0, images_per_batch=12)
+    assert (config.scale_lr_by_batch, config.bias_rules) == (False, "none")
+    optimizer, _ = make_optimizer(config, num_steps=10)
+    rate = optax.constant_schedule(0.01)
+    if optimizer_name == "sgd":
+        reference = optax.chain(
+            optax.clip_by_global_norm(5.0),
+            optax.add_decayed_weights(1e-4),
+            optax.sgd(rate, momentum=0.9),
+        )
+    else:
+        reference = optax.chain(
+            optax.clip_by_global_norm(5.0), optax.adamw(rate, weight_decay=1e-4)
+        )
+    got_state, want_state = optimizer.init(PARAMS), reference.init(PARAMS)
+    assert jax.tree.structure(got_state) == jax.tree.structure(want_state)
+    for grads in GRAD_STEPS:
+        got, got_state = optimizer.update(grads, got_state, PARAMS)
+        want, want_state = reference.update(grads, want_state, PARAMS)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
+
+
+def test_sgb_bias_rules_compose_with_frozen_parameters():
+    config = OptimConfig(
+        learning_rate=0.5, momentum=0.0, weight_decay=0.1, clip_norm=0.0, bias_rules="sgb"
+    )
+    optimizer, _ = make_optimizer(config, num_steps=1)
+
+    def trainable(params):
+        return jax.tree_util.tree_map_with_path(lambda path, _: "dense" in str(path), params)
+
+    frozen = freeze(optimizer, trainable)
+    updates, _ = frozen.update(GRAD_STEPS[0], frozen.init(PARAMS), PARAMS)
+    got = flat(updates)
+    np.testing.assert_allclose(got["params/dense/bias"], [-1.0, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(
+        got["params/dense/kernel"], [[-0.15, 0.3], [-0.525, -0.15]], rtol=1e-6
+    )
+    np.testing.assert_array_equal(got["params/norm/bias"], [0.0, 0.0])
+    np.testing.assert_array_equal(got["params/norm/scale"], [0.0, 0.0])
+
+
+def test_optim_flags_build_the_config_and_name_bad_flags():
+    """experiments.common flags -> OptimConfig; run in a fresh process (absl's global FLAGS)."""
+    script = """
+import json, sys
+from absl import flags
+from experiments import common
+from sgg_jax.errors import ConfigError
+common.define_data_flags()
+common.define_optim_flags(learning_rate=1e-3)
+out = {}
+for name, argv in json.loads(sys.argv[1]).items():
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["prog", *argv])
+    try:
+        config = common.optim_config()
+        out[name] = [config.effective_learning_rate, config.images_per_batch,
+                     config.scale_lr_by_batch, config.bias_rules, config.bias_lr_factor]
+    except ConfigError as error:
+        out[name] = str(error)
+print(json.dumps(out))
+"""
+    cases = {
+        "defaults": ["--batch_size=8"],
+        "official": [
+            "--batch_size=8",
+            "--scale_lr_by_batch",
+            "--bias_rules=sgb",
+            "--bias_lr_factor=1",
+        ],
+        "no_images": ["--batch_size=0", "--scale_lr_by_batch"],
+        "zero_factor": ["--bias_lr_factor=0"],
+        "negative_factor": ["--bias_lr_factor=-2", "--bias_rules=sgb"],
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(cases)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["defaults"] == [1e-3, 8, False, "none", 2.0]
+    assert out["official"][1:] == [8, True, "sgb", 1.0]
+    assert out["official"][0] == pytest.approx(8e-3)
+    assert out["no_images"].startswith("option 'batch_size': must be >= 1")
+    assert out["zero_factor"].startswith("option 'bias_lr_factor': must be a finite positive")
+    assert out["negative_factor"].startswith("option 'bias_lr_factor'")
+    assert all("\n" not in value for value in out.values() if isinstance(value, str))
+
+
 @pytest.mark.parametrize(
     ("options", "num_steps", "option"),
     [
@@ -107,6 +389,12 @@ def test_adamw_first_update_is_sign_plus_decoupled_decay():
         ({"decay_steps": (5, 12)}, 10, "decay_steps"),
         ({"clip_norm": float("nan")}, 10, "clip_norm"),
         ({}, 0, "num_steps"),
+        ({"bias_lr_factor": 0.0}, 10, "bias_lr_factor"),
+        ({"bias_lr_factor": -2.0, "bias_rules": "sgb"}, 10, "bias_lr_factor"),
+        ({"bias_rules": "torch"}, 10, "bias_rules"),
+        ({"scale_lr_by_batch": True, "images_per_batch": 0}, 10, "images_per_batch"),
+        ({"images_per_batch": 2.5}, 10, "images_per_batch"),
+        ({"scale_lr_by_batch": "yes"}, 10, "scale_lr_by_batch"),
     ],
 )
 def test_config_mistakes_name_the_option(options, num_steps, option):
