@@ -5,36 +5,56 @@
 Huang et al., "Addressing Class Imbalance in Scene Graph Parsing by Learning to Contrast and Score",
 ACCV 2020. For every base model of ``--base_models`` (``motifs``: MotifNet, Zellers et al. 2018;
 ``penet``: PE-Net, Zheng et al. 2023) every row of ``--rows`` is trained from scratch with the same
-data order, seed and schedule, evaluated on the test split, and reported side by side:
+data order, seed and schedule, evaluated on the test split, and reported side by side
+(:func:`sgg_jax.losses.make_cce_scorer_loss`; L_other = MotifNet's relation CE (+ object CE),
+PE-Net's own losses, whose relation CE is L_e_sim):
 
-========================  ===========================================================  =========
-row                       training loss (:func:`sgg_jax.losses.make_cce_scorer_loss`)  Scorer
-========================  ===========================================================  =========
-``ce``                    L_other (MotifNet: relation CE (+ object CE); PE-Net: its    no
-                          own losses)
-``cce``                   L_other + λ1·L_CCE                                           no
-``scorer``                L_other + λ2·L_BCE                                           yes (SA)
-``cce_scorer``            L_other + λ1·L_CCE + λ2·L_BCE                                yes (SA)
-``cce_scorer_no_sa``      L_other + λ1·L_CCE + λ2·L_BCE, point-wise Scorer ("w/o SA")  yes
-``focal``                 L_other with focal (γ) instead of the relation CE            no
-========================  ===========================================================  =========
+====================  =====================================================  ===================
+row                   training loss, ``--cce_variant=official`` (default)    Scorer
+====================  =====================================================  ===================
+``ce``                L_other                                                no
+``cce``               L_other − relation CE + λ1·L_CCE (all relations)       no
+``scorer``            L_other + λ2·L_BCE                                     SA, detached*
+``cce_scorer``        L_other − relation CE + λ1·L_CCE + λ2·L_BCE            SA, detached*
+``cce_scorer_no_sa``  as ``cce_scorer``, point-wise Scorer ("w/o SA")        detached*
+``cce_scorer_joint``  as ``cce_scorer``, Scorer trained jointly              SA, joint
+``focal``             L_other − relation CE + λ_focal·focal (γ)              no
+====================  =====================================================  ===================
 
-Rows with the Scorer are ranked at test time by ``--ranking`` (see
-:func:`sgg_jax.models.cce_scorer.rank_predicate_scores`; the paper's test-time score is
-``scorer_x_predicate``) and, with ``--all_rankings``, also under the other two rankings (one model
-pass, three evaluations), as extra rows ``<base>/<row>/<ranking>``.
+The official variant is the authors' code (``stevehuanghe/scene_graph`` ``train_rels.py:239-252``:
+``-loss cce`` trains ``λ1·mean relu(CE(y) − CE(ŷ) + m1)`` over every relation, background
+included, *instead of* the relation CE; ``-loss focal`` trains ``λ1·focal``, λ1 = 100 by default,
+``config.py:248``). ``--cce_variant=paper`` keeps the relation CE and adds λ1·L_CCE over the
+foreground relations (``--cce_background=include`` adds the background ones). ``*`` = detached
+unless ``--noscorer_detach``.
+
+Rows with the Scorer are ranked at test time by ``--ranking`` (default ``scorer``: pairs ranked by
+the Scorer's score alone, as the paper ranks test triplets; see
+:func:`sgg_jax.models.cce_scorer.rank_predicate_scores`) and, for the rows of
+``--extra_ranking_rows``, also under each of ``--extra_rankings`` (default ``scorer_x_predicate``:
+predicate × Scorer) from the same model pass, as extra rows ``<base>/<row>/<ranking>``.
+
+The paper's claims rest on four rows per base model and seed: ``ce``, ``cce``, ``cce_scorer``
+(headline ranked by the Scorer, plus ``cce_scorer/scorer_x_predicate``) and ``scorer`` (the Scorer's
+ranking on a CE model). A seed sweep runs only those::
+
+    python -m experiments.cce_scorer --flagfile=experiments/flags/cce_scorer_gqa200_mini.flags \
+      --rows=ce,cce,cce_scorer,scorer --seed=1 --workdir=/tmp/sgg_jax/cce_scorer_seed1
 
 Outputs in ``--workdir``: ``<base>/<row>/`` (checkpoints, ``metrics.jsonl``, TensorBoard; a rerun
-resumes or reuses a finished row), ``results.json`` (the project's schema; runs keyed
-``<base>/<row>``; ``cce_scorer`` block with the deltas against ``ce``), ``results.md`` (one table
-per base model), ``plots/per_predicate_recall_<base>.png`` (per-predicate R@100 of +CCE+Scorer with
-the change against CE: the paper's Fig. 4) and ``plots/confusion_train_<base>_<row>.png`` / ``.npy``
-(predicate confusion of CE and +CCE on the training images' ground-truth pairs: Fig. 5).
+resumes or reuses a finished row), ``results.json`` (the project's schema; one run per row keyed
+``<base>/<row>`` (headline ranking) and ``<base>/<row>/<ranking>`` (extra rankings); a
+``cce_scorer`` block with the settings, the ranking of every run and the deltas against ``ce``),
+``results.md`` (one table per base model), ``plots/per_predicate_recall_<base>.png``
+(per-predicate R@100 of +CCE+Scorer with the change against CE: the paper's Fig. 4) and
+``plots/confusion_train_<base>_<row>.png`` / ``.npy`` (predicate confusion of CE and +CCE on the
+training images' ground-truth pairs: Fig. 5).
 
 Deviations from the paper (documented where they are made): no pixels, so object / union features
 are geometry features (or precomputed ones) and the Scorer's global image feature is the mean of
 the object features; the Scorer's inputs are detached from the base model by default
-(``--scorer_detach``); PE-Net's base loss is its own four terms rather than a CE.
+(``--scorer_detach``; ``cce_scorer_joint`` trains it jointly, the plain reading of
+``train_rels.py:254-257``); PE-Net's base loss is its own four terms rather than a CE.
 """
 
 from __future__ import annotations
@@ -56,29 +76,45 @@ FLAGS = flags.FLAGS
 common.define_data_flags()
 
 BASE_MODELS = ("motifs", "penet")
-ROWS = ("ce", "cce", "scorer", "cce_scorer", "cce_scorer_no_sa", "focal")
+ROWS = ("ce", "cce", "scorer", "cce_scorer", "cce_scorer_no_sa", "cce_scorer_joint", "focal")
+SCORER_ROWS = ("scorer", "cce_scorer", "cce_scorer_no_sa", "cce_scorer_joint")
 RANKINGS = ("predicate", "scorer_x_predicate", "scorer")
+CCE_VARIANTS = ("official", "paper")
+CCE_BACKGROUND_MODES = ("skip", "include")
+CCE_NEGATIVE_POOLS = ("foreground", "any")
 ROW_LABELS = {
     "ce": "CE",
     "cce": "+CCE",
     "scorer": "+Scorer",
     "cce_scorer": "+CCE+Scorer",
     "cce_scorer_no_sa": "+CCE+Scorer w/o SA",
+    "cce_scorer_joint": "+CCE+Scorer joint",
     "focal": "Focal",
 }
+RANKING_LABELS = {
+    "predicate": "predicate",
+    "scorer_x_predicate": "predicate × Scorer",
+    "scorer": "Scorer",
+}
 BASE_LABELS = {"motifs": "MotifNet", "penet": "PE-Net"}
-# row -> (use_cce, use_focal, scorer: None | "attention" | "pointwise")
+# row -> (use_cce, use_focal, scorer: None | "attention" | "pointwise",
+#         detach the Scorer's inputs: None = --scorer_detach, False = joint training)
 ROW_SPECS = {
-    "ce": (False, False, None),
-    "cce": (True, False, None),
-    "scorer": (False, False, "attention"),
-    "cce_scorer": (True, False, "attention"),
-    "cce_scorer_no_sa": (True, False, "pointwise"),
-    "focal": (False, True, None),
+    "ce": (False, False, None, None),
+    "cce": (True, False, None, None),
+    "scorer": (False, False, "attention", None),
+    "cce_scorer": (True, False, "attention", None),
+    "cce_scorer_no_sa": (True, False, "pointwise", None),
+    "cce_scorer_joint": (True, False, "attention", False),
+    "focal": (False, True, None, None),
 }
 
 flags.DEFINE_list("base_models", list(BASE_MODELS), f"Base relation models, some of {BASE_MODELS}.")
-flags.DEFINE_list("rows", list(ROWS), f"Ablation rows, some of {ROWS}.")
+flags.DEFINE_list(
+    "rows",
+    list(ROWS),
+    f"Ablation rows, some of {ROWS}; the paper's claims rest on ce,cce,cce_scorer,scorer.",
+)
 flags.DEFINE_enum("model_size", "small", ["small", "official"], "Base model and Scorer sizes.")
 flags.DEFINE_bool(
     "frequency_bias",
@@ -91,14 +127,34 @@ flags.DEFINE_bool(
     False,
     "PE-Net: initialise the predicate embeddings from the bundled 300-d GloVe vectors.",
 )
-# CCE + Scorer options
-flags.DEFINE_float("lambda_cce", 100.0, "λ1, weight of L_CCE (paper 100).")
-flags.DEFINE_float("lambda_bce", 1.0, "λ2, weight of the Scorer's BCE (paper 1).")
-flags.DEFINE_float("margin", 0.0, "α, the CCE margin (paper 0).")
-flags.DEFINE_enum(
-    "cce_background", "skip", ["skip", "include"], "CCE on background pairs (losses.cce)."
+# CCE + Scorer options (string choices are checked by check_flags: one-line ConfigError, exit 2)
+flags.DEFINE_string(
+    "cce_variant",
+    "official",
+    f"One of {list(CCE_VARIANTS)}: official = CCE replaces the relation CE and averages over all "
+    "relations, background included (the authors' train_rels.py); paper = relation CE + λ1·CCE.",
 )
-flags.DEFINE_float("gamma", 4.0, "γ of the focal-loss row.")
+flags.DEFINE_string(
+    "cce_background",
+    None,
+    f"CCE on background pairs, one of {list(CCE_BACKGROUND_MODES)} (losses.cce); unset = the "
+    "variant's (official: include; paper: skip). 'skip' is a paper-variant option.",
+)
+flags.DEFINE_string(
+    "cce_negatives",
+    "foreground",
+    f"Hardest-negative pool of CCE, one of {list(CCE_NEGATIVE_POOLS)} (losses.hardest_negative; "
+    "the official rule is in an unpublished file).",
+)
+flags.DEFINE_float("lambda_cce", 100.0, "λ1, weight of L_CCE (official 100).")
+flags.DEFINE_float("lambda_bce", 1.0, "λ2, weight of the Scorer's BCE (official 1).")
+flags.DEFINE_float(
+    "lambda_focal",
+    100.0,
+    "Weight of the focal loss (official 100: the same λ1, train_rels.py:248).",
+)
+flags.DEFINE_float("margin", 0.0, "α, the CCE margin (official 0).")
+flags.DEFINE_float("gamma", 4.0, "γ of the focal-loss row (official default 2).")
 flags.DEFINE_enum(
     "focal_class_weights",
     "none",
@@ -106,17 +162,24 @@ flags.DEFINE_enum(
     "Class weights of the focal row: none, or w_c ∝ 1/sqrt(n_c) over the training predicate counts "
     "(normalised to a mean of 1 over the training relations; background weight 1).",
 )
-flags.DEFINE_enum(
+flags.DEFINE_string(
     "ranking",
-    "predicate",
-    list(RANKINGS),
-    "Test-time ranking of the rows with the Scorer: predicate (the evaluator's usual predicate "
-    "score x object scores), scorer_x_predicate (predicate scores x sigmoid(scorer), the paper's), "
-    "scorer (pairs ranked by the Scorer alone, each pair's predicate order kept).",
+    "scorer",
+    f"Headline test-time ranking of the rows with the Scorer, one of {list(RANKINGS)}: scorer "
+    "(pairs ranked by the Scorer alone, each pair's predicate order kept; the paper's), "
+    "scorer_x_predicate (predicate scores x sigmoid(scorer)), predicate (the Scorer ignored).",
 )
-flags.DEFINE_bool("all_rankings", True, "Also evaluate Scorer rows under the other rankings.")
+flags.DEFINE_list(
+    "extra_rankings",
+    ["scorer_x_predicate"],
+    "Other rankings the rows of --extra_ranking_rows are also evaluated under (same model pass), "
+    "reported as <base>/<row>/<ranking>; empty = none.",
+)
 flags.DEFINE_bool(
-    "scorer_detach", True, "Stop the Scorer's gradient at its inputs (base model untouched)."
+    "scorer_detach",
+    True,
+    "Stop the Scorer's gradient at its inputs (base model untouched); the row cce_scorer_joint is "
+    "always trained jointly.",
 )
 flags.DEFINE_integer("scorer_hidden_dim", None, "Scorer H (default: small 128, official 512).")
 flags.DEFINE_integer("scorer_attention_dim", None, "Scorer A (default: small 64, official 256).")
@@ -139,8 +202,8 @@ flags.DEFINE_list(
 )
 flags.DEFINE_list(
     "extra_ranking_rows",
-    ["cce_scorer"],
-    "Scorer rows also evaluated under the other rankings (with --all_rankings).",
+    list(SCORER_ROWS),
+    "Scorer rows also evaluated under --extra_rankings (rows without the Scorer are ignored).",
 )
 # Figures
 flags.DEFINE_bool("confusion", True, "Training-set confusion matrices of CE and +CCE (Fig. 5).")
@@ -161,19 +224,39 @@ DELTA_COLUMNS = ("R@20", "R@50", "R@100", "mR@20", "mR@50", "mR@100", "mR@all", 
 def _loss_config(base: str, row: str, class_weights=None):
     from sgg_jax.losses import CCEScorerLossConfig
 
-    use_cce, use_focal, scorer = ROW_SPECS[row]
+    use_cce, use_focal, scorer, _ = ROW_SPECS[row]
     return CCEScorerLossConfig(
         base=base,
         use_cce=use_cce,
         use_scorer=scorer is not None,
         use_focal=use_focal,
+        cce_variant=FLAGS.cce_variant,
         lambda_cce=FLAGS.lambda_cce,
         lambda_bce=FLAGS.lambda_bce,
+        lambda_focal=FLAGS.lambda_focal,
         margin=FLAGS.margin,
         background=FLAGS.cce_background,
+        cce_negatives=FLAGS.cce_negatives,
         gamma=FLAGS.gamma,
         class_weights=class_weights,
     )
+
+
+def _scorer_detach(row: str) -> bool:
+    """Whether the row's Scorer inputs are detached (``--scorer_detach`` unless the row says)."""
+    override = ROW_SPECS[row][3]
+    return FLAGS.scorer_detach if override is None else override
+
+
+def _rankings(row: str) -> list[str]:
+    """The row's rankings, headline first: ``--ranking`` (+ ``--extra_rankings``) with the
+    Scorer, ``predicate`` without."""
+    if ROW_SPECS[row][2] is None:
+        return ["predicate"]
+    rankings = [FLAGS.ranking]
+    if row in FLAGS.extra_ranking_rows:
+        rankings += [r for r in FLAGS.extra_rankings if r != FLAGS.ranking]
+    return rankings
 
 
 def _scorer_config(row: str):
@@ -208,13 +291,33 @@ def check_flags() -> None:
         if getattr(FLAGS, name) < 0:
             raise ConfigError(name, f"must be >= 0, got {getattr(FLAGS, name)}")
     for name, allowed in (
+        ("cce_variant", CCE_VARIANTS),
+        ("cce_negatives", CCE_NEGATIVE_POOLS),
+        ("ranking", RANKINGS),
+    ):
+        if getattr(FLAGS, name) not in allowed:
+            raise ConfigError(name, f"must be one of {list(allowed)}, got {getattr(FLAGS, name)!r}")
+    if FLAGS.cce_background is not None:
+        if FLAGS.cce_background not in CCE_BACKGROUND_MODES:
+            raise ConfigError(
+                "cce_background",
+                f"must be one of {list(CCE_BACKGROUND_MODES)}, got {FLAGS.cce_background!r}",
+            )
+        if FLAGS.cce_variant == "official" and FLAGS.cce_background == "skip":
+            raise ConfigError(
+                "cce_background",
+                "'skip' needs --cce_variant=paper: the official CCE averages over every relation, "
+                "background included",
+            )
+    for name, allowed in (
         ("base_models", BASE_MODELS),
         ("rows", ROWS),
         ("extra_ranking_rows", ROWS),
+        ("extra_rankings", RANKINGS),
     ):
         values = getattr(FLAGS, name)
         unknown = sorted(set(values) - set(allowed))
-        if unknown or (not values and name != "extra_ranking_rows"):
+        if unknown or (not values and name in ("base_models", "rows")):
             raise ConfigError(name, f"unknown {unknown}; expected some of {list(allowed)}")
         if len(set(values)) != len(values):
             raise ConfigError(name, f"lists a value twice: {values}")
@@ -266,7 +369,7 @@ def _build_model(base: str, base_config, row: str):
 
     module = {"motifs": MotifNet, "penet": PENet}[base](base_config)
     return CCEScorerModel(
-        module, scorer_config=_scorer_config(row), detach_scorer_inputs=FLAGS.scorer_detach
+        module, scorer_config=_scorer_config(row), detach_scorer_inputs=_scorer_detach(row)
     )
 
 
@@ -375,7 +478,10 @@ def _predict_fn(model, rankings):
 
 
 def _multi_scorer(predict, variables, mesh, only=None):
+    """``batch -> {ranking: (scores, labels, object_scores)}``; ``only``: a ranking or a list."""
     from sgg_jax.train import shard_batch
+
+    keep = None if only is None else ({only} if isinstance(only, str) else set(only))
 
     def scorers(batch):
         scores, labels, object_scores = predict(variables, shard_batch(batch, mesh))
@@ -383,7 +489,7 @@ def _multi_scorer(predict, variables, mesh, only=None):
         return {
             r: (np.asarray(s), labels, object_scores)
             for r, s in scores.items()
-            if only is None or r == only
+            if keep is None or r in keep
         }
 
     return scorers
@@ -433,10 +539,7 @@ def _run_row(context, base, base_config, row):
     model = _build_model(base, base_config, row)
     loss_config = _loss_config(base, row, focal_class_weights(vocab.predicate_counts))
     loss_fn = make_cce_scorer_loss(loss_config, base_config)
-    has_scorer = ROW_SPECS[row][2] is not None
-    rankings = [FLAGS.ranking] if has_scorer else ["predicate"]
-    if has_scorer and FLAGS.all_rankings and row in FLAGS.extra_ranking_rows:
-        rankings += [r for r in RANKINGS if r != FLAGS.ranking]
+    rankings = _rankings(row)  # ce / cce (the confusion matrices' rows): ["predicate"]
     predict = _predict_fn(model, rankings)
     mesh = context["mesh"]
     eval_fn = None
@@ -459,7 +562,8 @@ def _run_row(context, base, base_config, row):
         "row": row,
         "loss": dataclasses.asdict(loss_config),
         "scorer": None if model.scorer_config is None else vars(model.scorer_config),
-        "scorer_detach": FLAGS.scorer_detach,
+        "scorer_detach": model.detach_scorer_inputs,
+        "rankings": rankings,
         "model": {k: v for k, v in vars(base_config).items() if not isinstance(v, np.ndarray)},
     }
     start = time.perf_counter()
@@ -486,7 +590,7 @@ def _run_row(context, base, base_config, row):
     variables = state.variables
     start = time.perf_counter()
     metrics = evaluate_bucketed(
-        _multi_scorer(predict, variables, mesh),
+        _multi_scorer(predict, variables, mesh, only=rankings),
         context["splits"]["test"],
         vocab,
         context["features"]["test"],
@@ -555,6 +659,20 @@ def run(splits, vocab) -> dict:
     return _report(runs, timings, confusions, vocab, num_test=len(splits["test"]))
 
 
+def _run_info(key: str) -> dict:
+    """Row, ranking, Scorer training and table label of a run key ``<base>/<row>[/<ranking>]``."""
+    _, row, *extra = key.split("/")
+    has_scorer = ROW_SPECS[row][2] is not None
+    ranking = extra[0] if extra else (FLAGS.ranking if has_scorer else "predicate")
+    label = ROW_LABELS[row]
+    if extra:
+        label += f" [ranked by {RANKING_LABELS[ranking]}]"
+    info = {"row": row, "ranking": ranking, "label": label}
+    if has_scorer:
+        info["scorer_detach"] = _scorer_detach(row)
+    return info
+
+
 def _report(runs, timings, confusions, vocab, *, num_test):
     from sgg_jax.evaluation import report
 
@@ -602,11 +720,18 @@ def _report(runs, timings, confusions, vocab, *, num_test):
         seed=FLAGS.seed,
         runs=runs,
     )
+    resolved = _loss_config(FLAGS.base_models[0], "cce")
     document["cce_scorer"] = {
         "ranking": FLAGS.ranking,
+        "extra_rankings": [r for r in FLAGS.extra_rankings if r != FLAGS.ranking],
+        "runs": {key: _run_info(key) for key in runs},
         "scorer_detach": FLAGS.scorer_detach,
+        "cce_variant": resolved.cce_variant,
+        "cce_background": resolved.background,
+        "cce_negatives": resolved.cce_negatives,
         "lambda_cce": FLAGS.lambda_cce,
         "lambda_bce": FLAGS.lambda_bce,
+        "lambda_focal": FLAGS.lambda_focal,
         "margin": FLAGS.margin,
         "gamma": FLAGS.gamma,
         "num_steps": FLAGS.num_steps,
@@ -620,14 +745,13 @@ def _report(runs, timings, confusions, vocab, *, num_test):
 
     sections = [
         f"# cce_scorer — {FLAGS.dataset}, {FLAGS.task}, seed {FLAGS.seed}, {num_test} test images\n",
-        f"{FLAGS.num_steps} updates per row, model size {FLAGS.model_size}; Scorer rows ranked by "
-        f"`{FLAGS.ranking}` (rows `.../<ranking>`: the same model under another ranking). "
-        "Values in %.\n",
+        f"{FLAGS.num_steps} updates per row, model size {FLAGS.model_size}, CCE variant "
+        f"`{resolved.cce_variant}` (background `{resolved.background}`); rows with the Scorer are "
+        f"ranked by {RANKING_LABELS[FLAGS.ranking]} (rows `[ranked by ...]` otherwise: the same "
+        "model under another ranking). Values in %.\n",
     ]
     for base in FLAGS.base_models:
-        rows = {
-            key.removeprefix(f"{base}/"): m for key, m in runs.items() if key.split("/")[0] == base
-        }
+        rows = {_run_info(key)["label"]: m for key, m in runs.items() if key.split("/")[0] == base}
         sections.append(f"## {BASE_LABELS[base]}\n")
         sections.append(report.metrics_table(rows, columns=TABLE_COLUMNS))
     text = "\n".join(sections)

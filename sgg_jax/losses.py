@@ -31,9 +31,12 @@ padding cannot leak), and each mean is divided by the mask count of the whole ba
   :func:`cce_scorer_losses` — Huang et al., "Addressing Class Imbalance in Scene Graph Parsing by
   Learning to Contrast and Score" (ACCV 2020, Sec. 3): the contrasting cross-entropy against
   the hardest negative predicate, the focal loss it is compared with, and the Scorer's binary
-  cross-entropy; ``L = L_other + λ1·L_CCE + λ2·L_BCE``. :class:`CCEScorerLossConfig` /
-  :func:`make_cce_scorer_loss` build that total for a MotifNet or PE-Net base model (one row of
-  the paper's ablation: +CCE, +Scorer, focal instead of CE).
+  cross-entropy; ``L = L_other + λ1·L_CCE + λ2·L_BCE``, checked against the official code
+  (``stevehuanghe/scene_graph``, ``train_rels.py`` / ``config.py``): there CCE *replaces* the
+  relation cross-entropy and is averaged over all relations, background included (the
+  ``"official"`` variant); keeping the CE is the ``"paper"`` variant. :class:`CCEScorerLossConfig`
+  / :func:`make_cce_scorer_loss` build that total for a MotifNet or PE-Net base model (one row of
+  the paper's ablation: +CCE, +Scorer, focal (×100, as the official code) instead of CE).
 """
 
 from __future__ import annotations
@@ -442,8 +445,15 @@ def ra_sgg_losses(
 # ----------------------------------------------------------------------------------------------
 # CCE + Scorer (Huang et al., ACCV 2020)
 # ----------------------------------------------------------------------------------------------
+#
+# "Official code" below = github.com/stevehuanghe/scene_graph at commit f53affa (Oct 2020), files
+# train_rels.py and config.py. The helpers those lines call (lib/utils.py get_neg_labels,
+# lib/focal_loss.py FocalLoss, lib/ranker.py) were never published: the repository's
+# .gitignore:17 ignores lib/, so what they do is stated here as an inference, not a citation.
 
+CCE_VARIANTS = ("official", "paper")
 CCE_BACKGROUND_MODES = ("skip", "include")
+CCE_NEGATIVE_POOLS = ("foreground", "any")
 
 
 def _check_non_negative(option: str, value: object) -> float:
@@ -452,20 +462,43 @@ def _check_non_negative(option: str, value: object) -> float:
     return float(value)
 
 
-def hardest_negative(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """ŷ: the most probable class other than background (0) and the true class.
+def _check_choice(option: str, value: object, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(option, f"must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def hardest_negative(
+    logits: jax.Array, labels: jax.Array, negatives: str = "foreground"
+) -> jax.Array:
+    """ŷ: the most probable class other than the true class (and other than background).
+
+    Official code: ``train_rels.py:240`` takes ŷ from ``get_neg_labels(result.rel_dists, gt_rels)``
+    (imported at ``train_rels.py:32`` from ``lib/utils.py``, which is not published). Its two
+    plausible readings are both offered:
+
+    * ``"foreground"`` (default): ``argmax_{j ∉ {0, y}} z_j``; background is never a negative.
+    * ``"any"``: ``argmax_{j ≠ y} z_j``; background can be a foreground row's hardest negative.
+
+    A **background row** (``y = 0``) gets the same ŷ under both: the most probable foreground
+    predicate ``argmax_{j >= 1} z_j``. Ties go to the lowest index (``jnp.argmax``, as
+    ``torch.argmax`` documents); the CCE *value* does not depend on the tie-break (the chosen logit
+    is the maximum either way), only which tied column receives the gradient.
 
     Args:
       logits: f32[..., C] with column 0 = background.
       labels: int[...] true classes in ``[0, C)``.
+      negatives: ``"foreground"`` or ``"any"`` (above).
 
     Returns:
-      int32[...] ``argmax_{j ∉ {0, y}} logits_j`` (the first on ties); 0 where no class is left
-      (C = 2 and y = 1). For ``y = 0`` this is the most probable foreground class.
+      int32[...] ŷ; 0 where no class is left (``"foreground"``, C = 2 and y = 1).
     """
+    _check_choice("cce_negatives", negatives, CCE_NEGATIVE_POOLS)
     logits = jnp.asarray(logits, jnp.float32)
     classes = jnp.arange(logits.shape[-1])
-    candidates = (classes != 0) & (classes != jnp.asarray(labels, jnp.int32)[..., None])
+    candidates = classes != jnp.asarray(labels, jnp.int32)[..., None]
+    if negatives == "foreground":
+        candidates = candidates & (classes != 0)
     return jnp.argmax(jnp.where(candidates, logits, -jnp.inf), axis=-1).astype(jnp.int32)
 
 
@@ -476,50 +509,57 @@ def cce(
     margin: float = 0.0,
     *,
     background: str = "skip",
+    negatives: str = "foreground",
 ) -> jax.Array:
     """Contrasting cross-entropy (Huang et al., ACCV 2020), mean over counted relations.
 
     Per relation ``L_CCE = max(CE(p, y) − CE(p, ŷ) + α, 0) = max(log p_ŷ − log p_y + α, 0)`` with
-    ``ŷ`` the hardest negative (:func:`hardest_negative`: the most probable class other than
-    background and ``y``). The log-softmax normaliser cancels, so the term is computed as
-    ``z_ŷ − z_y + α`` on the logits (exact and overflow-free). The selection of ``ŷ`` is an argmax
-    (no gradient); the gradient reaches the true logit (−) and the hardest-negative logit (+).
+    ``ŷ`` the hardest negative (:func:`hardest_negative`). The official code computes the two
+    cross-entropies and subtracts them (``train_rels.py:242-243``, ``F.cross_entropy(...,
+    reduce=False)`` twice, ``+ conf.m1``), takes ``F.relu`` and the plain ``.mean()`` over the
+    rows (``train_rels.py:244``). The log-softmax normaliser cancels, so here the term is
+    ``z_ŷ − z_y + α`` on the logits (equal, and overflow-free). The selection of ``ŷ`` is an
+    argmax (no gradient); the gradient reaches the true logit (−) and the hardest-negative logit
+    (+).
 
     Background-labelled pairs (``y = 0``):
 
-    * ``"skip"`` (default): no CCE term. The paper contrasts the predicate classes of relations;
-      the base cross-entropy (``L_other``) still trains background against the predicates.
-    * ``"include"``: ``ŷ`` = the most probable foreground class, i.e. background is contrasted
-      with its hardest foreground competitor.
+    * ``"include"``: counted, with ŷ = the most probable foreground predicate. This is the
+      official code: its ``.mean()`` runs over every sampled relation row, background rows
+      included (``gt_rels = result.rel_labels[:, -1]``, ``train_rels.py:215``; the Scorer's
+      target ``gt_rels > 0`` at ``train_rels.py:219`` shows those rows hold background pairs).
+    * ``"skip"``: not counted (the default here, and the ``"paper"`` variant of
+      :class:`CCEScorerLossConfig`, where the relation CE still trains background).
 
     Args:
       logits: f32[..., C] relation logits, column 0 = background (C = P + 1).
       labels: int[...] classes in ``[0, C)`` (0 = background).
       mask: bool[...] entries that count (real pairs).
-      margin: α >= 0.
+      margin: α >= 0 (official ``-m1``, default 0: ``config.py:254``).
       background: ``"skip"`` or ``"include"`` (above).
+      negatives: ``"foreground"`` or ``"any"`` (:func:`hardest_negative`).
 
     Returns:
       f32[] the mean of the per-relation terms over the counted relations (masked, foreground
       unless ``"include"``, and with a negative class to contrast); 0 when none counts.
 
     Raises:
-      ConfigError: for a negative or non-finite ``margin`` or an unknown ``background``.
+      ConfigError: for a negative or non-finite ``margin``, or an unknown ``background`` or
+        ``negatives``.
     """
     margin = _check_non_negative("margin", margin)
-    if background not in CCE_BACKGROUND_MODES:
-        raise ConfigError(
-            "background", f"must be one of {CCE_BACKGROUND_MODES}, got {background!r}"
-        )
+    _check_choice("background", background, CCE_BACKGROUND_MODES)
     logits = jnp.asarray(logits, jnp.float32)
     mask = jnp.asarray(mask, bool)
     labels = jnp.where(mask, jnp.asarray(labels, jnp.int32), 0)
-    negatives = hardest_negative(logits, labels)  # ŷ
+    hardest = hardest_negative(logits, labels, negatives)  # ŷ
     positive_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-    negative_logit = jnp.take_along_axis(logits, negatives[..., None], axis=-1)[..., 0]
+    negative_logit = jnp.take_along_axis(logits, hardest[..., None], axis=-1)[..., 0]
     per_relation = jnp.maximum(negative_logit - positive_logit + margin, 0.0)
-    # A negative exists unless C = 2 and y = 1 (then only background and y are left).
-    has_negative = (negatives != 0) & (negatives != labels)
+    # No negative to contrast when ŷ fell back to an excluded class ("foreground", C = 2, y = 1).
+    has_negative = hardest != labels
+    if negatives == "foreground":
+        has_negative = has_negative & (hardest != 0)
     counted = mask & has_negative
     if background == "skip":
         counted = counted & (labels != 0)
@@ -534,6 +574,12 @@ def focal(
     weight: jax.Array | None = None,
 ) -> jax.Array:
     """Focal loss ``−w_y (1 − p_y)^γ log p_y`` (Lin et al., 2017), mean over the masked entries.
+
+    The official baseline (``-loss focal``) is ``conf.lambda1 * focal_loss(rel_dists, gt_rels)``
+    (``train_rels.py:247-248``) with ``FocalLoss(gamma=conf.gamma)`` (``train_rels.py:58``; γ
+    defaults to 2, ``config.py:256``; λ1 to 100, ``config.py:248``). The weight λ1 is applied by
+    :func:`make_cce_scorer_loss` (``lambda_focal``). ``lib/focal_loss.py`` is not published, so
+    its reduction is taken to be the mean (as every other loss of that file).
 
     Args:
       logits: f32[..., C].
@@ -573,6 +619,8 @@ def focal(
 def scorer_targets(labels: jax.Array) -> jax.Array:
     """The Scorer's targets ``q``: 1 for annotated (foreground) pairs, 0 for background.
 
+    Official code: ``mask = (gt_rels.view(-1) > 0).float()`` (``train_rels.py:219``).
+
     Args:
       labels: int[...] pair labels (0 = background).
 
@@ -587,6 +635,10 @@ def scorer_bce(score_logits: jax.Array, targets: jax.Array, mask: jax.Array) -> 
 
     ``−q log σ(s) − (1 − q) log(1 − σ(s))`` computed from the logit ``s`` with log-sigmoids
     (``optax.sigmoid_binary_cross_entropy``), so large ``|s|`` neither overflows nor gives log 0.
+    Official code (``-use_rank``, default ``-rloss bce``, ``config.py:264``): ``F.sigmoid`` of the
+    ranks, then ``F.binary_cross_entropy`` with its mean over every relation row, times λ2
+    (``train_rels.py:217-223``). The ``mse`` / ``margin`` alternatives of ``train_rels.py:224-235``
+    are not reproduced.
 
     Args:
       score_logits: f32[...] score logits ``s`` (the score is ``σ(s)``).
@@ -612,12 +664,15 @@ def cce_scorer_total(
 ) -> jax.Array:
     """``L = L_other + λ1·L_CCE + λ2·L_BCE`` (Huang et al., ACCV 2020).
 
+    In the official code ``L_other`` holds no relation cross-entropy when CCE is on (CCE replaces
+    it, ``train_rels.py:239-252``); in the ``"paper"`` variant it does.
+
     Args:
       cce_loss: f32[] L_CCE (:func:`cce`).
       bce_loss: f32[] L_BCE (:func:`scorer_bce`).
-      other_loss: f32[] the model's own losses (e.g. the relation and object cross-entropy).
-      lambda_cce: λ1 >= 0 (official default 100).
-      lambda_bce: λ2 >= 0 (official default 1).
+      other_loss: f32[] the model's other losses (e.g. the object cross-entropy).
+      lambda_cce: λ1 >= 0 (official default 100, ``config.py:248``).
+      lambda_bce: λ2 >= 0 (official default 1, ``config.py:249``).
 
     Returns:
       f32[] the total.
@@ -630,39 +685,68 @@ def cce_scorer_total(
     return other_loss + lambda_cce * cce_loss + lambda_bce * bce_loss
 
 
+def _variant_background(variant: str, background: str | None) -> str:
+    """The CCE background mode of a variant: official ``"include"``, paper ``"skip"`` by default."""
+    _check_choice("cce_variant", variant, CCE_VARIANTS)
+    if background is None:
+        return "include" if variant == "official" else "skip"
+    _check_choice("background", background, CCE_BACKGROUND_MODES)
+    if variant == "official" and background == "skip":
+        raise ConfigError(
+            "background",
+            "'skip' is a 'paper'-variant option: the official CCE averages over every relation, "
+            "background included (train_rels.py:242-244)",
+        )
+    return background
+
+
 def cce_scorer_losses(
     relation_logits: jax.Array,
     score_logits: jax.Array,
     labels: jax.Array,
     mask: jax.Array,
     *,
+    variant: str = "official",
     lambda_cce: float = 100.0,
     lambda_bce: float = 1.0,
     margin: float = 0.0,
-    background: str = "skip",
+    background: str | None = None,
+    negatives: str = "foreground",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """CE + CCE on the relation logits and BCE on the Scorer, with ``L_other`` = the relation CE.
+    """The relation losses of one pair batch: CCE (± the relation CE) and the Scorer's BCE.
+
+    * ``variant="official"``: ``λ1·L_CCE + λ2·L_BCE``, CCE over all relations (background
+      included), no relation CE (``train_rels.py:239-244``).
+    * ``variant="paper"``: ``L_CE + λ1·L_CCE + λ2·L_BCE``, CCE over the foreground relations
+      unless ``background="include"``.
 
     Args:
       relation_logits: f32[B, R, C] relation logits (column 0 = background).
       score_logits: f32[B, R] the Scorer's logits.
       labels: int[B, R] pair labels (0 = background).
       mask: bool[B, R] real pairs.
+      variant: ``"official"`` or ``"paper"`` (above).
       lambda_cce, lambda_bce: see :func:`cce_scorer_total`.
-      margin, background: see :func:`cce`.
+      margin, negatives: see :func:`cce`.
+      background: see :func:`cce`; None = the variant's (official ``"include"``, paper
+        ``"skip"``); ``"skip"`` with the official variant raises.
 
     Returns:
-      ``(loss f32[], terms)`` with the unweighted ``relation_ce``, ``cce`` and ``scorer_bce``.
+      ``(loss f32[], terms)`` with the unweighted ``cce`` and ``scorer_bce`` (and
+      ``relation_ce`` in the paper variant).
     """
-    terms = {
-        "relation_ce": cross_entropy(relation_logits, labels, mask),
-        "cce": cce(relation_logits, labels, mask, margin, background=background),
-        "scorer_bce": scorer_bce(score_logits, scorer_targets(labels), mask),
-    }
+    background = _variant_background(variant, background)
+    terms = {}
+    if variant == "paper":
+        terms["relation_ce"] = cross_entropy(relation_logits, labels, mask)
+    terms["cce"] = cce(
+        relation_logits, labels, mask, margin, background=background, negatives=negatives
+    )
+    terms["scorer_bce"] = scorer_bce(score_logits, scorer_targets(labels), mask)
     loss = cce_scorer_total(
         terms["cce"],
         terms["scorer_bce"],
-        terms["relation_ce"],
+        terms.get("relation_ce", 0.0),
         lambda_cce=lambda_cce,
         lambda_bce=lambda_bce,
     )
@@ -680,23 +764,41 @@ CCE_SCORER_BASES = ("motifs", "penet")
 class CCEScorerLossConfig:
     """Which terms :func:`make_cce_scorer_loss` adds; invalid values raise :class:`ConfigError`.
 
-    ``L = L_other + λ1·L_CCE + λ2·L_BCE`` (Huang et al., ACCV 2020), where ``L_other`` is the base
-    model's own loss: MotifNet's relation CE (+ object CE in SGCls, Scene-Graph-Benchmark's
-    ``RelationLossComputation``) or PE-Net's :func:`penet_losses`. With ``use_focal`` the relation
-    cross-entropy of ``L_other`` (PE-Net: ``relation_ce``, L_e_sim) is replaced by :func:`focal`;
-    the object CE and PE-Net's other terms stay.
+    ``L_other`` is the base model's own loss: MotifNet's relation CE (+ object CE in SGCls,
+    Scene-Graph-Benchmark's ``RelationLossComputation``) or PE-Net's :func:`penet_losses` (whose
+    ``relation_ce`` is L_e_sim). On top of it, with the official code's weights (``config.py:248``
+    λ1 = 100, ``config.py:249`` λ2 = 1, ``config.py:254`` α = 0):
+
+    * ``use_cce`` with ``cce_variant="official"`` (default): CCE **replaces** the relation
+      cross-entropy: ``L = L_other − relation_ce + λ1·L_CCE``, L_CCE averaged over all relations,
+      background included (``train_rels.py:239-246``: ``-loss cce`` computes
+      ``lambda1 * relu(CE(y) − CE(ŷ) + m1).mean()`` *instead of* ``F.cross_entropy``).
+    * ``use_cce`` with ``cce_variant="paper"``: ``L = L_other + λ1·L_CCE``, the relation CE kept
+      and background pairs skipped by CCE (unless ``background="include"``).
+    * ``use_scorer``: ``+ λ2·L_BCE`` (``train_rels.py:217-223``).
+    * ``use_focal``: the relation cross-entropy is replaced by ``lambda_focal·`` :func:`focal`
+      (``train_rels.py:247-248``: the official focal baseline is multiplied by the same
+      ``conf.lambda1``, 100 by default). The object CE and PE-Net's other terms stay.
 
     Attributes:
       base: ``"motifs"`` or ``"penet"``.
-      use_cce: add ``λ1·L_CCE`` (:func:`cce` on ``outputs["relation_logits"]``).
+      use_cce: add CCE (:func:`cce` on ``outputs["relation_logits"]``).
       use_scorer: add ``λ2·L_BCE`` (:func:`scorer_bce` on ``outputs["scorer_logits"]``, targets
         :func:`scorer_targets` (1 = annotated pair, 0 = background), masked by ``pair_mask``).
-      use_focal: focal loss instead of the relation cross-entropy.
-      lambda_cce: λ1 >= 0 (paper 100).
-      lambda_bce: λ2 >= 0 (paper 1).
-      margin: α >= 0 of CCE (paper 0).
-      background: CCE on background pairs, ``"skip"`` or ``"include"`` (see :func:`cce`).
-      gamma: γ >= 0 of the focal loss (4 here, the value the brief fixed for the baseline).
+      use_focal: focal loss instead of the relation cross-entropy. With the official variant it
+        cannot be combined with ``use_cce`` (the official code trains one relation loss).
+      cce_variant: ``"official"`` or ``"paper"`` (above).
+      lambda_cce: λ1 >= 0 (official 100).
+      lambda_bce: λ2 >= 0 (official 1).
+      lambda_focal: weight >= 0 of the focal loss (official 100: the same λ1).
+      margin: α >= 0 of CCE (official 0).
+      background: CCE on background pairs, ``"skip"`` or ``"include"`` (see :func:`cce`); None
+        (default) = the variant's: official ``"include"`` (``"skip"`` raises), paper ``"skip"``.
+        Resolved in ``__post_init__``.
+      cce_negatives: the hardest-negative pool, ``"foreground"`` or ``"any"``
+        (:func:`hardest_negative`; the official rule is unpublished).
+      gamma: γ >= 0 of the focal loss (4 here, the value the brief fixed for the baseline; the
+        official default is 2, ``config.py:256``).
       class_weights: optional float[C] focal class weights ``w`` (column 0 = background), finite
         and >= 0.
     """
@@ -705,10 +807,13 @@ class CCEScorerLossConfig:
     use_cce: bool = False
     use_scorer: bool = False
     use_focal: bool = False
+    cce_variant: str = "official"
     lambda_cce: float = 100.0
     lambda_bce: float = 1.0
+    lambda_focal: float = 100.0
     margin: float = 0.0
-    background: str = "skip"
+    background: str | None = None
+    cce_negatives: str = "foreground"
     gamma: float = 4.0
     class_weights: tuple[float, ...] | None = None
 
@@ -718,11 +823,17 @@ class CCEScorerLossConfig:
         for option in ("use_cce", "use_scorer", "use_focal"):
             if not isinstance(getattr(self, option), bool):
                 raise ConfigError(option, f"must be True or False, got {getattr(self, option)!r}")
-        for option in ("lambda_cce", "lambda_bce", "margin", "gamma"):
+        for option in ("lambda_cce", "lambda_bce", "lambda_focal", "margin", "gamma"):
             object.__setattr__(self, option, _check_non_negative(option, getattr(self, option)))
-        if self.background not in CCE_BACKGROUND_MODES:
+        _check_choice("cce_negatives", self.cce_negatives, CCE_NEGATIVE_POOLS)
+        object.__setattr__(
+            self, "background", _variant_background(self.cce_variant, self.background)
+        )
+        if self.cce_variant == "official" and self.use_cce and self.use_focal:
             raise ConfigError(
-                "background", f"must be one of {CCE_BACKGROUND_MODES}, got {self.background!r}"
+                "use_focal",
+                "cannot be combined with use_cce in the official variant: the official code "
+                "trains one relation loss, ce, cce or focal (train_rels.py:239-250)",
             )
         if self.class_weights is not None:
             weights = np.asarray(self.class_weights, np.float64)
@@ -750,9 +861,10 @@ def make_cce_scorer_loss(
 
     Returns:
       ``loss_fn(outputs, aux, batch) -> (loss, terms)`` with the unweighted terms by name:
-      ``relation_ce`` or ``relation_focal``, ``object_ce`` (SGCls), PE-Net's
-      ``relation_euclidean`` / ``prototype_similarity`` / ``prototype_distance``, ``cce`` and
-      ``scorer_bce`` when on. ``loss = Σ other terms + λ1·cce + λ2·scorer_bce``.
+      ``relation_ce`` (absent with the official CCE) or ``relation_focal``, ``object_ce``
+      (SGCls), PE-Net's ``relation_euclidean`` / ``prototype_similarity`` /
+      ``prototype_distance``, ``cce`` and ``scorer_bce`` when on. ``loss = Σ other terms +
+      lambda_focal·relation_focal + λ1·cce + λ2·scorer_bce``.
 
     Raises:
       ConfigError: at build time for a bad option (``class_weights`` of the wrong size, PE-Net's
@@ -779,6 +891,13 @@ def make_cce_scorer_loss(
         penet_loss = make_penet_loss(
             model_config, gamma1=gamma1, gamma2=gamma2, num_negatives=num_negatives
         )
+    # Term weights; every other term (object CE, PE-Net's) has weight 1, as the official codes.
+    term_weights = {
+        "relation_focal": config.lambda_focal,
+        "cce": config.lambda_cce,
+        "scorer_bce": config.lambda_bce,
+    }
+    replaces_relation_ce = config.use_focal or (config.use_cce and config.cce_variant == "official")
 
     def loss_fn(outputs, aux, batch):
         batch = targets_of(aux, batch)
@@ -802,25 +921,26 @@ def make_cce_scorer_loss(
                 terms["object_ce"] = cross_entropy(
                     outputs["object_logits"], batch.labels, jnp.asarray(batch.object_mask, bool)
                 )
-        if config.use_focal:
+        if replaces_relation_ce:
             del terms["relation_ce"]
-            terms = {
-                "relation_focal": focal(
-                    relation_logits, pair_labels, pair_mask, config.gamma, weight
-                ),
-                **terms,
-            }
-        loss = sum(terms.values())  # L_other (PE-Net's terms have weight 1, as the official code)
+        if config.use_focal:
+            terms["relation_focal"] = focal(
+                relation_logits, pair_labels, pair_mask, config.gamma, weight
+            )
         if config.use_cce:
             terms["cce"] = cce(
-                relation_logits, pair_labels, pair_mask, config.margin, background=config.background
+                relation_logits,
+                pair_labels,
+                pair_mask,
+                config.margin,
+                background=config.background,
+                negatives=config.cce_negatives,
             )
-            loss = loss + config.lambda_cce * terms["cce"]
         if config.use_scorer:
             terms["scorer_bce"] = scorer_bce(
                 outputs["scorer_logits"], scorer_targets(pair_labels), pair_mask
             )
-            loss = loss + config.lambda_bce * terms["scorer_bce"]
+        loss = sum(term_weights.get(name, 1.0) * value for name, value in terms.items())
         return loss, terms
 
     return loss_fn

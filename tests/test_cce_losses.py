@@ -36,6 +36,82 @@ def log_softmax(logits):
 def test_hardest_negative_excludes_background_and_true_class():
     negatives = losses.hardest_negative(HAND_LOGITS, HAND_LABELS)
     np.testing.assert_array_equal(negatives[:3], [2, 3, 2])
+    # "any": background may be a foreground row's negative (row 0); a background row still gets
+    # the most probable foreground predicate (row 2), as under "foreground".
+    negatives = losses.hardest_negative(HAND_LOGITS, HAND_LABELS, "any")
+    np.testing.assert_array_equal(negatives[:3], [0, 3, 2])
+
+
+def official_cce_reference(logits, labels, m1, lambda1, pool):
+    """numpy re-statement of the official CCE (stevehuanghe/scene_graph train_rels.py:240-244).
+
+    ``neg_rels = get_neg_labels(rel_dists, gt_rels)`` (lib/utils.py is unpublished: its two
+    readings, ``pool``), then ``lambda1 * relu(CE(gt) − CE(neg) + m1).mean()`` with unreduced
+    cross-entropies, over every row (background rows included), written with the log-sum-exp
+    rather than simplified to a logit difference.
+    """
+    logits = np.asarray(logits, np.float64)
+    rows = np.arange(len(logits))
+    peak = logits.max(-1, keepdims=True)
+    log_normaliser = (peak + np.log(np.exp(logits - peak).sum(-1, keepdims=True)))[:, 0]
+    ce_true = log_normaliser - logits[rows, labels]
+    candidates = logits.copy()
+    candidates[rows, labels] = -np.inf
+    if pool == "foreground":
+        candidates[:, 0] = -np.inf
+    negatives = np.argmax(candidates, axis=-1)  # first index on ties
+    ce_negative = log_normaliser - logits[rows, negatives]
+    return lambda1 * np.mean(np.maximum(ce_true - ce_negative + m1, 0.0)), negatives
+
+
+@pytest.mark.parametrize("pool", ["foreground", "any"])
+@pytest.mark.parametrize("margin", [0.0, 0.7])
+def test_official_cce_matches_a_numpy_restatement_of_the_official_lines(pool, margin):
+    rng = np.random.default_rng(3)
+    num_rows, num_classes = 64, 6
+    # integer logits: many ties, between negatives and between the true class and its negative
+    logits = rng.integers(-2, 3, (num_rows, num_classes)).astype(np.float32)
+    labels = np.where(rng.random(num_rows) < 0.6, 0, rng.integers(1, num_classes, num_rows))
+    assert (labels == 0).sum() > 20 and (labels > 0).sum() > 10
+    expected, reference_negatives = official_cce_reference(logits, labels, margin, 100.0, pool)
+    negatives = np.asarray(losses.hardest_negative(logits, labels, pool))
+    np.testing.assert_array_equal(negatives, reference_negatives)
+    # padded rows (NaN logits) appended to a batch of 2 images change nothing
+    padded_logits = np.concatenate([logits, np.full((16, num_classes), np.nan, np.float32)])
+    padded_labels = np.concatenate([labels, np.full(16, 3)]).reshape(2, 40)
+    mask = np.concatenate([np.ones(num_rows, bool), np.zeros(16, bool)]).reshape(2, 40)
+    value = losses.cce(
+        padded_logits.reshape(2, 40, num_classes),
+        padded_labels,
+        mask,
+        margin,
+        background="include",
+        negatives=pool,
+    )
+    assert 100.0 * float(value) == pytest.approx(expected, rel=1e-5)
+    # the loss-level official variant: λ1·CCE (+ λ2·BCE), no relation CE
+    loss, terms = losses.cce_scorer_losses(
+        logits,
+        np.zeros(num_rows, np.float32),
+        labels,
+        np.ones(num_rows, bool),
+        margin=margin,
+        negatives=pool,
+        lambda_bce=0.0,
+    )
+    assert set(terms) == {"cce", "scorer_bce"}
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_cce_tie_gradient_goes_to_the_first_tied_negative():
+    logits = np.array([[0.0, 1.0, 2.0, 2.0], [5.0, 1.0, 1.0, 1.0]], np.float32)
+    labels = np.array([1, 0])
+    gradient = cce_gradient(logits, labels, np.ones(2, bool), 0.0, background="include")
+    # row 0: ŷ = 2 (first of the tied 2, 3): 2 − 1 = 1 > 0; row 1: ŷ = 1, 1 − 5 < 0 (no gradient)
+    np.testing.assert_allclose(gradient, [[0.0, -0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    # a true class tied with its hardest negative: the hinge sits at α
+    tied = np.array([[0.0, 2.0, 2.0]], np.float32)
+    assert float(losses.cce(tied, np.array([1]), np.array([True]), 0.25)) == pytest.approx(0.25)
 
 
 def test_cce_hand_values_equal_log_probability_difference():
@@ -82,6 +158,11 @@ def test_cce_two_classes_has_no_negative():
     # include: only row 1 counts (ŷ = 1): max(0 − 2 + 3, 0) = 1
     value = losses.cce(logits, np.array([1, 0]), np.ones(2, bool), 3.0, background="include")
     assert float(value) == pytest.approx(1.0)
+    # "any": background is row 0's negative: max(0 − 1 + 3, 0) = 2; row 1 as above: 1
+    value = losses.cce(
+        logits, np.array([1, 0]), np.ones(2, bool), 3.0, background="include", negatives="any"
+    )
+    assert float(value) == pytest.approx((2.0 + 1.0) / 2)
 
 
 def test_cce_gradient_on_true_and_hardest_negative_columns():
@@ -120,6 +201,7 @@ def test_cce_jits_over_batched_pairs():
         ("margin", {"margin": math.nan}),
         ("margin", {"margin": True}),
         ("background", {"background": "ignore"}),
+        ("cce_negatives", {"negatives": "all"}),
     ],
 )
 def test_cce_bad_options(option, kwargs):
@@ -176,12 +258,27 @@ def test_cce_scorer_total_and_losses():
     total = losses.cce_scorer_total(0.5, 2.0, lambda_cce=1.0, lambda_bce=0.25)
     assert float(total) == pytest.approx(1.0)
     score_logits = np.zeros(4, np.float32)
-    loss, terms = losses.cce_scorer_losses(HAND_LOGITS, score_logits, HAND_LABELS, HAND_MASK)
+    loss, terms = losses.cce_scorer_losses(
+        HAND_LOGITS, score_logits, HAND_LABELS, HAND_MASK, variant="paper"
+    )
     assert set(terms) == {"relation_ce", "cce", "scorer_bce"}
     assert float(terms["cce"]) == pytest.approx(0.5)
     assert float(terms["scorer_bce"]) == pytest.approx(math.log(2))
     expected = terms["relation_ce"] + 100 * terms["cce"] + terms["scorer_bce"]
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    # official (default): no relation CE, CCE over all 3 real rows, background row included
+    loss, terms = losses.cce_scorer_losses(HAND_LOGITS, score_logits, HAND_LABELS, HAND_MASK)
+    assert set(terms) == {"cce", "scorer_bce"}
+    assert float(terms["cce"]) == pytest.approx(2.5 / 3, rel=1e-6)
+    assert float(loss) == pytest.approx(100 * 2.5 / 3 + math.log(2), rel=1e-6)
+    with pytest.raises(ConfigError, match="option 'background': 'skip' is a 'paper'"):
+        losses.cce_scorer_losses(
+            HAND_LOGITS, score_logits, HAND_LABELS, HAND_MASK, background="skip"
+        )
+    with pytest.raises(ConfigError, match="option 'cce_variant': must be one of"):
+        losses.cce_scorer_losses(
+            HAND_LOGITS, score_logits, HAND_LABELS, HAND_MASK, variant="authors"
+        )
 
 
 @pytest.mark.parametrize(

@@ -57,25 +57,53 @@ def penet_aux(seed=0):
     }
 
 
-def test_motifs_total_is_ce_plus_weighted_cce_and_bce_on_hand_values():
+def softplus(x):
+    return math.log1p(math.exp(x))
+
+
+# BCE of SCORER_LOGITS, q = (1, 1, 0) on the real pairs
+BCE = (softplus(-0.5) + softplus(1.0) + softplus(2.0)) / 3
+
+
+@pytest.mark.parametrize(("negatives", "cce_value"), [("foreground", 2.5 / 3), ("any", 3.5 / 3)])
+def test_official_variant_replaces_the_relation_ce_by_cce_over_all_relations(negatives, cce_value):
     config = losses.CCEScorerLossConfig(
-        base="motifs", use_cce=True, use_scorer=True, lambda_cce=100.0, lambda_bce=2.0
+        base="motifs", use_cce=True, use_scorer=True, lambda_bce=2.0, cce_negatives=negatives
     )
+    assert config.cce_variant == "official" and config.background == "include"
+    loss, terms = losses.make_cce_scorer_loss(config, MOTIFS)(outputs(), {}, fake_batch())
+    assert set(terms) == {"cce", "scorer_bce"}  # no relation CE: CCE replaces it
+    # all three real pairs, the background one included: row 0 (y = 1) 2 − 1 = 1 ("foreground",
+    # ŷ = 2) or 3 − 1 = 2 ("any", ŷ = background); row 1 max(1 − 2, 0) = 0; row 2 (y = 0,
+    # ŷ = 2) 2.5 − 1 = 1.5
+    np.testing.assert_allclose(terms["cce"], cce_value, rtol=1e-6)
+    np.testing.assert_allclose(terms["scorer_bce"], BCE, rtol=1e-5)
+    np.testing.assert_allclose(loss, 100.0 * cce_value + 2.0 * BCE, rtol=1e-5)
+
+
+def test_paper_variant_is_ce_plus_weighted_cce_and_bce_on_hand_values():
+    config = losses.CCEScorerLossConfig(
+        base="motifs",
+        use_cce=True,
+        use_scorer=True,
+        cce_variant="paper",
+        lambda_cce=100.0,
+        lambda_bce=2.0,
+    )
+    assert config.background == "skip"
     loss, terms = losses.make_cce_scorer_loss(config, MOTIFS)(outputs(), {}, fake_batch())
     assert set(terms) == {"relation_ce", "cce", "scorer_bce"}
     # CCE on the two foreground pairs: max(2 − 1, 0) = 1 and max(1 − 2, 0) = 0 → 0.5
     np.testing.assert_allclose(terms["cce"], 0.5, rtol=1e-6)
-    # BCE, q = (1, 1, 0) on the real pairs
-    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731
-    bce = (softplus(-0.5) + softplus(1.0) + softplus(2.0)) / 3
-    np.testing.assert_allclose(terms["scorer_bce"], bce, rtol=1e-5)
+    np.testing.assert_allclose(terms["scorer_bce"], BCE, rtol=1e-5)
     ce = losses.cross_entropy(RELATION_LOGITS, PAIR_LABELS, PAIR_MASK)
     np.testing.assert_allclose(terms["relation_ce"], ce, rtol=1e-6)
-    np.testing.assert_allclose(loss, ce + 100.0 * 0.5 + 2.0 * bce, rtol=1e-5)
+    np.testing.assert_allclose(loss, ce + 100.0 * 0.5 + 2.0 * BCE, rtol=1e-5)
 
 
-def test_motifs_sgcls_adds_the_object_ce_and_focal_replaces_the_relation_ce():
+def test_motifs_sgcls_adds_the_object_ce_and_focal_x100_replaces_the_relation_ce():
     config = losses.CCEScorerLossConfig(base="motifs", use_focal=True, gamma=2.0)
+    assert config.lambda_focal == 100.0  # the official conf.lambda1 * focal_loss
     loss, terms = losses.make_cce_scorer_loss(config, MOTIFS_SGCLS)(
         outputs(with_objects=True, with_scorer=False), {}, fake_batch()
     )
@@ -83,11 +111,18 @@ def test_motifs_sgcls_adds_the_object_ce_and_focal_replaces_the_relation_ce():
     focal = losses.focal(RELATION_LOGITS, PAIR_LABELS, PAIR_MASK, 2.0)
     object_ce = losses.cross_entropy(OBJECT_LOGITS, [[1, 2, 0]], [[True, True, False]])
     np.testing.assert_allclose(terms["relation_focal"], focal, rtol=1e-6)
+    np.testing.assert_allclose(loss, 100.0 * focal + object_ce, rtol=1e-6)
+    config = losses.CCEScorerLossConfig(base="motifs", use_focal=True, gamma=2.0, lambda_focal=1)
+    loss, _ = losses.make_cce_scorer_loss(config, MOTIFS_SGCLS)(
+        outputs(with_objects=True, with_scorer=False), {}, fake_batch()
+    )
     np.testing.assert_allclose(loss, focal + object_ce, rtol=1e-6)
 
 
 def test_penet_keeps_its_own_terms_and_adds_cce_and_bce():
-    config = losses.CCEScorerLossConfig(base="penet", use_cce=True, use_scorer=True)
+    config = losses.CCEScorerLossConfig(
+        base="penet", use_cce=True, use_scorer=True, cce_variant="paper"
+    )
     loss_fn = losses.make_cce_scorer_loss(config, PENET)
     loss, terms = loss_fn(outputs(), penet_aux(), fake_batch())
     _, penet_terms = losses.make_penet_loss(PENET, num_negatives=3)(
@@ -96,6 +131,15 @@ def test_penet_keeps_its_own_terms_and_adds_cce_and_bce():
     assert set(terms) == set(penet_terms) | {"cce", "scorer_bce"}
     expected = sum(penet_terms.values()) + 100.0 * terms["cce"] + terms["scorer_bce"]
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    # official: CCE replaces PE-Net's relation CE (L_e_sim); its other terms stay
+    official_fn = losses.make_cce_scorer_loss(
+        losses.CCEScorerLossConfig(base="penet", use_cce=True, use_scorer=True), PENET
+    )
+    loss, terms = official_fn(outputs(), penet_aux(), fake_batch())
+    assert set(terms) == (set(penet_terms) - {"relation_ce"}) | {"cce", "scorer_bce"}
+    np.testing.assert_allclose(terms["cce"], 2.5 / 3, rtol=1e-6)
+    others = sum(v for k, v in penet_terms.items() if k != "relation_ce")
+    np.testing.assert_allclose(loss, others + 100.0 * 2.5 / 3 + BCE, rtol=1e-5)
     # focal instead of PE-Net's relation CE (L_e_sim); its other terms stay
     focal_fn = losses.make_cce_scorer_loss(
         losses.CCEScorerLossConfig(base="penet", use_focal=True), PENET
@@ -107,7 +151,12 @@ def test_penet_keeps_its_own_terms_and_adds_cce_and_bce():
 @pytest.mark.parametrize("base, config", [("motifs", MOTIFS), ("penet", PENET)])
 def test_all_background_batch_gives_a_finite_loss_and_gradient(base, config):
     loss_config = losses.CCEScorerLossConfig(
-        base=base, use_cce=True, use_scorer=True, use_focal=True, class_weights=(1, 2, 3, 4)
+        base=base,
+        use_cce=True,
+        use_scorer=True,
+        use_focal=True,
+        cce_variant="paper",
+        class_weights=(1, 2, 3, 4),
     )
     loss_fn = losses.make_cce_scorer_loss(loss_config, config)
     batch = fake_batch(pair_labels=np.zeros((1, 4), np.int32))
@@ -134,6 +183,7 @@ def test_all_background_batch_gives_a_finite_loss_and_gradient(base, config):
         ("lambda_cce", float("nan")),
         ("lambda_bce", -0.5),
         ("lambda_bce", float("inf")),
+        ("lambda_focal", -100.0),
         ("margin", -0.1),
         ("gamma", float("nan")),
     ],
@@ -148,6 +198,17 @@ def test_other_config_errors():
         losses.CCEScorerLossConfig(base="imp")
     with pytest.raises(ConfigError, match="option 'background'"):
         losses.CCEScorerLossConfig(background="sometimes")
+    with pytest.raises(ConfigError, match="option 'cce_variant': must be one of"):
+        losses.CCEScorerLossConfig(cce_variant="authors")
+    with pytest.raises(ConfigError, match="option 'cce_negatives': must be one of"):
+        losses.CCEScorerLossConfig(cce_negatives="all")
+    with pytest.raises(ConfigError, match="option 'background': 'skip' is a 'paper'"):
+        losses.CCEScorerLossConfig(background="skip")
+    assert losses.CCEScorerLossConfig(cce_variant="paper", background="include").background == (
+        "include"
+    )
+    with pytest.raises(ConfigError, match="option 'use_focal': cannot be combined with use_cce"):
+        losses.CCEScorerLossConfig(use_cce=True, use_focal=True)
     with pytest.raises(ConfigError, match="option 'class_weights': must have 4 entries"):
         losses.make_cce_scorer_loss(
             losses.CCEScorerLossConfig(use_focal=True, class_weights=(1.0, 2.0)), MOTIFS

@@ -32,8 +32,14 @@ its own losses (+ CCE) exactly as without the Scorer. The paper's decomposition 
 (classification and ranking are separate problems; a BCE on "annotated or not" pushed into the
 shared features would compete with the classifier's own background class), and it makes the
 ablation clean: a "+Scorer" row differs from its "CE" row only through the ranking (training is
-the same up to the shared gradient clipping). ``False`` trains the base model through the Scorer
-too.
+the same up to the shared gradient clipping).
+
+``detach_scorer_inputs=False`` is the *jointly trained* Scorer: the BCE's gradient also flows
+through ``f``, ``p`` and ``g`` into the base model. This is the plain reading of the official code
+(``stevehuanghe/scene_graph`` ``train_rels.py:254-257``: every loss, the ranker's ``rel_rank``
+included, is summed and back-propagated through the whole relation model in one
+``loss.backward()``); whether its ranker (``lib/ranker.py``, named in the repository's README but
+never published: ``.gitignore:17`` ignores ``lib/``) detaches its inputs cannot be checked.
 
 Ranking (:func:`rank_predicate_scores`): the evaluator ranks a pair by
 ``max_{c>=1} scores[c] · object_score[s] · object_score[o]`` (graph constrained) and each
@@ -41,11 +47,17 @@ Ranking (:func:`rank_predicate_scores`): the evaluator ranks a pair by
 three ``RANKINGS`` only change ``scores``:
 
 * ``"predicate"``: ``scores = p`` (the predicate distribution; the Scorer is ignored);
-* ``"scorer_x_predicate"``: ``scores = p · σ(s)`` (every column; the paper's test-time score);
+* ``"scorer_x_predicate"``: ``scores = p · σ(s)`` (every column);
 * ``"scorer"``: ``scores_c = p_c · σ(s) / max_{c'>=1} p_c'`` for the foreground columns ``c >= 1``:
   the pair's best foreground predicate gets ``σ(s)`` (up to float rounding), so pairs are ranked by
   the Scorer alone while each pair keeps its predicate order (and ratios). The background column
   becomes ``p_0 · σ(s)`` (finite and ignored by every metric); rows no longer sum to 1.
+
+The paper ranks test triplets by the Scorer's score alone (``"scorer"``, the headline of the
+experiment's Scorer rows; ``"scorer_x_predicate"`` is reported as an extra row). The official code
+cannot confirm either: ``eval_rels.py:85-106`` hands the relation model's ``pred_scores`` to the
+evaluator unchanged, and the model that folds the ranks into them (``lib/rel_model_linknet2.py``,
+``eval_rels.py:21``) is not published.
 
 Object scores (SGCls) still multiply in through the evaluator under every ranking.
 """
@@ -71,7 +83,8 @@ class CCEScorerModel(nn.Module):
         its parameters live under ``params["base"]``.
       scorer_config: a :class:`ScorerConfig`, or None for the base model alone (its outputs
         unchanged; parameters still under ``params["base"]``).
-      detach_scorer_inputs: stop the Scorer's gradient at its inputs (module docstring).
+      detach_scorer_inputs: stop the Scorer's gradient at its inputs; False = the jointly
+        trained Scorer (module docstring).
     """
 
     base: nn.Module

@@ -5,8 +5,11 @@ ACCV 2020 (Sec. 3.4, implementation in Sec. 4.3). Scene graph parsing is factori
 classification (which predicate, trained with CCE, :func:`sgg_jax.losses.cce`) and ranking (is this
 pair annotated at all): the Scorer sees every candidate pair of an image and outputs a logit ``s``
 whose sigmoid is trained with :func:`sgg_jax.losses.scorer_bce` towards ``q = 1`` for annotated
-pairs and 0 for background. At test time a relation is ranked by its predicate probability times
-``σ(s)``.
+pairs and 0 for background (official code: ``stevehuanghe/scene_graph`` ``train_rels.py:217-223``,
+``-use_rank`` with ``-rloss bce``). At test time the paper ranks relations by ``σ(s)``
+(:func:`sgg_jax.models.cce_scorer.rank_predicate_scores`, ``"scorer"``). The official Scorer
+module (``lib/ranker.py``) is not in the published repository, so the architecture below follows
+the paper's text only.
 
 Architecture, per image with R candidate pairs:
 
@@ -29,8 +32,9 @@ Choices where the paper leaves room (documented so they can be changed in one pl
   zero attention weight as keys (:func:`masked_softmax`), and their scores are meaningless (the
   losses mask them). An image without a single real pair has all attention weights 0 and a finite
   context of 0.
-* Whether the predicate distribution carries gradient back into the relation classifier is the
-  caller's choice (``jax.lax.stop_gradient`` before the call detaches it).
+* Whether the inputs carry gradient back into the base model is the caller's choice
+  (``jax.lax.stop_gradient`` before the call detaches them;
+  :class:`sgg_jax.models.cce_scorer.CCEScorerModel` ``detach_scorer_inputs``).
 
 When the images have no pixels, :func:`global_image_feature` gives ``g`` as the masked mean of the
 object features.

@@ -42,9 +42,24 @@ def test_smoke_runs_the_rows_and_writes_the_table(tmp_path):
     expected = {
         f"{base}/{row}"
         for base in ("motifs",)
-        for row in ("ce", "cce_scorer", "cce_scorer/predicate", "cce_scorer/scorer")
+        for row in ("ce", "cce_scorer", "cce_scorer/scorer_x_predicate")
     }
     assert set(document["runs"]) == expected
+    block = document["cce_scorer"]
+    assert block["cce_variant"] == "official" and block["cce_background"] == "include"
+    assert block["lambda_focal"] == 100.0
+    # the headline Scorer row is ranked by the Scorer alone, predicate × Scorer an extra row
+    assert block["ranking"] == "scorer" and block["extra_rankings"] == ["scorer_x_predicate"]
+    assert block["runs"]["motifs/cce_scorer"] == {
+        "row": "cce_scorer",
+        "ranking": "scorer",
+        "label": "+CCE+Scorer",
+        "scorer_detach": True,
+    }
+    assert block["runs"]["motifs/cce_scorer/scorer_x_predicate"]["ranking"] == (
+        "scorer_x_predicate"
+    )
+    assert block["runs"]["motifs/ce"]["ranking"] == "predicate"
     for name, metrics in document["runs"].items():
         for key in ("R@20", "R@50", "R@100", "mR@20", "mR@50", "mR@100", "mR@all", "ngmR@100"):
             assert math.isfinite(metrics[key]) and 0.0 <= metrics[key] <= 1.0, (name, key)
@@ -53,7 +68,7 @@ def test_smoke_runs_the_rows_and_writes_the_table(tmp_path):
     for base in ("motifs",):
         runs = document["runs"]
         # the rankings rescale, never reorder, a pair's predicates; mR@all ignores the order of pairs
-        assert runs[f"{base}/cce_scorer/scorer"]["mR@all"] == pytest.approx(
+        assert runs[f"{base}/cce_scorer/scorer_x_predicate"]["mR@all"] == pytest.approx(
             runs[f"{base}/cce_scorer"]["mR@all"], abs=1e-12
         )
         delta = document["cce_scorer"]["delta_vs_ce"][f"{base}/cce_scorer"]
@@ -65,7 +80,8 @@ def test_smoke_runs_the_rows_and_writes_the_table(tmp_path):
         assert (tmp_path / base / "cce_scorer" / "metrics.jsonl").exists()
     markdown = (tmp_path / "results.md").read_text()
     assert "## MotifNet" in markdown and "## PE-Net" not in markdown
-    assert "| cce_scorer/scorer |" in markdown
+    assert "| +CCE+Scorer |" in markdown
+    assert "| +CCE+Scorer [ranked by predicate × Scorer] |" in markdown
 
 
 @pytest.mark.parametrize(
@@ -76,7 +92,21 @@ def test_smoke_runs_the_rows_and_writes_the_table(tmp_path):
         (
             ["--rows=ce,cce,bogus"],
             "error: option 'rows': unknown ['bogus']; expected some of "
-            "['ce', 'cce', 'scorer', 'cce_scorer', 'cce_scorer_no_sa', 'focal']",
+            "['ce', 'cce', 'scorer', 'cce_scorer', 'cce_scorer_no_sa', 'cce_scorer_joint', 'focal']",
+        ),
+        (
+            ["--cce_variant=authors"],
+            "error: option 'cce_variant': must be one of ['official', 'paper'], got 'authors'",
+        ),
+        (
+            ["--ranking=score"],
+            "error: option 'ranking': must be one of "
+            "['predicate', 'scorer_x_predicate', 'scorer'], got 'score'",
+        ),
+        (
+            ["--cce_background=skip"],
+            "error: option 'cce_background': 'skip' needs --cce_variant=paper: the official CCE "
+            "averages over every relation, background included",
         ),
     ],
 )

@@ -149,7 +149,10 @@ def test_wrapper_adds_finite_scores_and_keeps_the_base_outputs(batch, initialise
     base, module, config, model, variables = initialised
     assert set(variables["params"]) == {"base", "scorer"}
     loss_fn = make_cce_scorer_loss(
-        CCEScorerLossConfig(base=base, use_cce=True, use_scorer=True, use_focal=True), config
+        CCEScorerLossConfig(
+            base=base, use_cce=True, use_scorer=True, use_focal=True, cce_variant="paper"
+        ),
+        config,
     )
 
     @fast_jit
@@ -190,22 +193,23 @@ def test_without_scorer_the_outputs_are_the_base_models(batch):
     assert outputs["relation_logits"].shape == (2, 12, NUM_PREDICATES + 1)
 
 
-def test_detached_scorer_sends_no_gradient_into_the_base_model(batch, initialised):
-    base, module, _, _, variables = initialised
+def test_scorer_loss_reaches_the_base_model_only_when_trained_jointly(batch, initialised):
+    base, module, config, _, variables = initialised
     if base != "penet":
         pytest.skip("one base model is enough")
     models = [
         CCEScorerModel(module, scorer_config=SCORER, detach_scorer_inputs=detach)
-        for detach in (True, False)
+        for detach in (True, False)  # detached, joint
     ]
+    loss_fn = make_cce_scorer_loss(CCEScorerLossConfig(base=base, use_scorer=True), config)
 
     @fast_jit
     def gradients(params, batch):
-        def scorer_only(params, model):
-            outputs, _ = model.apply({**variables, "params": params}, batch)
-            return jnp.sum(jnp.where(batch.pair_mask, outputs["scorer_logits"], 0.0))
+        def scorer_loss(params, model):  # the Scorer's BCE term alone (λ2 · L_BCE, λ2 = 1)
+            outputs, aux = model.apply({**variables, "params": params}, batch)
+            return loss_fn(outputs, aux, batch)[1]["scorer_bce"]
 
-        return [jax.grad(scorer_only)(params, model) for model in models]
+        return [jax.grad(scorer_loss)(params, model) for model in models]
 
     def squared_norm(tree):
         return sum(float(jnp.sum(jnp.square(g))) for g in jax.tree.leaves(tree))
