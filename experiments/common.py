@@ -41,6 +41,19 @@ def define_data_flags() -> None:
     flags.DEFINE_string("tfds_name", None, "name of a data_prep dataset (dataset=tfds).")
     flags.DEFINE_integer("num_val", 5000, "Validation images taken from train (gqa200, vg150).")
     flags.DEFINE_integer("synthetic_images", 2000, "Images of dataset=synthetic (all splits).")
+    flags.DEFINE_list(
+        "synthetic_context_bias",
+        [],
+        "dataset=synthetic: 'lo,hi' = the head-minority regime, where the annotator of each "
+        "(subject, object) class context records a group's head predicate with a probability "
+        "drawn in [lo, hi] (default: --synthetic_annotator_bias everywhere).",
+    )
+    flags.DEFINE_float(
+        "synthetic_annotator_bias",
+        0.7,
+        "dataset=synthetic: probability of recording a group's head predicate instead of the "
+        "true one.",
+    )
     flags.DEFINE_enum("task", "predcls", ["predcls", "sgcls", "sgdet"], "SGG task.")
     flags.DEFINE_string("workdir", "/tmp/sgg_jax/run", "Output directory.")
     flags.DEFINE_integer("seed", 0, "Seed of shuffling, pair sampling and initialisation.")
@@ -149,8 +162,35 @@ def optim_config():
     )
 
 
+def synthetic_options() -> dict[str, Any]:
+    """The :class:`~sgg_jax.data.synthetic.SyntheticConfig` fields the flags set (validated)."""
+    from sgg_jax.data.synthetic import SyntheticConfig
+
+    options: dict[str, Any] = {"annotator_bias": FLAGS.synthetic_annotator_bias}
+    if FLAGS.synthetic_context_bias:
+        try:
+            values = tuple(float(v) for v in FLAGS.synthetic_context_bias)
+        except ValueError:
+            values = ()
+        if len(values) != 2:
+            raise ConfigError(
+                "synthetic_context_bias",
+                f"expected two numbers 'lo,hi', got {FLAGS.synthetic_context_bias}",
+            )
+        options["context_bias_range"] = values
+    try:
+        SyntheticConfig(**options)
+    except ConfigError as error:
+        name = {"context_bias_range": "synthetic_context_bias"}.get(
+            error.option, f"synthetic_{error.option}"
+        )
+        raise ConfigError(name, str(error).split(": ", 1)[1]) from None
+    return options
+
+
 def check_data_flags() -> None:
     """One-line ConfigErrors for bad values, before anything is loaded or compiled."""
+    synthetic_options()
     for name in ("batch_size", "max_objects", "max_pairs", "max_fg", "eval_max_pairs"):
         if getattr(FLAGS, name) <= 0:
             raise ConfigError(name, f"must be positive, got {getattr(FLAGS, name)}")
@@ -234,6 +274,7 @@ def load_splits() -> tuple[dict[str, Sequence[SceneGraph]], Vocab]:
             num_val=FLAGS.num_val,
             seed=FLAGS.seed,
             synthetic_images=FLAGS.synthetic_images,
+            synthetic_options=synthetic_options(),
         )
         splits[split] = graphs
         if split == "train":

@@ -444,7 +444,9 @@ def _synthetic_truth(test_graphs):
 
     parts = synthetic.train_val_test(
         synthetic.generate(
-            synthetic.SyntheticConfig(num_images=FLAGS.synthetic_images, seed=FLAGS.seed)
+            synthetic.SyntheticConfig(
+                num_images=FLAGS.synthetic_images, seed=FLAGS.seed, **common.synthetic_options()
+            )
         )
     )
     test = parts[2]

@@ -16,6 +16,7 @@ Every loader returns ``(graphs, vocab)`` where the vocabulary's counts are those
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sgg_jax.errors import ConfigError
 from sgg_jax.structures import SceneGraph, Vocab
@@ -38,6 +39,7 @@ def load(
     num_val: int = 0,
     seed: int = 0,
     synthetic_images: int = 2000,
+    synthetic_options: Mapping[str, Any] | None = None,
 ) -> tuple[Sequence[SceneGraph], Vocab]:
     """Loads one split of a named dataset.
 
@@ -48,6 +50,8 @@ def load(
       num_val: images of the train file used as validation (``gqa200``, ``vg150``).
       seed: seed of the synthetic generator.
       synthetic_images: number of synthetic images over all splits.
+      synthetic_options: further :class:`~sgg_jax.data.synthetic.SyntheticConfig` fields (e.g.
+        ``context_bias_range``).
 
     Returns:
       ``(graphs, vocab)``; ``graphs`` is a random-access sequence of SceneGraph.
@@ -85,7 +89,11 @@ def load(
         from sgg_jax.data import synthetic
 
         parts = synthetic.train_val_test(
-            synthetic.generate(synthetic.SyntheticConfig(num_images=synthetic_images, seed=seed))
+            synthetic.generate(
+                synthetic.SyntheticConfig(
+                    num_images=synthetic_images, seed=seed, **dict(synthetic_options or {})
+                )
+            )
         )
         part = parts[SPLITS.index(split)]
         return list(part.graphs), part.vocab

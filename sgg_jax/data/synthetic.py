@@ -74,7 +74,11 @@ first ``k`` images do not depend on ``num_images``:
    consistent): its valid set is the group. The annotator records one predicate: the group's head
    with probability ``annotator_bias``, otherwise the true predicate. Tail predicates of a group
    are therefore under-annotated, as in Visual Genome; singleton predicates are always recorded
-   as drawn.
+   as drawn. With ``context_bias_range = (lo, hi)`` (the *head-minority* regime) the probability
+   of recording the head instead depends on the relation's context, its (subject class, object
+   class) pair: a value drawn once per context, uniformly in ``[lo, hi]`` (seeded by
+   ``world_seed``). With a range below one half, annotators of every context mostly record the
+   specific predicate and a minority the head one, in proportions that vary across contexts.
 
 The :class:`~sgg_jax.structures.SceneGraph` of an image carries the annotated predicates; the
 parallel ``true_predicates`` and ``valid_predicates`` of :class:`SyntheticDataset` carry the truth.
@@ -454,6 +458,9 @@ class SyntheticConfig:
       min_box_size: smallest box side in pixels that related boxes are kept above (see step 6).
       annotator_bias: probability that the annotator records the group's head predicate instead of
         the true one.
+      context_bias_range: ``(lo, hi)`` with ``0 <= lo <= hi <= 1``: the head-minority regime
+        (step 7), replacing ``annotator_bias`` by a per-context probability in ``[lo, hi]``;
+        None keeps one ``annotator_bias`` everywhere.
       frequency_power: true predicates are drawn proportionally to ``predicate_count ** power``
         (1 = the real VG150 frequencies, 0 = uniform).
       profile_classes: classes in the support of each predicate's subject (and object) profile.
@@ -471,6 +478,7 @@ class SyntheticConfig:
     max_image_size: int = 512
     min_box_size: float = 4.0
     annotator_bias: float = 0.7
+    context_bias_range: tuple[float, float] | None = None
     frequency_power: float = 1.0
     profile_classes: int = 12
     profile_concentration: float = 0.5
@@ -528,6 +536,17 @@ class SyntheticConfig:
             f"must lie in (0, min_image_size / 8 = {self.min_image_size / 8:g}]",
         )
         require(0.0 <= self.annotator_bias <= 1.0, "annotator_bias", "must lie in [0, 1]")
+        if self.context_bias_range is not None:
+            try:
+                low, high = (float(v) for v in self.context_bias_range)
+            except (TypeError, ValueError):
+                low, high = float("nan"), float("nan")
+            require(
+                0.0 <= low <= high <= 1.0,
+                "context_bias_range",
+                "must be two numbers 0 <= lo <= hi <= 1",
+            )
+            object.__setattr__(self, "context_bias_range", (low, high))
         require(self.frequency_power >= 0.0, "frequency_power", "must be >= 0")
         require(1 <= self.profile_classes <= 150, "profile_classes", "must lie in [1, 150]")
         require(self.profile_concentration > 0.0, "profile_concentration", "must be > 0")
@@ -671,6 +690,21 @@ def _place_fresh(
     return best_box, False
 
 
+_CONTEXT_STREAM = 0xC0B1A5
+
+
+def _context_head_probability(
+    config: SyntheticConfig, subject_classes: np.ndarray, object_classes: np.ndarray
+) -> np.ndarray:
+    """float64[R] head-recording probability of each relation's (subject, object) class context."""
+    low, high = config.context_bias_range
+    values = [
+        np.random.default_rng([_CONTEXT_STREAM, config.world_seed, int(s), int(o)]).random()
+        for s, o in zip(subject_classes, object_classes, strict=True)
+    ]
+    return low + (high - low) * np.asarray(values, np.float64)
+
+
 def _generate_image(
     world: _World, config: SyntheticConfig, index: int
 ) -> tuple[SceneGraph, np.ndarray, np.ndarray]:
@@ -730,8 +764,14 @@ def _generate_image(
     )
     classes += [_draw(world.distractor_cdf, rng) for _ in range(num_distractors)]
 
+    head_probability = np.full(num_relations, config.annotator_bias)
+    if config.context_bias_range is not None:
+        class_array = np.asarray(classes)
+        head_probability = _context_head_probability(
+            config, class_array[relations[:, 0]], class_array[relations[:, 1]]
+        )
     annotated = np.where(
-        rng.random(num_relations) < config.annotator_bias,
+        rng.random(num_relations) < head_probability,
         world.head_of[true_predicates],
         true_predicates,
     )

@@ -319,3 +319,35 @@ def test_invalid_config_raises_config_error_naming_the_option(changes, option):
     with pytest.raises(ConfigError, match=f"option '{option}'") as error:
         synthetic.SyntheticConfig(**changes)
     assert error.value.option == option
+
+
+def test_head_minority_regime_records_the_head_for_a_minority_varied_by_context():
+    default = synthetic.generate(synthetic.SyntheticConfig(num_images=400, seed=3))
+    regime = synthetic.generate(
+        synthetic.SyntheticConfig(num_images=400, seed=3, context_bias_range=(0.05, 0.45))
+    )
+    # Same images and truth; only the annotation rule changes.
+    np.testing.assert_array_equal(
+        np.concatenate(default.true_predicates), np.concatenate(regime.true_predicates)
+    )
+
+    def head_rate(dataset):
+        annotated = np.concatenate([g.relations[:, 2] for g in dataset.graphs])
+        true = np.concatenate(dataset.true_predicates)
+        ambiguous = dataset.head_of[true] != true
+        return float(np.mean(annotated[ambiguous] != true[ambiguous]))
+
+    assert 0.55 < head_rate(default) < 0.85  # annotator_bias 0.7
+    assert 0.1 < head_rate(regime) < 0.4  # a minority, drawn in [0.05, 0.45] per context
+    config = synthetic.SyntheticConfig(context_bias_range=(0.05, 0.45))
+    probabilities = synthetic._context_head_probability(config, np.arange(1, 41), np.arange(41, 81))
+    assert np.all((probabilities >= 0.05) & (probabilities <= 0.45))
+    assert probabilities.std() > 0.08  # varied across contexts
+    again = synthetic._context_head_probability(config, np.arange(1, 41), np.arange(41, 81))
+    np.testing.assert_array_equal(probabilities, again)
+
+
+@pytest.mark.parametrize("value", [(0.5, 0.4), (-0.1, 0.3), (0.2,), "x"])
+def test_bad_context_bias_range_names_the_option(value):
+    with pytest.raises(ConfigError, match="option 'context_bias_range'"):
+        synthetic.SyntheticConfig(context_bias_range=value)

@@ -85,6 +85,10 @@ def test_phase2_with_a_scann_tree_is_reproducible_run_to_run(tmp_path):
             ["--dataset=gqa200_mini", "--tail_ids=101"],
             "error: option 'tail_ids': id 101 is outside the predicate vocabulary [1, 100]",
         ),
+        (
+            ["--synthetic_context_bias=0.6,0.5"],
+            "error: option 'synthetic_context_bias': must be two numbers 0 <= lo <= hi <= 1",
+        ),
         (["--tau=-1"], "error: option 'tau': must be a finite number >= 0, got -1.0"),
         (["--phase2_steps=0"], "error: option 'phase2_steps': must be positive, got 0"),
         (["--num_neighbours=0"], "error: option 'num_neighbours': must be an integer >= 1, got 0"),
