@@ -285,3 +285,56 @@ def test_augmenter_bad_inputs():
     augmenter.foreground_slots = 0
     with pytest.raises(ConfigError, match="'max_fg'"):
         augmenter({"scale": 1.0}, 1, train_batch(graphs, [0, 6]))
+
+
+def test_official_augmenter_queries_with_the_training_forward_and_drops_the_first_hit():
+    graphs = hand_graphs()
+    bank = MemoryBank(
+        graphs, max_objects=4, num_predicates=NUM_PREDICATES, backend="exact", max_per_triplet=8
+    )
+    config = RASGGConfig(
+        num_neighbours=6,
+        seed=0,
+        variant="official",
+        bank="official",
+        weighting="class_balanced",
+        threshold=0.9,
+        tail_ids=(4,),
+        lambda_mode="fixed",
+        lambda_value=0.7,
+    )
+    keys = []
+
+    def train_embed(variables, batch, dropout_key):
+        keys.append(dropout_key)
+        return class_pair_embedding(variables, batch)
+
+    augmenter = RetrievalAugmenter(
+        bank, class_pair_embedding, COUNTS, config, foreground_slots=4, train_embed=train_embed
+    )
+    assert augmenter.wants_dropout_key
+    batch = train_batch(graphs, [0, 6])
+    with pytest.raises(ConfigError, match="option 'bank': the official bank must be built"):
+        augmenter({"scale": 1.0}, 1, batch, dropout_key="key-1")
+    bank.refresh(lambda b: class_pair_embedding({"scale": 1.0}, b))  # built once, by the caller
+    out, metrics = augmenter({"scale": 1.0}, 1, batch, dropout_key="key-1")
+    assert keys == ["key-1"] and "bank/size" not in metrics  # never refreshed
+    targets, labels = np.asarray(out.soft_targets), np.asarray(batch.pair_labels)
+    mask = np.asarray(batch.pair_mask)
+    # Image 0's "on": K + 1 = 7 hits, the first (itself) dropped: 5 "on" + the "lying on" entry,
+    # confidence 5/6 < 0.9 with a tail neighbour (4): changed, drawn from {1: 5 w_1, 4: 1 w_4}.
+    # Image 0's "2": 5 of 6 agree, no tail neighbour: kept. Image 6's "lying on": its first hit
+    # is itself (dropped), the other six are "on": no tail neighbour, kept. No background pair
+    # has a tail neighbour.
+    on_row = targets[0][labels[0] == 1][0]
+    assert on_row[1] >= 0.7 and on_row[[0, 2, 3, 5, 6]].sum() == 0
+    assert on_row[4] in (0.0, pytest.approx(0.3))
+    for row, label in ((0, 2), (1, 4)):
+        np.testing.assert_allclose(targets[row][labels[row] == label][0], np.eye(7)[label])
+    background = mask & (labels == 0)
+    np.testing.assert_array_equal(targets[background], np.tile(np.eye(7)[0], (background.sum(), 1)))
+    assert np.all(targets[~mask] == 0)
+    assert metrics["ra/selected_fraction"] == pytest.approx(1 / 3)
+    assert metrics["ra/background_relabelled"] == 0.0
+    with pytest.raises(ConfigError, match="option 'variant'"):
+        RetrievalAugmenter(bank, class_pair_embedding, COUNTS, config)

@@ -109,3 +109,27 @@ def test_init_variables_must_match_the_model(tmp_path):
                 optim_config=NO_DECAY,
                 init_variables=variables,
             )
+
+
+class KeyRecorder:
+    """A transform that asks for the update's dropout key (RA-SGG's official variant does)."""
+
+    wants_dropout_key = True
+
+    def __init__(self):
+        self.keys = []
+
+    def __call__(self, variables, step, batch, dropout_key=None):
+        self.keys.append((step, np.asarray(jax.random.key_data(dropout_key))))
+        return batch, {}
+
+
+def test_a_transform_asking_for_it_gets_the_dropout_key_of_its_update(tmp_path):
+    recorder = KeyRecorder()
+    state, _ = _train(tmp_path / "keys", 3, batch_transform=recorder)
+    assert [step for step, _ in recorder.keys] == [1, 2, 3]
+    # train_step of update t draws dropout from fold_in(rng, t - 1) (TrainState.step_key).
+    for step, key in recorder.keys:
+        expected = jax.random.key_data(state.step_key(step - 1))
+        np.testing.assert_array_equal(key, np.asarray(expected))
+    assert not np.array_equal(recorder.keys[0][1], recorder.keys[1][1])
