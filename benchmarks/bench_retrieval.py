@@ -38,8 +38,10 @@ the exact index of the whole bank would not fit, the ground truth is computed wi
 shards of ``--exact_shard_gib`` built and searched one at a time, merged with ``merge_topk`` (the
 shard times add up; labelled in the row). Where faiss IVF's plain ``add`` would not fit (its lists
 grow with up to 2x slack), its lists are reserved at their exact sizes first (labelled). A
-configuration whose process dies (e.g. killed for memory) is recorded as ``failed``. ScaNN's tree
-training is not deterministic: its recall varies by about +-0.005 between builds.
+configuration whose process dies (e.g. killed for memory) is recorded as ``failed``. ScaNN builds
+are reproducible (``ScannIndex(deterministic=True)``, the default since these rows were measured:
+k-means++ initialisation and one training thread); with ScaNN's random initialisation, measured
+here, recall varied by about +-0.005 between builds (``bench_scann_build.py``).
 
     python benchmarks/bench_retrieval.py [--sizes 100000,1000000] [--dims 256,2048]
         [--backends scann,exact,faiss_ivf,faiss_hnsw,faiss_flat] [--max_exact_queries 4096]
