@@ -28,14 +28,21 @@ Data (``--dataset``):
   captions (bundled; 117 images before the filters). This is **tiny**: a smoke test on real data, not
   a benchmark.
 * ``vg_json``: the raw Visual Genome ``relationships.json`` + COCO caption files joined through VG's
-  ``image_data.json`` (:mod:`sgg_jax.data.vg_json`), for users who have them.
+  ``image_data.json`` (:mod:`sgg_jax.data.vg_json`), for users who have them. ``--vg_vocab``: the
+  bundled VG150 vocabulary, the 150 / 50 most frequent names, or (``min_count``, the paper's) every
+  object / relation type seen at least ``--vg_vocab_min_count`` = 25 times.
 
 Filters from the paper: 3 to 40 objects and at least one relation; then images without captions are
 skipped (counted; an error when none is left). The kept images are split 70/20/10 (train/val/test)
 in a seeded random order. Caption words get GloVe vectors (``--glove``) or, without GloVe, seeded
-random word vectors (then ``s_XY`` compares captions by their shared words). ``--similarity_npy``
-replaces the caption similarity by a user matrix over the kept images (their order is written to
-``<workdir>/images.txt`` by ``--method=data``).
+random word vectors (then ``s_XY`` compares captions by their shared words). Caption embeddings
+are L2-normalised (``--normalise_captions``, the default): ``s_XY`` is a mean cosine in ``[-1, 1]``,
+the range the Probability / Reject samplers are defined on; ``--nonormalise_captions`` (raw inner
+products) is accepted only with the Random / Extreme samplers. ``--similarity_npy`` replaces the
+caption similarity by a user matrix over the kept images (their order is written to
+``<workdir>/images.txt`` by ``--method=data``), with values in ``[-1, 1]`` (a ``DataError`` naming
+the file otherwise; ``--similarity_npy_unbounded`` accepts any values, Random / Extreme only).
+Invalid flag combinations raise a ``ConfigError`` naming the flag before any data is read.
 
 Outputs in ``--workdir``: ``results.json`` (config, data summary, baselines and every run: test
 correlations, validation history, noise sweep, timings), ``results.md`` (the tables) and
@@ -58,7 +65,7 @@ from absl import app, flags
 from sgg_jax.data import captions as captions_lib
 from sgg_jax.data import gqa200, synthetic, synthetic_captions, vg150, vg_json, word_vectors
 from sgg_jax.data import similarity as similarity_lib
-from sgg_jax.data.triplet_samplers import SAMPLERS
+from sgg_jax.data.triplet_samplers import BOUNDED_SAMPLERS, SAMPLERS
 from sgg_jax.errors import ConfigError, DataError, check_int
 from sgg_jax.evaluation import embedding as embedding_eval
 from sgg_jax.models.sg_gcn import SGGCNConfig
@@ -90,8 +97,15 @@ flags.DEFINE_integer("vg_max_images", 0, "Keep only the first N VG images (0 = a
 flags.DEFINE_enum(
     "vg_vocab",
     "vg150",
-    ["vg150", "built"],
-    "dataset=vg_json: the VG150 vocabulary (bundled dicts) or the 150 / 50 most frequent names.",
+    ["vg150", "built", "min_count"],
+    "dataset=vg_json: the VG150 vocabulary (bundled dicts), the 150 / 50 most frequent names "
+    "(built), or every object / predicate name seen at least --vg_vocab_min_count times "
+    "(min_count, the paper's).",
+)
+flags.DEFINE_integer(
+    "vg_vocab_min_count",
+    25,
+    "With --vg_vocab=min_count: fewest objects / relations a name needs (>= 1; the paper's: 25).",
 )
 flags.DEFINE_string("glove", None, "GloVe .txt for caption words (and --init_word_vectors).")
 flags.DEFINE_integer("word_vector_dim", 300, "Dimension of the seeded random word vectors.")
@@ -99,10 +113,19 @@ flags.DEFINE_integer("word_vector_seed", 0, "Seed of the random word vectors.")
 flags.DEFINE_bool(
     "normalise_captions",
     True,
-    "L2-normalise caption embeddings (s_XY = mean cosine, in [-1, 1], as the Probability / Reject "
-    "samplers need); false = the paper's raw inner products.",
+    "L2-normalise caption embeddings (s_XY = mean cosine, in [-1, 1], the paper's and what the "
+    "Probability / Reject samplers need); --nonormalise_captions = raw inner products of the "
+    "averaged word vectors (unbounded: only with the random / extreme samplers).",
 )
-flags.DEFINE_string("similarity_npy", None, "User similarity .npy over the kept images.")
+flags.DEFINE_string(
+    "similarity_npy", None, "User similarity .npy over the kept images (values in [-1, 1])."
+)
+flags.DEFINE_bool(
+    "similarity_npy_unbounded",
+    False,
+    "Accept a --similarity_npy with values outside [-1, 1] (only with the random / extreme "
+    "samplers, which read the order of the values).",
+)
 flags.DEFINE_bool(
     "init_word_vectors", False, "Initialise object / predicate embeddings from --glove (D = 300)."
 )
@@ -176,6 +199,34 @@ def _int_list(name: str, minimum: int) -> list[int]:
     return values
 
 
+def _check_similarity_flags() -> None:
+    """The similarity flags that cannot go together (s_XY must be in [-1, 1] for some samplers)."""
+    if FLAGS.similarity_npy_unbounded and not FLAGS.similarity_npy:
+        raise ConfigError("similarity_npy_unbounded", "only applies to --similarity_npy")
+    if FLAGS.similarity_npy and not FLAGS.normalise_captions:
+        raise ConfigError(
+            "normalise_captions",
+            "--nonormalise_captions has no effect with --similarity_npy (the matrix is used as "
+            "given); drop one of them",
+        )
+    bounded = sorted({s for s in FLAGS.samplers if s in BOUNDED_SAMPLERS})
+    if FLAGS.method != "grid" or not bounded:
+        return
+    if FLAGS.similarity_npy_unbounded:
+        raise ConfigError(
+            "similarity_npy_unbounded",
+            f"the {' / '.join(bounded)} sampler(s) need similarities in [-1, 1]; rescale the "
+            "matrix or use only --samplers=random,extreme",
+        )
+    if not FLAGS.similarity_npy and not FLAGS.normalise_captions:
+        raise ConfigError(
+            "normalise_captions",
+            f"--nonormalise_captions gives raw inner products outside [-1, 1], which the "
+            f"{' / '.join(bounded)} sampler(s) cannot read; keep --normalise_captions or use only "
+            "--samplers=random,extreme",
+        )
+
+
 def check_flags() -> dict[str, Any]:
     """Validates the flags before any data is read; returns the parsed lists."""
     for objective in FLAGS.objectives:
@@ -192,6 +243,7 @@ def check_flags() -> dict[str, Any]:
     check_int("synthetic_images", FLAGS.synthetic_images, minimum=3)
     check_int("word_vector_dim", FLAGS.word_vector_dim, minimum=1)
     check_int("vg_max_images", FLAGS.vg_max_images, minimum=0)
+    check_int("vg_vocab_min_count", FLAGS.vg_vocab_min_count, minimum=1)
     check_int("baseline_repeats", FLAGS.baseline_repeats, minimum=1)
     check_int("eval_every", FLAGS.eval_every, minimum=0)
     for name in ("embed_dim", "hidden_dim", "num_layers"):
@@ -204,6 +256,7 @@ def check_flags() -> dict[str, Any]:
             raise ConfigError("coco_captions", "is required with --dataset=vg_json")
     if FLAGS.init_word_vectors and not FLAGS.glove:
         raise ConfigError("init_word_vectors", "needs --glove")
+    _check_similarity_flags()
     parsed = {
         "fractions": _fractions(),
         "seeds": _int_list("seeds", 0),
@@ -320,11 +373,22 @@ def _source_graphs() -> tuple[list[SceneGraph], Vocab, dict[str, Any]]:
                 "no GQA-200 image has a caption", path=FLAGS.captions or "bundled captions"
             )
         return with_captions, vocab, notes
+    sizes: dict[str, int | None] = {}
+    if FLAGS.vg_vocab == "min_count":
+        # The paper's vocabulary: every name seen at least vg_vocab_min_count times, no size limit.
+        sizes = {"num_object_classes": None, "num_predicates": None}
+        sizes["min_count"] = FLAGS.vg_vocab_min_count
     graphs, vocab, report = vg_json.read_relationships(
         FLAGS.vg_relationships,
         vocab=vg150.load_bundled_vocab() if FLAGS.vg_vocab == "vg150" else None,
         image_data_path=FLAGS.vg_image_data,
+        **sizes,
     )
+    notes["vocabulary"] = {
+        "vg150": "VG150 (bundled)",
+        "built": "150 / 50 most frequent names",
+        "min_count": f"names seen >= {FLAGS.vg_vocab_min_count} times",
+    }[FLAGS.vg_vocab]
     if FLAGS.vg_max_images:
         graphs = graphs[: FLAGS.vg_max_images]
     table = vg_json.read_coco_captions(FLAGS.coco_captions, FLAGS.vg_image_data)
@@ -355,7 +419,9 @@ def load_data(fractions, split_seed: int) -> dict[str, Any]:
         )
     caption_table = {g.image_id: g.captions for g in graphs if g.captions}
     if FLAGS.similarity_npy:
-        similarity = similarity_lib.load_similarity_matrix(FLAGS.similarity_npy, len(graphs))
+        similarity = similarity_lib.load_similarity_matrix(
+            FLAGS.similarity_npy, len(graphs), bounded=not FLAGS.similarity_npy_unbounded
+        )
         notes["similarity"] = f"user matrix {FLAGS.similarity_npy}"
         skipped = 0
     else:

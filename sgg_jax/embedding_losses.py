@@ -23,11 +23,11 @@ how sampled triplets feed each loss.
 Documented choices:
 
 * **Target of the Ranking loss.** ``P = s_AP / (s_AP + s_AN)`` is a probability only for non-negative
-  similarities (the paper's caption similarities are inner products of averaged word vectors, in
-  practice positive). Negative similarities are **clipped at 0** first, i.e. read as "no similarity":
-  ``s_AP > 0 >= s_AN`` gives ``P = 1``. When ``s_AP + s_AN == 0`` after clipping (both similarities
-  are 0 or negative) nothing prefers either side and the target is ``0.5``. The target is a constant
-  of the loss (``stop_gradient``).
+  similarities (the caption similarities are mean cosines of averaged word vectors, in ``[-1, 1]``
+  and in practice mostly positive; :mod:`sgg_jax.data.similarity`). Negative similarities are
+  **clipped at 0** first, i.e. read as "no similarity": ``s_AP > 0 >= s_AN`` gives ``P = 1``.
+  When ``s_AP + s_AN == 0`` after clipping (both similarities are 0 or negative) nothing prefers
+  either side and the target is ``0.5``. The target is a constant of the loss (``stop_gradient``).
 * **Reduction.** Every loss is the mean of its per-triplet terms over the valid triplets (``mask``,
   all valid when omitted), 0 when none is valid (:func:`sgg_jax.masked.masked_mean`). Inputs of
   masked-out triplets are replaced by zeros before any arithmetic, so NaN / inf in padding changes

@@ -2,10 +2,11 @@
 
 The supervision of Maheshwari et al., "Scene Graph Embeddings Using Relative Similarity Supervision"
 (AAAI 2021, Sec. "Training"): every caption is embedded as the average of the word vectors (GloVe) of
-its words, and the similarity of images ``X`` and ``Y`` is the mean of the inner products between
-their caption embeddings (5 x 5 = 25 products for the 5 COCO captions per image)::
+its words, normalised to unit length, and the similarity of images ``X`` and ``Y`` is the mean of the
+inner products between their caption embeddings (5 x 5 = 25 products for the 5 COCO captions per
+image), a value in ``[-1, 1]``::
 
-  s_XY = 1 / (|C_X| |C_Y|) sum_{i in C_X} sum_{j in C_Y} c_X^i . c_Y^j
+  s_XY = 1 / (|C_X| |C_Y|) sum_{i in C_X} sum_{j in C_Y} c_X^i . c_Y^j,   |c_X^i| = 1
 
 Any number of captions per image is supported. By bilinearity ``s_XY = m_X . m_Y`` with ``m_X`` the
 mean caption embedding of ``X``, which is how the ``N x N`` matrix is computed (one matrix product,
@@ -28,12 +29,20 @@ Documented choices:
   and listed in the report; the matrix has one row per *kept* image, in input order
   (``report.image_ids``, ``report.image_indices``). When no image of the split is left a
   :class:`~sgg_jax.errors.DataError` is raised.
-* **Scale.** The paper's inner products of un-normalised averages are not bounded (GloVe 300d averages
-  give values of a few units; ``s_XX`` is usually not the row maximum). The Ranking loss target
-  ``s_AP / (s_AP + s_AN)`` does not depend on the scale, but the Probability / Reject samplers
-  (:mod:`sgg_jax.data.triplet_samplers`) read similarities as values in ``[0, 1]``: for them pass
-  ``normalise_captions=True`` (each caption embedding L2-normalised, so ``s_XY`` is the mean cosine,
-  in ``[-1, 1]``) or rescale the matrix.
+* **Scale.** ``normalise_captions=True`` (the default, and the default of every entry point)
+  L2-normalises each caption embedding, so ``s_XY`` is a mean cosine in ``[-1, 1]``, the range the
+  Probability / Reject samplers (:mod:`sgg_jax.data.triplet_samplers`: ``Pr(P) ∝ s``,
+  ``Pr(N) ∝ 1 - s``) are defined on. ``normalise_captions=False`` keeps the raw inner products of
+  the averaged vectors (GloVe 300d: values of a few units; ``s_XX`` is usually not the row maximum):
+  the Ranking loss target ``s_AP / (s_AP + s_AN)`` and the Random / Extreme samplers do not depend on
+  the scale, but the Probability / Reject samplers reject such a matrix (a
+  :class:`~sgg_jax.errors.DataError`) instead of clipping it to a uniform draw.
+* **User matrices** (:func:`load_similarity_matrix`) must lie in ``[-1, 1]`` too (values within the
+  rounding tolerance :data:`~sgg_jax.data.triplet_samplers.RANGE_TOLERANCE` outside are clipped);
+  one value beyond it is a ``DataError`` naming the file, unless ``bounded=False`` (for the Random /
+  Extreme samplers only, which read the order of the values). Rescale such a matrix yourself (e.g.
+  divide by its largest absolute value) to use it with the Probability / Reject samplers: which
+  rescaling is right depends on what the values mean, so it is not guessed here.
 
 :func:`load_similarity_matrix` reads a user-provided similarity (``.npy``, float ``[N, N]``, finite,
 ``N`` = number of images of the split; not required to be symmetric).
@@ -51,6 +60,7 @@ import numpy as np
 
 from sgg_jax.data import captions as captions_lib
 from sgg_jax.data import word_vectors
+from sgg_jax.data.triplet_samplers import RANGE_TOLERANCE, SIMILARITY_RANGE
 from sgg_jax.errors import ConfigError, DataError, check_int
 
 _TOKEN = re.compile(r"[^\W_]+")
@@ -113,7 +123,7 @@ def caption_similarity(
     captions: Mapping[str, Sequence[str]],
     word_to_vector: Mapping[str, np.ndarray],
     *,
-    normalise_captions: bool = False,
+    normalise_captions: bool = True,
     captions_path: str | os.PathLike | None = None,
 ) -> tuple[np.ndarray, CaptionSimilarityReport]:
     """The caption similarity matrix ``s_XY`` of the images of a split (module docstring).
@@ -123,8 +133,9 @@ def caption_similarity(
         ``captions`` in table order.
       captions: image id -> captions (e.g. :func:`sgg_jax.data.captions.read`).
       word_to_vector: word -> float[D] (e.g. :func:`sgg_jax.data.word_vectors.read_glove`).
-      normalise_captions: L2-normalise each caption embedding (``s_XY`` = mean cosine) instead of the
-        paper's raw inner products.
+      normalise_captions: L2-normalise each caption embedding (``s_XY`` = mean cosine, in
+        ``[-1, 1]``, the paper's); False = raw inner products of the averaged word vectors
+        (unbounded; not for the Probability / Reject samplers).
       captions_path: the caption file, only to name it in error messages.
 
     Returns:
@@ -198,7 +209,7 @@ def caption_similarity_from_files(
     captions_path: str | os.PathLike,
     glove_path: str | os.PathLike,
     *,
-    normalise_captions: bool = False,
+    normalise_captions: bool = True,
 ) -> tuple[np.ndarray, CaptionSimilarityReport]:
     """:func:`caption_similarity` from a caption file and a GloVe text file.
 
@@ -230,13 +241,18 @@ def caption_similarity_from_files(
     )
 
 
-def load_similarity_matrix(path: str | os.PathLike, num_images: int) -> np.ndarray:
+def load_similarity_matrix(
+    path: str | os.PathLike, num_images: int, *, bounded: bool = True
+) -> np.ndarray:
     """Reads a user similarity matrix from a ``.npy`` file (no pickles).
 
     Args:
       path: ``.npy`` file holding a real float/int array ``[num_images, num_images]`` (row/column ``i``
         = image ``i`` of the split, in the split's order).
       num_images: number of images of the split.
+      bounded: require every value in ``[-1, 1]`` (values up to ``RANGE_TOLERANCE`` outside are
+        clipped to it), as caption similarities are; False = any finite values (only for the
+        Random / Extreme samplers).
 
     Returns:
       float32[num_images, num_images].
@@ -244,7 +260,8 @@ def load_similarity_matrix(path: str | os.PathLike, num_images: int) -> np.ndarr
     Raises:
       ConfigError: ``num_images`` is not an integer >= 1.
       DataError: naming the file when it is missing or unreadable, not a 2-D square real array, of
-        the wrong size, or holds NaN / inf (or values beyond float32's range).
+        the wrong size, holds NaN / inf (or values beyond float32's range), or (``bounded``) holds
+        a value outside ``[-1, 1]``.
     """
     check_int("num_images", num_images, minimum=1)
     path = os.fspath(path)
@@ -277,4 +294,17 @@ def load_similarity_matrix(path: str | os.PathLike, num_images: int) -> np.ndarr
             f"(first at row {row}, column {column})",
             path=path,
         )
+    if bounded:
+        low, high = SIMILARITY_RANGE
+        outside = (result < low - RANGE_TOLERANCE) | (result > high + RANGE_TOLERANCE)
+        if np.any(outside):
+            row, column = np.argwhere(outside)[0]
+            raise DataError(
+                f"{int(outside.sum())} entries lie outside [-1, 1] (values in "
+                f"[{float(result.min()):.6g}, {float(result.max()):.6g}], first at row {row}, column "
+                f"{column}): similarities must be cosine-like for the Probability / Reject samplers; "
+                "rescale the matrix, or read it unbounded for the Random / Extreme samplers only",
+                path=path,
+            )
+        result = np.clip(result, low, high)
     return result

@@ -10,19 +10,30 @@ are drawn among the **other** images (never ``A`` itself) and are always distinc
   back to a uniform pair of distinct images (``ordered`` is False there).
 * **Extreme** (:func:`extreme_triplets`): deterministic, ``P = argmax_{X != A} s_AX`` and
   ``N = argmin_{X != A, X != P} s_AX``; ties go to the lowest image index. ``rng`` is not used.
-* **Probability** (:func:`probability_triplets`): ``Pr(P = X) ∝ s_AX`` and ``Pr(N = X) ∝ 1 - s_AX``
-  with similarities **clipped to [0, 1]** first (the weights must be non-negative and ``1 - s`` only
-  makes sense for ``s <= 1``; use a normalised similarity, e.g. ``normalise_captions=True``). ``P`` is
-  drawn first, then ``N`` among the images other than ``A`` and ``P`` (so
-  ``Pr(P, N) = w_P / sum_X w_X * u_N / sum_{X != P} u_X``). When all weights of a draw are 0 (every
-  clipped ``s_AX`` is 0 for ``P``, or 1 for ``N``) that draw is uniform.
+* **Probability** (:func:`probability_triplets`): ``Pr(P = X) ∝ s_AX`` and ``Pr(N = X) ∝ 1 - s_AX``,
+  a formula for cosine-like similarities in ``[-1, 1]`` (caption similarities with
+  ``normalise_captions=True``, the default of :mod:`sgg_jax.data.similarity`). A similarity outside
+  ``[-1, 1]`` (beyond the rounding tolerance :data:`RANGE_TOLERANCE`) raises
+  :class:`~sgg_jax.errors.DataError`: un-normalised inner products (a few units) were formerly
+  clipped to 1, which set every weight to 0 or 1 and made this sampler a uniform draw of two images
+  (and Reject a Random sampler). A negative similarity reads as "no similarity", as in the Ranking
+  loss target (:func:`sgg_jax.embedding_losses.ranking_targets`): the weights are
+  ``w_X = max(s_AX, 0)`` for ``P`` and ``u_X = 1 - max(s_AX, 0)`` for ``N``, so an image with
+  ``s_AX <= 0`` is never the positive and is a negative of the largest weight, 1. ``P`` is drawn
+  first, then ``N`` among the images other than ``A`` and ``P`` (so
+  ``Pr(P, N) = w_P / sum_{X != A} w_X * u_N / sum_{X != A, P} u_X``). When all weights of a draw are
+  0 (every ``s_AX <= 0`` for ``P``, or every ``s_AX = 1`` for ``N``) that draw is uniform.
 * **Reject** (:func:`reject_triplets`): Probability sampling, but a draw with ``s_AP < s_AN`` is
   rejected and redrawn, at most ``max_retries`` times (ties ``s_AP == s_AN`` are accepted). An
   anchor still rejected after ``1 + max_retries`` draws keeps its last draw with ``P`` and ``N``
   **swapped**, which is correctly ordered (``s_AP > s_AN``). So Reject never returns ``s_AP < s_AN``;
   the accepted draws follow Probability sampling conditioned on ``s_AP >= s_AN``, the rare fallbacks
   (probability ``(1 - alpha)^(1 + max_retries)`` per anchor, ``alpha`` its acceptance rate) the
-  swapped distribution.
+  swapped distribution. Same ``[-1, 1]`` requirement as Probability.
+
+Random and Extreme read only the order of the similarities: any real values. Only the values the
+samplers read are checked (the anchors' rows without the anchor itself: the diagonal never matters);
+:func:`check_similarity_range` checks a whole matrix up front (``train_embedding`` calls it).
 
 Every sampler returns a :class:`TripletSample` of image indices, vectorised over the anchors (one
 ``[A, N - 1]`` gather of the anchors' rows; the full matrix is never copied). Randomness comes only
@@ -53,6 +64,11 @@ import numpy as np
 from sgg_jax.errors import ConfigError, DataError, check_int
 
 DEFAULT_MAX_RETRIES = 10
+# Samplers whose formula reads similarity values as cosines in [-1, 1] (module docstring).
+BOUNDED_SAMPLERS = ("probability", "reject")
+SIMILARITY_RANGE = (-1.0, 1.0)
+# Values up to this far outside [-1, 1] are float rounding of cosines (clipped, not rejected).
+RANGE_TOLERANCE = 1e-5
 
 
 class TripletSample(NamedTuple):
@@ -114,6 +130,64 @@ def _anchor_rows(similarity: Any, anchors: Any) -> tuple[np.ndarray, np.ndarray,
         raise DataError("contains NaN or infinite values", field="similarity", record_kind="array")
     values = np.take_along_axis(values, others, axis=1)
     return anchors, others, values
+
+
+def _range_error(method: str, low: float, high: float) -> DataError:
+    return DataError(
+        f"the {method} sampler needs similarities in [-1, 1] (Pr(P) ∝ s, Pr(N) ∝ 1 - s), got values "
+        f"in [{low:.6g}, {high:.6g}]: use normalised caption similarities (normalise_captions=True) "
+        "or rescale the matrix",
+        field="similarity",
+        record_kind="array",
+    )
+
+
+def _in_range(low: float, high: float) -> bool:
+    return (
+        low >= SIMILARITY_RANGE[0] - RANGE_TOLERANCE
+        and high <= SIMILARITY_RANGE[1] + RANGE_TOLERANCE
+    )
+
+
+def _bounded_values(values: np.ndarray, method: str) -> np.ndarray:
+    """``values`` clipped to [-1, 1]; DataError when one lies beyond the rounding tolerance."""
+    if values.size and not _in_range(float(values.min()), float(values.max())):
+        raise _range_error(method, float(values.min()), float(values.max()))
+    return np.clip(values, *SIMILARITY_RANGE)
+
+
+def check_similarity_range(similarity: Any, method: str, *, rows_per_chunk: int = 1024) -> None:
+    """Raises when sampler ``method`` cannot read ``similarity`` (before any triplet is drawn).
+
+    The samplers of :data:`BOUNDED_SAMPLERS` need every off-diagonal value in ``[-1, 1]`` (up to
+    :data:`RANGE_TOLERANCE`); the others take any real values.
+
+    Args:
+      similarity: float[N, N] supervision similarity (read in chunks of ``rows_per_chunk`` rows, so
+        a large matrix is never copied whole).
+      method: sampler name.
+
+    Raises:
+      ConfigError: ``similarity`` is not square.
+      DataError: a value outside ``[-1, 1]`` for a bounded sampler (names the range found).
+    """
+    if method not in BOUNDED_SAMPLERS:
+        return
+    matrix = similarity if isinstance(similarity, np.ndarray) else np.asarray(similarity)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ConfigError("similarity", f"expected a square [N, N] matrix, got {matrix.shape}")
+    check_int("rows_per_chunk", rows_per_chunk, minimum=1)
+    if matrix.shape[0] < 2 or _in_range(float(np.min(matrix)), float(np.max(matrix))):
+        return
+    # Something is out of range: look again without the diagonal (never read by a sampler).
+    low, high = np.inf, -np.inf
+    for start in range(0, matrix.shape[0], rows_per_chunk):
+        block = np.array(matrix[start : start + rows_per_chunk], np.float64)
+        rows = np.arange(block.shape[0])
+        block[rows, start + rows] = np.nan
+        low, high = min(low, float(np.nanmin(block))), max(high, float(np.nanmax(block)))
+    if not _in_range(low, high):
+        raise _range_error(method, low, high)
 
 
 def _result(
@@ -221,6 +295,7 @@ def _categorical(rng: np.random.Generator, weights: np.ndarray, allowed: np.ndar
 def _probability_positions(
     rng: np.random.Generator, values: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
+    # Pr(P = X) ∝ max(s_AX, 0), Pr(N = X) ∝ 1 - max(s_AX, 0), values already in [-1, 1].
     clipped = np.clip(values, 0.0, 1.0)
     everything = np.ones(values.shape, bool)
     positive_pos = _categorical(rng, clipped, everything)
@@ -231,21 +306,25 @@ def _probability_positions(
 
 
 def probability_triplets(similarity: Any, anchors: Any, rng: np.random.Generator) -> TripletSample:
-    """Probability sampling: ``Pr(P) ∝ s_AP``, then ``Pr(N) ∝ 1 - s_AN`` among the rest (clipped to [0, 1]).
+    """Probability sampling: ``Pr(P) ∝ s_AP``, then ``Pr(N) ∝ 1 - s_AN`` among the rest (module docstring).
 
     Args:
-      similarity: float[N, N] supervision similarity, ``N >= 3`` (read as values in ``[0, 1]``).
+      similarity: float[N, N] supervision similarity in ``[-1, 1]``, ``N >= 3`` (negative values
+        read as 0).
       anchors: int[A] anchor image indices.
       rng: numpy Generator.
 
     Returns:
       :class:`TripletSample` (``ordered`` may be False: misordered draws are kept).
+
+    Raises:
+      DataError: a similarity the sampler reads lies outside ``[-1, 1]``.
     """
     rng = _check_rng(rng)
     anchors, others, values = _anchor_rows(similarity, anchors)
     if anchors.size == 0:
         return _empty()
-    positive_pos, negative_pos = _probability_positions(rng, values)
+    positive_pos, negative_pos = _probability_positions(rng, _bounded_values(values, "probability"))
     return _result(others, values, positive_pos, negative_pos)
 
 
@@ -259,7 +338,7 @@ def reject_triplets(
     """Reject sampling: Probability sampling, redrawing triplets with ``s_AP < s_AN`` (module docstring).
 
     Args:
-      similarity: float[N, N] supervision similarity, ``N >= 3`` (read as values in ``[0, 1]``).
+      similarity: float[N, N] supervision similarity in ``[-1, 1]``, ``N >= 3``.
       anchors: int[A] anchor image indices.
       rng: numpy Generator.
       max_retries: redraws per anchor after the first draw (>= 0); an anchor still rejected then gets
@@ -267,20 +346,24 @@ def reject_triplets(
 
     Returns:
       :class:`TripletSample` with ``s_AP >= s_AN`` for every anchor.
+
+    Raises:
+      DataError: a similarity the sampler reads lies outside ``[-1, 1]``.
     """
     rng = _check_rng(rng)
     check_int("max_retries", max_retries, minimum=0)
     anchors, others, values = _anchor_rows(similarity, anchors)
     if anchors.size == 0:
         return _empty()
+    bounded = _bounded_values(values, "reject")
     rows = np.arange(values.shape[0])
-    positive_pos, negative_pos = _probability_positions(rng, values)
+    positive_pos, negative_pos = _probability_positions(rng, bounded)
     rejected = values[rows, positive_pos] < values[rows, negative_pos]
     for _ in range(max_retries):
         if not np.any(rejected):
             break
         redraw = np.flatnonzero(rejected)
-        new_positive, new_negative = _probability_positions(rng, values[redraw])
+        new_positive, new_negative = _probability_positions(rng, bounded[redraw])
         positive_pos[redraw] = new_positive
         negative_pos[redraw] = new_negative
         rejected[redraw] = values[redraw, new_positive] < values[redraw, new_negative]

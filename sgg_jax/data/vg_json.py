@@ -31,10 +31,14 @@ Conventions of :func:`read_relationships`:
 * Vocabulary: with ``vocab`` (e.g. :func:`sgg_jax.data.vg150.load_bundled_vocab`), an object whose
   name is not in it is dropped with all its relations, and a relation whose predicate is not in it is
   dropped (its objects stay nodes); both are counted in the report. Without ``vocab`` one is built
-  from the read images: the ``num_object_classes`` names with the most objects and the
-  ``num_predicates`` predicates with the most relations (ties by name), each listed alphabetically as
-  in VG150's dictionaries, with counts recomputed from the returned graphs. Empty names are never in a
-  vocabulary.
+  from the read images: the object names seen on at least ``min_count`` objects and the predicates
+  seen on at least ``min_count`` relations (counted after normalisation and aliases, over the read
+  images), of which at most the ``num_object_classes`` / ``num_predicates`` most frequent (ties by
+  name; None = no limit), each listed alphabetically as in VG150's dictionaries, with counts
+  recomputed from the returned graphs. The defaults (150 / 50, ``min_count=1``) give a vocabulary of
+  VG150's sizes; Maheshwari et al. keep every object and relation type seen at least 25 times
+  (``num_object_classes=None, num_predicates=None, min_count=25``). Empty names are never in a
+  vocabulary; a built vocabulary without any object or any predicate is a ``DataError``.
 * Every image read is returned, also when no relation survives (the experiment filters). Several
   relations on one pair are kept (multi-label truth). Self-relations (subject ``object_id`` ==
   object ``object_id``) are handled by ``build_graph`` (kept and counted; raise when ``strict``;
@@ -334,9 +338,16 @@ def _box_extent(boxes: np.ndarray) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _most_frequent(table: dict[str, int], counts: np.ndarray, limit: int) -> list[str]:
-    """The ``limit`` non-empty names with the highest counts (ties by name), sorted by name."""
-    ranked = sorted((-int(counts[index]), name) for name, index in table.items() if name)
+def _most_frequent(
+    table: dict[str, int], counts: np.ndarray, limit: int | None, min_count: int
+) -> list[str]:
+    """The non-empty names counted at least ``min_count`` times, at most the ``limit`` with the
+    highest counts (ties by name; None = all), sorted by name."""
+    ranked = sorted(
+        (-int(counts[index]), name)
+        for name, index in table.items()
+        if name and counts[index] >= min_count
+    )
     return sorted(name for _, name in ranked[:limit])
 
 
@@ -371,8 +382,9 @@ def read_relationships(
     path: str | os.PathLike,
     *,
     vocab: Vocab | None = None,
-    num_object_classes: int = 150,
-    num_predicates: int = 50,
+    num_object_classes: int | None = 150,
+    num_predicates: int | None = 50,
+    min_count: int = 1,
     aliases: Mapping[str, str] | None = None,
     image_ids: Iterable[str | int] | None = None,
     image_data_path: str | os.PathLike | None = None,
@@ -384,7 +396,10 @@ def read_relationships(
     Args:
       path: ``relationships.json`` (plain or ``.gz``).
       vocab: vocabulary to map names into; None = build one from the read images.
-      num_object_classes, num_predicates: sizes of the built vocabulary (ignored with ``vocab``).
+      num_object_classes, num_predicates: most names of the built vocabulary (None = no limit;
+        ignored with ``vocab``).
+      min_count: fewest objects / relations a name needs to enter the built vocabulary (>= 1;
+        ignored with ``vocab``; the paper's: 25).
       aliases: name -> name applied after normalisation (objects and predicates).
       image_ids: read only these images (file order is kept); None = every image.
       image_data_path: VG ``image_data.json`` giving the image sizes; None = box extent.
@@ -398,13 +413,19 @@ def read_relationships(
       counts of what was read, repaired and dropped.
 
     Raises:
-      DataError: naming the file, the image and the field of malformed content.
-      ConfigError: a bad vocabulary size or ``aliases``.
+      DataError: naming the file, the image and the field of malformed content; a built vocabulary
+        that would hold no object or no predicate name (``min_count`` too high).
+      ConfigError: a bad vocabulary size, ``min_count`` or ``aliases``.
     """
     aliases = _check_aliases(aliases)
     if vocab is None:
-        check_int("num_object_classes", num_object_classes, minimum=1)
-        check_int("num_predicates", num_predicates, minimum=1)
+        for name, value in (
+            ("num_object_classes", num_object_classes),
+            ("num_predicates", num_predicates),
+        ):
+            if value is not None:
+                check_int(name, value, minimum=1)
+        check_int("min_count", min_count, minimum=1)
     path = os.fspath(path)
     wanted = None if image_ids is None else {str(image_id) for image_id in image_ids}
     image_data = None if image_data_path is None else _read_image_data(os.fspath(image_data_path))
@@ -448,13 +469,23 @@ def read_relationships(
         built = Vocab(
             object_names=(
                 BACKGROUND,
-                *_most_frequent(parser.object_table, object_counts, num_object_classes),
+                *_most_frequent(parser.object_table, object_counts, num_object_classes, min_count),
             ),
             predicate_names=(
                 BACKGROUND,
-                *_most_frequent(parser.predicate_table, predicate_counts, num_predicates),
+                *_most_frequent(
+                    parser.predicate_table, predicate_counts, num_predicates, min_count
+                ),
             ),
         )
+        for kind, names in (("object", built.object_names), ("predicate", built.predicate_names)):
+            if len(names) == 1:
+                raise DataError(
+                    f"no {kind} name is seen at least {min_count} times in the "
+                    f"{len(parsed)} images read: the built vocabulary would be empty",
+                    path=path,
+                    field="vocabulary",
+                )
     else:
         built = None
     use_vocab = vocab if vocab is not None else built

@@ -43,7 +43,7 @@ import optax
 
 from sgg_jax import embedding_losses
 from sgg_jax.data.graph_batch import GraphBatch, pad_scene_graphs
-from sgg_jax.data.triplet_samplers import SAMPLERS, sample_triplets
+from sgg_jax.data.triplet_samplers import SAMPLERS, check_similarity_range, sample_triplets
 from sgg_jax.errors import ConfigError, DataError, check_int, is_finite_number
 from sgg_jax.models.sg_gcn import SceneGraphGCN, SGGCNConfig
 from sgg_jax.structures import SceneGraph
@@ -295,7 +295,8 @@ def train_embedding(
 
     Args:
       graphs: N >= 3 training scene graphs over the model's vocabulary.
-      similarity: float[N, N] supervision similarity of the graphs (row / column ``i`` = ``graphs[i]``).
+      similarity: float[N, N] supervision similarity of the graphs (row / column ``i`` = ``graphs[i]``),
+        in ``[-1, 1]`` for the ``probability`` / ``reject`` samplers.
       model_config: the GCN's sizes.
       config: training options.
       eval_fn: called with an :class:`Embedder` of the current variables every ``eval_every`` epochs
@@ -309,12 +310,15 @@ def train_embedding(
     Raises:
       ConfigError: fewer than 3 graphs, a similarity that is not ``[N, N]``, bad options.
       DataError: a graph that does not fit the vocabulary (names the image and field), non-finite
-        similarities.
+        similarities, or similarities outside ``[-1, 1]`` for the ``probability`` / ``reject``
+        samplers (:func:`sgg_jax.data.triplet_samplers.check_similarity_range`).
     """
     graphs = list(graphs)
     if len(graphs) < 3:
         raise ConfigError("graphs", f"need at least 3 training graphs, got {len(graphs)}")
     similarity = _check_similarity(similarity, len(graphs))
+    # Probability / Reject read similarities in [-1, 1]: fail here, not at the first bad batch.
+    check_similarity_range(similarity, config.sampler)
     check_int("eval_every", eval_every, minimum=0)
     num = len(graphs)
     batch_size = config.batch_size

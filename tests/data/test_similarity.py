@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from sgg_jax.data import similarity
+from sgg_jax.data import similarity, triplet_samplers
 from sgg_jax.errors import ConfigError, DataError
 
 TABLE = {
@@ -37,7 +37,9 @@ def test_hand_built_images_exact_similarity_and_counts():
         "w": ["the a", "an"],  # no known word at all
         "v": ["a cat", "zebra"],  # second caption dropped; c = [1, 0]
     }
-    matrix, report = similarity.caption_similarity(["x", "z", "y", "w", "v"], captions, TABLE)
+    matrix, report = similarity.caption_similarity(
+        ["x", "z", "y", "w", "v"], captions, TABLE, normalise_captions=False
+    )
     assert matrix.dtype == np.float32 and matrix.shape == (3, 3)
     # s_XY = mean over the 2 x 3 caption pairs: (0.5 + 0.5 + 0.75 + 0 + 0 + 0.5) / 6.
     expected = np.array(
@@ -60,14 +62,46 @@ def test_hand_built_images_exact_similarity_and_counts():
     assert report.missing_words == ["the", "a", "an", "zebra"]
 
 
-def test_normalised_captions_give_mean_cosines():
-    matrix, _ = similarity.caption_similarity(
-        ["x", "y"], {"x": ["cat", "sat"], "y": ["dog"]}, TABLE, normalise_captions=True
-    )
+def test_normalised_captions_give_mean_cosines_by_default():
+    captions = {"x": ["cat", "sat"], "y": ["dog"]}
+    matrix, _ = similarity.caption_similarity(["x", "y"], captions, TABLE)
     root_half = np.sqrt(0.5)
     # x: [1, 0] and [r, r]; y: [0, 1].
     expected = [[(1 + root_half + root_half + 1) / 4, root_half / 2], [root_half / 2, 1.0]]
     np.testing.assert_allclose(matrix, expected, rtol=1e-6)
+    explicit, _ = similarity.caption_similarity(
+        ["x", "y"], captions, TABLE, normalise_captions=True
+    )
+    np.testing.assert_array_equal(matrix, explicit)
+    # Un-normalised (the option): x's "sat" caption is [1, 1], so s_xx = (1 + 1 + 1 + 2) / 4.
+    raw, _ = similarity.caption_similarity(["x", "y"], captions, TABLE, normalise_captions=False)
+    np.testing.assert_allclose(raw, [[1.25, 0.5], [0.5, 1.0]], rtol=1e-6)
+
+
+def test_normalised_similarities_lie_in_minus_one_one_and_feed_the_probability_sampler():
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(20)]
+    table = {w: (rng.normal(size=8) * 3.0).astype(np.float32) for w in words}
+    captions = {
+        str(image): [" ".join(rng.choice(words, 4)) for _ in range(5)] for image in range(12)
+    }
+    matrix, _ = similarity.caption_similarity(None, captions, table)
+    assert matrix.min() >= -1.0 and matrix.max() <= 1.0
+    assert matrix.min() < 0  # random vectors: some negative cosines
+    raw, _ = similarity.caption_similarity(None, captions, table, normalise_captions=False)
+    assert raw.max() > 1.0
+
+    # s_XY of normalised captions = the mean of the 5 x 5 cosines between the caption vectors.
+    def unit(text):
+        vector = np.mean([table[t] for t in text.split()], axis=0).astype(np.float64)
+        return vector / np.linalg.norm(vector)
+
+    cosines = [unit(a) @ unit(b) for a in captions["0"] for b in captions["1"]]
+    assert len(cosines) == 25 and matrix[0, 1] == pytest.approx(np.mean(cosines), abs=1e-6)
+    sampler_rng = np.random.default_rng(0)
+    triplet_samplers.probability_triplets(matrix, np.arange(12), sampler_rng)
+    with pytest.raises(DataError, match=r"probability sampler needs similarities in \[-1, 1\]"):
+        triplet_samplers.probability_triplets(raw, np.arange(12), sampler_rng)
 
 
 def test_matches_explicit_double_sum_for_any_number_of_captions():
@@ -80,7 +114,7 @@ def test_matches_explicit_double_sum_for_any_number_of_captions():
         ]
         for image in range(6)
     }
-    matrix, _ = similarity.caption_similarity(None, captions, table)
+    matrix, _ = similarity.caption_similarity(None, captions, table, normalise_captions=False)
 
     def embed(text):
         return np.mean([table[t] for t in text.split()], axis=0).astype(np.float64)
@@ -110,10 +144,17 @@ def test_from_caption_and_glove_files(tmp_path):
     glove_path = tmp_path / "glove.txt"
     glove_path.write_text("cat 1 0\ndog 0 1\nsat 1 1\nzebra 5 5\n")
     matrix, report = similarity.caption_similarity_from_files(
-        ["2", "1", "3"], captions_path, glove_path
+        ["2", "1", "3"], captions_path, glove_path, normalise_captions=False
     )
     # "2": c = [0, 1] twice ("a" skipped); "1": c = mean(cat, sat) = [1, 0.5].
     np.testing.assert_allclose(matrix, [[1.0, 0.5], [0.5, 1.25]], rtol=1e-6)
+    normalised, _ = similarity.caption_similarity_from_files(
+        ["2", "1", "3"], captions_path, glove_path
+    )
+    # Default: unit caption vectors, [0, 1] and [2, 1] / sqrt(5).
+    np.testing.assert_allclose(
+        normalised, [[1.0, 1 / np.sqrt(5)], [1 / np.sqrt(5), 1.0]], rtol=1e-6
+    )
     assert report.image_ids == ["2", "1"] and report.images_without_captions == ["3"]
     assert report.missing_words == ["a"]
     glove_path.write_text("zebra 5 5\n")
@@ -123,10 +164,33 @@ def test_from_caption_and_glove_files(tmp_path):
 
 def test_load_similarity_matrix_reads_a_square_finite_matrix(tmp_path):
     path = tmp_path / "s.npy"
-    np.save(path, np.arange(9, dtype=np.float64).reshape(3, 3))
+    values = np.arange(9, dtype=np.float64).reshape(3, 3) / 4 - 1  # -1 .. 1
+    np.save(path, values)
     loaded = similarity.load_similarity_matrix(path, 3)
     assert loaded.dtype == np.float32
-    np.testing.assert_array_equal(loaded, np.arange(9).reshape(3, 3))
+    np.testing.assert_array_equal(loaded, values)
+    np.save(path, np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.int64))
+    np.testing.assert_array_equal(similarity.load_similarity_matrix(path, 3), np.eye(3))
+
+
+def test_load_similarity_matrix_outside_minus_one_one(tmp_path):
+    path = tmp_path / "raw.npy"
+    raw = np.arange(9, dtype=np.float64).reshape(3, 3)  # 0 .. 8: raw inner products, say
+    np.save(path, raw)
+    with pytest.raises(DataError) as error:
+        similarity.load_similarity_matrix(path, 3)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{path}: 7 entries lie outside [-1, 1]")
+    assert "values in [0, 8], first at row 0, column 2" in message
+    # Explicit option: any finite values (for the Random / Extreme samplers).
+    np.testing.assert_array_equal(similarity.load_similarity_matrix(path, 3, bounded=False), raw)
+    # Float rounding of cosines (within RANGE_TOLERANCE) is clipped, not rejected.
+    np.save(path, np.array([[1.000001, 0.5, -1.000002], [0.5, 1, 0], [-1, 0, 1]], np.float32))
+    loaded = similarity.load_similarity_matrix(path, 3)
+    assert loaded[0, 0] == 1.0 and loaded[0, 2] == -1.0
+    np.save(path, np.array([[1.001, 0.5, 0], [0.5, 1, 0], [0, 0, 1]], np.float32))
+    with pytest.raises(DataError, match=r"raw.npy: 1 entries lie outside \[-1, 1\]"):
+        similarity.load_similarity_matrix(path, 3)
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from sgg_jax.data import triplet_samplers as ts
 from sgg_jax.errors import ConfigError, DataError
 
 DRAWS = 20_000
-# Row 0 is the anchor used for the distribution tests; its self-similarity (9) is the largest value and
-# must never matter. Row 0 holds ties (0.5, 0.5), a negative value and (for Probability) a value > 1.
+# Row 0 is the anchor used for the distribution tests; its self-similarity (9, or -5) is out of range
+# and must never matter. Row 0 holds ties (0.5, 0.5), a negative value and (for Probability) 1.
 S_RANDOM = np.array(
     [
         [9.0, 0.1, 0.5, 0.5, 0.9],
@@ -23,11 +23,11 @@ S_RANDOM = np.array(
 )
 S_PROBABILITY = np.array(
     [
-        [-5.0, 0.2, -0.3, 0.7, 1.4],
+        [-5.0, 0.2, -0.3, 0.7, 1.0],
         [0.2, 1.0, 0.1, 0.3, 0.4],
         [-0.3, 0.1, 1.0, 0.5, 0.6],
         [0.7, 0.3, 0.5, 1.0, 0.9],
-        [1.4, 0.4, 0.6, 0.9, 1.0],
+        [1.0, 0.4, 0.6, 0.9, 1.0],
     ]
 )
 
@@ -50,7 +50,8 @@ def assert_matches(counts, probabilities):
 
 
 def probability_joint(row, anchor):
-    """Exact Pr(P = p, N = n) of Probability sampling for one anchor row, by enumeration."""
+    """Exact Pr(P = p, N = n) of Probability sampling for one anchor row in [-1, 1], by enumeration:
+    Pr(P = X) ∝ max(s_AX, 0), then Pr(N = X) ∝ 1 - max(s_AX, 0) among the others but P."""
     clipped = np.clip(row, 0, 1)
     others = [x for x in range(len(row)) if x != anchor]
     weights = {x: clipped[x] for x in others}
@@ -107,11 +108,50 @@ def test_extreme_is_exact_with_ties_to_the_lowest_index():
 def test_probability_matches_the_exact_joint_distribution():
     sample = ts.probability_triplets(S_PROBABILITY, np.zeros(DRAWS, int), np.random.default_rng(2))
     expected = probability_joint(S_PROBABILITY[0], 0)
-    # Clipped row: w = [0.2, 0, 0.7, 1] for images 1..4, so image 2 is never the positive and image 4
-    # (1 - 1 = 0) never the negative.
+    # Weights w = [0.2, 0, 0.7, 1] for images 1..4 (s = -0.3 reads as 0), so image 2 is never the
+    # positive and image 4 (1 - 1 = 0) never the negative.
     assert expected[2].sum() == 0 and expected[:, 4].sum() == 0
     assert_matches(pair_counts(sample, 5), expected)
     assert not sample.ordered.all()  # misordered draws are kept
+
+
+def random_joint(row, anchor):
+    """Exact Pr(P = p, N = n) of Random sampling: uniform over the pairs with s_AP > s_AN."""
+    joint = np.zeros((len(row), len(row)))
+    for p, n in itertools.permutations([x for x in range(len(row)) if x != anchor], 2):
+        joint[p, n] = float(row[p] > row[n])
+    return joint / joint.sum()
+
+
+@pytest.mark.parametrize("favourite", [0.9, 0.5])
+def test_probability_draws_follow_the_similarities_not_the_random_sampler(favourite):
+    # Anchor 0; image 1 is much more similar to it than images 2..5 (one of which is negative).
+    row = np.array([1.0, favourite, 0.3, 0.2, 0.0, -0.6])
+    similarity = np.eye(6)
+    similarity[0], similarity[:, 0] = row, row
+    anchors = np.zeros(DRAWS, int)
+    sample = ts.probability_triplets(similarity, anchors, np.random.default_rng(10))
+    random_sample = ts.random_triplets(similarity, anchors, np.random.default_rng(11))
+    # The stated formula: Pr(P = X) = max(s_AX, 0) / sum_Y max(s_AY, 0) over the others.
+    weights = np.maximum(row[1:], 0)
+    stated = weights / weights.sum()
+    drawn = np.bincount(sample.positive, minlength=6)[1:] / DRAWS
+    random_drawn = np.bincount(random_sample.positive, minlength=6)[1:] / DRAWS
+    random_stated = random_joint(row, 0).sum(axis=1)[1:]
+    # Tolerance: 5 binomial standard errors of a frequency over DRAWS draws (about 0.017 at most).
+    tolerance = 5 * np.sqrt(np.maximum(stated * (1 - stated), 1 / DRAWS) / DRAWS)
+    np.testing.assert_array_less(np.abs(drawn - stated), tolerance)
+    np.testing.assert_array_less(np.abs(random_drawn - random_stated), 5 * np.sqrt(0.25 / DRAWS))
+    assert drawn[0] == pytest.approx(favourite / (favourite + 0.5), abs=tolerance[0])
+    # Random draws image 1 as P in 4 of its 10 ordered pairs whatever its similarity (0.4); the
+    # Probability sampler 0.643 / 0.5: the frequencies differ by more than both tolerances together.
+    assert random_stated[0] == pytest.approx(0.4)
+    assert abs(drawn[0] - random_drawn[0]) > 4 * tolerance[0]
+    assert drawn[4] == 0 and drawn[3] == 0  # s = -0.6 and s = 0 are never the positive
+    # Negatives: Pr(N = X) ∝ 1 - max(s_AX, 0) among the others but P, marginalised over P.
+    stated_negative = probability_joint(row, 0).sum(axis=0)[1:]
+    drawn_negative = np.bincount(sample.negative, minlength=6)[1:] / DRAWS
+    np.testing.assert_allclose(drawn_negative, stated_negative, atol=5 * np.sqrt(0.25 / DRAWS))
 
 
 def test_probability_with_all_zero_weights_is_uniform():
@@ -168,6 +208,39 @@ def test_never_the_anchor_and_reproducible(method):
     np.testing.assert_array_equal(sample.ordered, rows)
     empty = ts.sample_triplets(method, similarity, np.zeros(0, int), np.random.default_rng(7))
     assert empty.positive.shape == (0,) and empty.ordered.dtype == bool
+
+
+@pytest.mark.parametrize("method", ts.BOUNDED_SAMPLERS)
+def test_unnormalised_similarities_are_rejected_not_degenerate(method):
+    # Raw inner products of averaged word vectors (un-normalised captions): a few units. Clipped to
+    # [0, 1] they would give every weight 0 or 1, i.e. a uniform draw; they are rejected instead.
+    raw = np.array(
+        [[4.0, 3.1, 1.2, 2.5], [3.1, 5.0, 0.7, 2.2], [1.2, 0.7, 2.0, 0.9], [2.5, 2.2, 0.9, 3.0]]
+    )
+    rng = np.random.default_rng(0)
+    with pytest.raises(
+        DataError, match=rf"similarity.*{method} sampler needs .*\[-1, 1\].*0.7, 3.1"
+    ):
+        ts.sample_triplets(method, raw, [0, 1, 2, 3], rng)
+    with pytest.raises(DataError, match=rf"{method} sampler needs similarities in \[-1, 1\]"):
+        ts.check_similarity_range(raw, method)
+    # The order-only samplers take the same matrix.
+    for order_only in ("random", "extreme"):
+        ts.check_similarity_range(raw, order_only)
+        assert ts.sample_triplets(order_only, raw, [0, 1, 2, 3], rng).ordered.all()
+    # Mean cosines (normalised) are accepted, with float rounding just above 1 tolerated.
+    cosine = raw / 5.0
+    cosine[0, 1] = cosine[1, 0] = 1.0 + ts.RANGE_TOLERANCE / 2
+    ts.check_similarity_range(cosine, method)
+    sample = ts.sample_triplets(method, cosine, np.zeros(1000, int), rng)
+    assert np.mean(sample.positive == 1) > 0.4  # s = 1 against 0.24 and 0.5: not uniform (1/3)
+    # The diagonal is never read: self-similarities out of range are allowed.
+    np.fill_diagonal(cosine, 7.0)
+    ts.check_similarity_range(cosine, method, rows_per_chunk=3)
+    ts.sample_triplets(method, cosine, [0, 1, 2, 3], rng)
+    cosine[2, 3] = -1.5
+    with pytest.raises(DataError, match=r"got values in \[-1.5, 1"):
+        ts.check_similarity_range(cosine, method, rows_per_chunk=3)
 
 
 def test_bad_inputs():

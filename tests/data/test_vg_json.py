@@ -192,6 +192,39 @@ def test_built_vocab_takes_the_most_frequent_names_ties_by_name(tmp_path):
     assert report.dropped_objects == 2  # horse, unicorn
 
 
+def test_built_vocab_with_a_min_count_keeps_every_frequent_enough_name(tmp_path):
+    rel_path, data_path = _files(tmp_path)
+    # Counts after aliases: objects man 2, street 2, hat / horse / unicorn 1; predicates on 2, the
+    # rest 1. The paper's rule (seen >= min_count times, no size limit) with min_count = 2:
+    graphs, vocab, report = vg_json.read_relationships(
+        rel_path,
+        aliases=ALIASES,
+        num_object_classes=None,
+        num_predicates=None,
+        min_count=2,
+        image_data_path=data_path,
+    )
+    assert vocab.object_names == (BACKGROUND, "man", "street")
+    assert vocab.predicate_names == (BACKGROUND, "on")
+    np.testing.assert_array_equal(graphs[0].labels, [1, 2])  # man, street
+    assert graphs[0].num_relations == 0  # man-street has no relation in image 1
+    np.testing.assert_array_equal(graphs[1].relations, [[0, 1, 1]])  # men -> man, on, street
+    np.testing.assert_array_equal(vocab.object_counts, [0, 2, 2])
+    assert report.dropped_objects == 3  # horse, hat, unicorn
+    # min_count = 1 without limits: every name seen; the limit still applies on top of a min count.
+    _, everything, _ = vg_json.read_relationships(
+        rel_path, aliases=ALIASES, num_object_classes=None, num_predicates=None, min_count=1
+    )
+    assert everything.object_names[1:] == ("hat", "horse", "man", "street", "unicorn")
+    assert len(everything.predicate_names) == 1 + 6  # flying holding near on riding wearing
+    _, capped, _ = vg_json.read_relationships(
+        rel_path, aliases=ALIASES, num_object_classes=1, num_predicates=None, min_count=2
+    )
+    assert capped.object_names == (BACKGROUND, "man")  # man / street tie at 2: by name
+    with pytest.raises(DataError, match=r"relationships.json: field 'vocabulary': no object name"):
+        vg_json.read_relationships(rel_path, aliases=ALIASES, min_count=3)
+
+
 def test_image_ids_filter_and_size_from_box_extent(tmp_path):
     rel_path, _ = _files(tmp_path)
     graphs, _, report = vg_json.read_relationships(
@@ -344,6 +377,8 @@ def test_bad_options(tmp_path):
     rel_path, _ = _files(tmp_path)
     with pytest.raises(ConfigError, match="option 'num_object_classes'"):
         vg_json.read_relationships(rel_path, num_object_classes=0)
+    with pytest.raises(ConfigError, match="option 'min_count'"):
+        vg_json.read_relationships(rel_path, min_count=0)
     with pytest.raises(ConfigError, match="option 'aliases'"):
         vg_json.read_relationships(rel_path, aliases={"men": 1})
 
@@ -402,9 +437,14 @@ def test_coco_captions_feed_attach_and_caption_similarity(tmp_path):
     }
     matrix, report = similarity.caption_similarity([g.image_id for g in graphs], table, vectors)
     assert report.image_ids == ["1", "3"]  # image 2 has no COCO captions
-    # Image 1: captions 1 and 3 average man and horse -> [0.75, 0.25] (caption 2 has no known word);
-    # image 3: street -> [0, 1].
-    np.testing.assert_allclose(matrix, [[0.625, 0.25], [0.25, 1.0]], atol=1e-6)
+    # Image 1: captions 1 and 3 average man and horse -> [0.75, 0.25] (caption 2 has no known word),
+    # unit length [3, 1] / sqrt(10); image 3: street -> [0, 1]. Mean cosines (the default).
+    cosine = 1 / np.sqrt(10)
+    np.testing.assert_allclose(matrix, [[1.0, cosine], [cosine, 1.0]], atol=1e-6)
+    raw, _ = similarity.caption_similarity(
+        [g.image_id for g in graphs], table, vectors, normalise_captions=False
+    )
+    np.testing.assert_allclose(raw, [[0.625, 0.25], [0.25, 1.0]], atol=1e-6)
 
 
 @pytest.mark.parametrize(

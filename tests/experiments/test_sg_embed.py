@@ -177,8 +177,75 @@ def test_user_similarity_matrix_replaces_captions(tmp_path):
         ("--split_fractions=0.7,0.2", "split_fractions"),
         ("--seeds=a", "seeds"),
         ("--dataset=vg_json", "vg_relationships"),
+        ("--vg_vocab_min_count=0", "vg_vocab_min_count"),
+        ("--similarity_npy_unbounded", "similarity_npy_unbounded"),
+        # Raw inner products with the default samplers (probability / reject among them).
+        ("--nonormalise_captions", "normalise_captions"),
     ],
 )
 def test_bad_flags_fail_before_loading_data(tmp_path, flag, option):
     line = _error_line(run_sg_embed(flag, f"--workdir={tmp_path}"))
-    assert option in line
+    assert f"option '{option}'" in line
+
+
+@pytest.mark.parametrize(
+    "flags, option, message",
+    [
+        (("--nonormalise_captions", "--samplers=random,reject"), "normalise_captions", "reject"),
+        (
+            (
+                "--similarity_npy=/no/such.npy",
+                "--similarity_npy_unbounded",
+                "--samplers=probability",
+            ),
+            "similarity_npy_unbounded",
+            "probability",
+        ),
+        (
+            ("--similarity_npy=/no/such.npy", "--nonormalise_captions", "--samplers=random"),
+            "normalise_captions",
+            "no effect",
+        ),
+    ],
+)
+def test_invalid_similarity_flag_combinations(tmp_path, flags, option, message):
+    # The .npy does not exist: the ConfigError comes before any file is read.
+    line = _error_line(run_sg_embed(*flags, f"--workdir={tmp_path}"))
+    assert f"option '{option}'" in line and message in line
+
+
+def test_user_similarity_outside_minus_one_one(tmp_path):
+    path = tmp_path / "raw.npy"
+    raw = np.arange(900, dtype=np.float32).reshape(30, 30) / 100  # 0 .. 8.99
+    np.save(path, raw)
+    common = ("--dataset=synthetic", "--synthetic_images=30", f"--similarity_npy={path}")
+    line = _error_line(run_sg_embed(*common, f"--workdir={tmp_path}"))
+    assert line.startswith(f"error: {path}: ") and "lie outside [-1, 1]" in line
+    # Explicitly unbounded: accepted (the order-only samplers; --method=data reads it and stops).
+    workdir = tmp_path / "unbounded"
+    result = run_sg_embed(
+        *common,
+        "--similarity_npy_unbounded",
+        "--samplers=random,extreme",
+        "--method=data",
+        f"--workdir={workdir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((workdir / "data_summary.json").read_text())
+    assert summary["similarity"] == f"user matrix {path}" and summary["num_images"] == 30
+
+
+def test_vg_coco_flagfile_passes_the_flag_checks(tmp_path):
+    # The data is not bundled: with absent files the run gets past every flag check and stops at
+    # the first file it reads, naming it.
+    missing = tmp_path / "missing"
+    result = run_sg_embed(
+        "--flagfile=experiments/flags/sg_embed_vg_coco.flags",
+        f"--vg_relationships={missing}/relationships.json",
+        f"--vg_image_data={missing}/image_data.json",
+        f"--coco_captions={missing}/captions_train2017.json",
+        f"--glove={missing}/glove.txt",
+        f"--workdir={tmp_path}/out",
+    )
+    line = _error_line(result)
+    assert "option '" not in line and str(missing) in line and "file not found" in line

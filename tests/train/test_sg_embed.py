@@ -159,6 +159,20 @@ def test_bad_similarity_is_rejected(data):
         sg_embed.train_embedding(graphs[:2], similarity[:2, :2], model_config, config)
 
 
+@pytest.mark.parametrize("sampler", ["probability", "reject"])
+def test_unnormalised_similarity_is_rejected_before_training(data, monkeypatch, sampler):
+    graphs, similarity, model_config = data[:3]
+    raw = similarity[:10, :10] * 3.0  # like raw inner products of un-normalised captions
+    assert raw.max() > 1.0 >= similarity.max()
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("the step was built before the similarity was checked")
+
+    monkeypatch.setattr(sg_embed, "_compiled_step", no_compile)
+    with pytest.raises(DataError, match=rf"{sampler} sampler needs similarities in \[-1, 1\]"):
+        sg_embed.train_embedding(graphs[:10], raw, model_config, _config(data, sampler=sampler))
+
+
 @pytest.mark.parametrize(
     "changes, option",
     [
