@@ -119,8 +119,14 @@ flags.DEFINE_enum("model_size", "small", ["small", "official"], "Base model and 
 flags.DEFINE_bool(
     "frequency_bias",
     True,
-    "Frequency bias of the training split (MotifNet: trainable, in training and at inference; "
-    "PE-Net: at inference only, as the official code).",
+    "MotifNet's trainable frequency bias of the training split, in training and at inference "
+    "(Scene-Graph-Benchmark's MotifPredictor).",
+)
+flags.DEFINE_bool(
+    "penet_frequency_bias",
+    False,
+    "PE-Net: add the frequency bias at inference (PREDICT_USE_BIAS; off in the official PE-Net, "
+    "whose predictor never reads it).",
 )
 flags.DEFINE_bool(
     "bundled_predicate_vectors",
@@ -337,7 +343,7 @@ def _base_config(base: str, vocab, frequency):
     from sgg_jax.models.penet import PENetConfig
 
     extra = {}
-    if FLAGS.frequency_bias:
+    if FLAGS.penet_frequency_bias if base == "penet" else FLAGS.frequency_bias:
         extra["frequency_bias"] = frequency.log_bias
     if base == "penet" and FLAGS.bundled_predicate_vectors:
         from sgg_jax.data import word_vectors
