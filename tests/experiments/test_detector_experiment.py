@@ -32,6 +32,7 @@ def detector_workdir(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.e2e
 def test_smoke_run_writes_results(detector_workdir):
     tmp_path = detector_workdir
     results = json.loads((tmp_path / "results.json").read_text())
@@ -91,6 +92,7 @@ def _relation_run(*flags, module="experiments.ra_sgg", timeout=300):
     )
 
 
+@pytest.mark.e2e
 def test_sgdet_from_pixels_end_to_end_then_predict_on_images(detector_workdir, tmp_path):
     workdir = tmp_path / "sgdet"
     result = _relation_run(

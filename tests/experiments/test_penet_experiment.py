@@ -8,6 +8,7 @@ import pytest
 from tests.experiments import run_ra_sgg as _run
 
 
+@pytest.mark.e2e
 def test_smoke_trains_evaluates_exports_and_resumes(tmp_path):
     result = _run("--flagfile=experiments/flags/smoke.flags", f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -82,6 +83,7 @@ def test_official_flagfiles_ask_for_their_data(tmp_path):
         )
 
 
+@pytest.mark.e2e
 def test_sgcls_smoke_runs_end_to_end(tmp_path):
     result = _run(
         "--flagfile=experiments/flags/smoke.flags",

@@ -7,6 +7,7 @@ import pytest
 from tests.experiments import run_ra_sgg as _run
 
 
+@pytest.mark.e2e
 def test_phase1_phase2_and_an_ablation_run_and_resume(tmp_path):
     args = ("--flagfile=experiments/flags/ra_sgg_smoke.flags", f"--workdir={tmp_path}")
     result = _run(*args, "--ablations=no_ipss", "--noexport")

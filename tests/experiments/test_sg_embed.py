@@ -40,6 +40,7 @@ def _error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.e2e
 def test_synthetic_grid_writes_results_table_and_plot(tmp_path):
     result = run_sg_embed(
         "--dataset=synthetic",
@@ -86,6 +87,7 @@ def test_synthetic_grid_writes_results_table_and_plot(tmp_path):
     assert (tmp_path / "embedder" / "embed.jax_exported").is_file()
 
 
+@pytest.mark.e2e
 def test_real_gqa200_images_with_captions_and_partial_captions(tmp_path):
     # Real GQA-200 graphs with real COCO captions; a caption file that lacks some of them.
     bundled = captions_lib.load_bundled()
@@ -148,6 +150,7 @@ def test_similarity_matrix_of_the_wrong_shape_is_an_error(tmp_path, matrix, mess
     assert any(part in line for part in message.split("|"))
 
 
+@pytest.mark.e2e
 def test_user_similarity_matrix_replaces_captions(tmp_path):
     rng = np.random.default_rng(0)
     values = rng.random((30, 30)).astype(np.float32)
