@@ -67,6 +67,53 @@ def test_smoke_run_writes_results(detector_workdir):
     assert len(list((tmp_path / "images").glob("*.png"))) == sum(results["data"]["images"].values())
 
 
+def test_run_killed_after_a_checkpoint_resumes_to_the_same_parameters(detector_workdir, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from sgg_jax.train.checkpoint import Checkpointer
+
+    # The smoke run as if it had died after checkpoint 3: checkpoint 6 and the results are gone
+    # (metrics.jsonl still has the record of step 6, which the resumed run must replace).
+    resumed = tmp_path / "resumed"
+    shutil.copytree(detector_workdir, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "6")
+    for name in ("results.json", "results.md"):
+        (resumed / name).unlink()
+    result = _run("--flagfile=experiments/flags/detector_smoke.flags", f"--workdir={resumed}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resumed from checkpoint 3" in result.stdout
+    results = json.loads((resumed / "results.json").read_text())
+    reference = json.loads((detector_workdir / "results.json").read_text())
+    assert results["timing"]["steps"] == 3
+    assert results["runs"] == reference["runs"]
+    assert results["last_train_metrics"] == reference["last_train_metrics"]
+
+    def variables(workdir):
+        with Checkpointer(str(workdir), read_only=True) as checkpointer:
+            assert checkpointer.steps == [3, 6]
+            return checkpointer.restore_variables(6)
+
+    import jax
+
+    for got, expected in zip(
+        jax.tree.leaves(variables(resumed)),
+        jax.tree.leaves(variables(detector_workdir)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+    def records(workdir):
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        return [
+            {k: v for k, v in json.loads(line).items() if not k.startswith("perf/")}
+            for line in lines
+        ]
+
+    assert records(resumed) == records(detector_workdir)
+
+
 @pytest.mark.parametrize(
     "flag, message",
     [

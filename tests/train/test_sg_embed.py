@@ -214,6 +214,21 @@ def test_saved_embedder_round_trip_and_model_free_function(data, tmp_path):
         sg_embed.save_embedder(trained.embedder, path)
     with pytest.raises(DataError, match="not a saved embedder"):
         sg_embed.load_embedder(tmp_path)
+    # Broken files: one line naming the file.
+    function_file = tmp_path / "embedder" / sg_embed.EMBEDDER_FUNCTION
+    function_file.write_bytes(b"garbage")
+    with pytest.raises(DataError) as error:
+        sg_embed.load_exported_embed_function(path)
+    assert str(error.value).startswith(f"{function_file}: not a serialised jax.export function")
+    assert "\n" not in str(error.value)
+    for leaf in (tmp_path / "embedder" / sg_embed.EMBEDDER_PARAMS).iterdir():
+        if leaf.is_file():
+            leaf.write_bytes(b"garbage")
+    with pytest.raises(DataError) as error:
+        sg_embed.load_embedder(path)
+    variables_dir = tmp_path / "embedder" / sg_embed.EMBEDDER_PARAMS
+    assert str(error.value).startswith(f"{variables_dir}: unreadable saved variables")
+    assert "\n" not in str(error.value)
 
 
 class _Killed(Exception):
