@@ -359,8 +359,8 @@ class EmbedTrainResult:
       variables: trained ``{"params", "batch_stats"}``.
       embedder: an :class:`Embedder` with the trained variables.
       losses: mean training loss per epoch.
-      steps: optimisation steps taken.
-      train_seconds: wall time of the training steps (compilation included).
+      steps: updates of the run at its end (all epochs, also when resumed).
+      train_seconds: wall time of this call's training (compilation included, evaluation not).
       history: ``eval_fn`` results per evaluated epoch (``{"epoch": e, **metrics}``).
       num_truncated_nodes, num_truncated_edges: truncation of the training graphs by the budgets.
     """
@@ -459,7 +459,7 @@ def train_embedding(
     params = variables["params"]
     state = mesh_lib.replicate(
         TrainState(
-            step=jax.numpy.zeros((), jax.numpy.int32),
+            step=np.zeros((), np.int32),
             params=params,
             opt_state=optimizer.init(params),
             collections={"batch_stats": variables.get("batch_stats", {})},
