@@ -24,10 +24,12 @@ end to end on a CPU:
    initialisation (``freeze_at=0``: nothing is pretrained, so nothing is frozen by default; the
    optimizer is still masked with :func:`~sgg_jax.models.detector.detector_trainable_mask`).
    Pixels enter as ``(rgb / 255 - ImageNet mean) / ImageNet std``.
-4. Training: Adam(W) or SGD with linear warm-up and cosine decay, global-norm clipping, one jitted
-   train step (donated state), checkpoints with :class:`~sgg_jax.train.checkpoint.Checkpointer`
-   (resumes from ``<workdir>/checkpoints``), losses every ``--log_every`` updates to stdout and
-   ``metrics.jsonl``.
+4. Training: the library trainer (:func:`sgg_jax.train.loop.fit`) with the optimizer of
+   :func:`sgg_jax.train.optim.make_optimizer` (Adam(W) or SGD, ``schedule="cosine"``: linear
+   warm-up and cosine decay, global-norm clipping) on one device; batches shuffled per epoch
+   (:class:`sgg_jax.train.loaders.EpochBatches`), checkpoints in ``<workdir>/checkpoints`` (a
+   rerun resumes from them), losses every ``--log_every`` updates to stdout, ``metrics.jsonl``
+   and TensorBoard.
 5. Evaluation on test: VOC box mAP@0.5 (:func:`~sgg_jax.evaluation.detection.detection_map`) next
    to two chance baselines with as many detections per image as the detector may return:
 
@@ -49,7 +51,6 @@ generated or anything is compiled.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -107,10 +108,6 @@ flags.DEFINE_float("score_thresh", 0.05, "Detections need a class probability ab
 flags.DEFINE_integer("num_plots", 4, "Test images drawn with their detections.")
 flags.DEFINE_float("plot_score_thresh", 0.3, "Only detections above this score are drawn.")
 
-_PIXEL_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-_PIXEL_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
 # ----------------------------------------------------------------------------------------------
 # Flags -> configs (validated before any data or compile)
 # ----------------------------------------------------------------------------------------------
@@ -126,6 +123,7 @@ def _check_flags() -> None:
         positive(name)
     for name in ("learning_rate", "log_every", "eval_batch_size", "backbone_scale"):
         positive(name)
+    positive("keep_checkpoints")
     for name in ("num_classes", "warmup_steps", "checkpoint_every", "eval_images", "num_plots"):
         if getattr(FLAGS, name) < 0:
             raise ConfigError(name, f"must be >= 0, got {getattr(FLAGS, name)}")
@@ -222,52 +220,42 @@ def load_data(seed: int):
     return data, vocab.object_names, info
 
 
-def normalise(pixels: np.ndarray) -> np.ndarray:
-    """uint8 RGB [..., 3] -> float32 ImageNet-normalised."""
-    return (pixels.astype(np.float32) / 255.0 - _PIXEL_MEAN) / _PIXEL_STD
-
-
 # ----------------------------------------------------------------------------------------------
 # Model, optimizer, steps
 # ----------------------------------------------------------------------------------------------
 
 
-def make_optimizer(config, params):
-    """Clipping, then the optimizer on the trainable leaves and zero updates on the frozen ones."""
-    import jax
-    import optax
+def optim_config():
+    """The :class:`~sgg_jax.train.optim.OptimConfig` of the flags (cosine schedule)."""
+    from sgg_jax.train.optim import OptimConfig
 
-    from sgg_jax.models.detector import detector_trainable_mask
-
-    warmup = min(FLAGS.warmup_steps, FLAGS.num_steps - 1)
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.1 * FLAGS.learning_rate,
-        peak_value=FLAGS.learning_rate,
-        warmup_steps=max(warmup, 1),
-        decay_steps=max(FLAGS.num_steps, warmup + 2),
-        end_value=0.01 * FLAGS.learning_rate,
+    return OptimConfig(
+        optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate,
+        schedule="cosine",
+        momentum=FLAGS.momentum,
+        weight_decay=FLAGS.weight_decay,
+        # At least one warm-up update (from 0.1 x the rate), at most num_steps - 1.
+        warmup_steps=max(1, min(FLAGS.warmup_steps, FLAGS.num_steps - 1)),
+        warmup_factor=0.1,
+        cosine_end_factor=0.01,
+        clip_norm=FLAGS.clip_norm,
     )
-    if FLAGS.optimizer == "adamw":
-        inner = optax.adamw(schedule, weight_decay=FLAGS.weight_decay)
-    else:
-        inner = optax.chain(
-            optax.add_decayed_weights(FLAGS.weight_decay),
-            optax.sgd(schedule, momentum=FLAGS.momentum),
-        )
-    mask = detector_trainable_mask(config, params)
-    inverted = jax.tree.map(lambda m: not m, mask)
-    parts = [optax.masked(inner, mask), optax.masked(optax.set_to_zero(), inverted)]
-    if FLAGS.clip_norm > 0:
-        parts.insert(0, optax.clip_by_global_norm(FLAGS.clip_norm))
-    return optax.chain(*parts), mask
 
 
 def build(config, example_shape):
-    """Model, initial TrainState and the jitted train / inference functions."""
+    """Model, initial TrainState on one device, the jitted train step and inference function.
+
+    Returns:
+      ``(model, state, train_step, detect, counts, mesh)``.
+    """
     import jax
     import jax.numpy as jnp
 
-    from sgg_jax.models.detector import FasterRCNN
+    from sgg_jax.models.detector import FasterRCNN, detector_trainable_mask
+    from sgg_jax.train import loop
+    from sgg_jax.train import mesh as mesh_lib
+    from sgg_jax.train.optim import freeze, make_optimizer
     from sgg_jax.train.state import TrainState
 
     model = FasterRCNN(config)
@@ -283,36 +271,44 @@ def build(config, example_shape):
     init = jax.jit(lambda k: model.init(k, images, sizes, train=False), **options)
     variables = dict(init(init_key))
     params = variables.pop("params")
-    optimizer, mask = make_optimizer(config, params)
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=optimizer.init(params),
-        collections=variables,
-        rng=train_key,
+    optimizer, schedule = make_optimizer(optim_config(), FLAGS.num_steps)
+    mask = detector_trainable_mask(config, params)
+    optimizer = freeze(optimizer, lambda _: mask)
+    # One device: the batch is not split over a mesh.
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
+    state = mesh_lib.replicate(
+        TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=optimizer.init(params),
+            collections=variables,
+            rng=train_key,
+        ),
+        mesh,
     )
 
-    def train_step(state, images, sizes, gt_boxes, gt_labels, gt_mask):
-        def loss_fn(params):
-            outputs = model.apply(
-                {"params": params, **state.collections},
-                images,
-                sizes,
-                train=True,
-                gt_boxes=gt_boxes,
-                gt_labels=gt_labels,
-                gt_mask=gt_mask,
-                rng=state.step_key(),
-            )
-            losses = outputs["losses"]
-            return losses["total"], losses
+    def detector_loss(params, collections, batch, dropout_key):
+        outputs = model.apply(
+            {"params": params, **collections},
+            batch["images"],
+            batch["sizes"],
+            train=True,
+            gt_boxes=batch["boxes"],
+            gt_labels=batch["labels"],
+            gt_mask=batch["mask"],
+            rng=dropout_key,
+        )
+        losses = dict(outputs["losses"])
+        total = losses.pop("total")
+        return total, (losses, {})
 
-        (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = jax.tree.map(lambda p, u: p + u, state.params, updates)
-        metrics = dict(losses, grad_norm=optax_global_norm(grads))
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return new_state, metrics
+    train_step = loop.make_step(
+        detector_loss,
+        optimizer,
+        mesh=mesh,
+        learning_rate_fn=schedule,
+        compiler_options=options.get("compiler_options"),
+    )
 
     def detect(variables, images, sizes):
         return model.apply(variables, images, sizes, train=False)["detections"]
@@ -330,14 +326,24 @@ def build(config, example_shape):
             )
         ),
     }
-    jitted_train = jax.jit(train_step, donate_argnums=0, **options)
-    return model, state, jitted_train, jax.jit(detect, **options), counts
+    return model, state, train_step, jax.jit(detect, **options), counts, mesh
 
 
-def optax_global_norm(tree):
-    import optax
+def train_batches(train):
+    """The training images as :class:`~sgg_jax.train.loaders.EpochBatches` of dict batches."""
+    from sgg_jax.data.images import normalise_pixels
+    from sgg_jax.train.loaders import EpochBatches
 
-    return optax.global_norm(tree)
+    def select(index):
+        return {
+            "images": normalise_pixels(train["pixels"][index]),
+            "sizes": train["sizes"][index],
+            "boxes": train["boxes"][index],
+            "labels": train["labels"][index],
+            "mask": train["mask"][index],
+        }
+
+    return EpochBatches(len(train["graphs"]), FLAGS.batch_size, select, FLAGS.seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,6 +353,8 @@ def optax_global_norm(tree):
 
 def run_detector(detect, variables, split, limit: int = 0):
     """Detections of every image of ``split`` as host (boxes, labels, scores) tuples."""
+    from sgg_jax.data.images import normalise_pixels
+
     n = len(split["graphs"]) if not limit else min(limit, len(split["graphs"]))
     batch = FLAGS.eval_batch_size
     results = []
@@ -354,7 +362,7 @@ def run_detector(detect, variables, split, limit: int = 0):
         index = np.arange(start, start + batch)
         valid = index < n
         index = np.where(valid, index, 0)  # pad the last batch with image 0: one program
-        out = detect(variables, normalise(split["pixels"][index]), split["sizes"][index])
+        out = detect(variables, normalise_pixels(split["pixels"][index]), split["sizes"][index])
         out = {k: np.asarray(v) for k, v in out.items()}
         for row in np.flatnonzero(valid):
             keep = out["mask"][row]
@@ -438,7 +446,8 @@ def draw_examples(data, detections, names, out_dir: str) -> list[str]:
 def run() -> dict:
     import jax
 
-    from sgg_jax.train.checkpoint import Checkpointer, jsonable, write_json
+    from sgg_jax.train.checkpoint import jsonable, write_json
+    from sgg_jax.train.loop import TrainConfig, fit
 
     wall_start = time.perf_counter()
     os.makedirs(FLAGS.workdir, exist_ok=True)
@@ -451,7 +460,9 @@ def run() -> dict:
             "batch_size", f"is larger than the {len(train['graphs'])} training images left"
         )
     size = FLAGS.image_size
-    model, state, train_step, detect, counts = build(config, (FLAGS.batch_size, size, size, 3))
+    model, state, train_step, detect, counts, mesh = build(
+        config, (FLAGS.batch_size, size, size, 3)
+    )
     print(
         f"FasterRCNN ({FLAGS.preset}, backbone scale {FLAGS.backbone_scale}): {counts['params']:,} "
         f"parameters ({counts['trainable']:,} trainable), {num_classes} classes + background, "
@@ -460,65 +471,52 @@ def run() -> dict:
     run_config = {
         "flags": {f.name: f.value for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])},
         "detector": jsonable(dataclasses.asdict(config)),
+        "optim": jsonable(optim_config()),
     }
-    checkpointer = Checkpointer(
-        FLAGS.workdir,
-        save_every=FLAGS.checkpoint_every,
-        max_to_keep=FLAGS.keep_checkpoints,
-        config=run_config,
-    )
-    restored = checkpointer.restore_latest(state)
-    if restored is not None:
-        state, step = restored
-        print(f"resumed from checkpoint {step}")
-    num_train = len(train["graphs"])
-    steps_per_epoch = num_train // FLAGS.batch_size
-    metrics_path = os.path.join(FLAGS.workdir, "metrics.jsonl")
-    start_step = int(state.step)
-    order = None
-    compile_s = 0.0
+    timing = {"first_step": None, "compile_s": 0.0}
     train_start = time.perf_counter()
-    window_start, window_steps = time.perf_counter(), 0
-    last = {}
-    for step in range(start_step, FLAGS.num_steps):
-        epoch, offset = divmod(step, steps_per_epoch)
-        if order is None or offset == 0:  # seeded per epoch: a resumed run sees the same batches
-            order = np.random.default_rng([FLAGS.seed, epoch]).permutation(num_train)
-        index = order[offset * FLAGS.batch_size : (offset + 1) * FLAGS.batch_size]
-        step_start = time.perf_counter()
-        state, metrics = train_step(
-            state,
-            normalise(train["pixels"][index]),
-            train["sizes"][index],
-            train["boxes"][index],
-            train["labels"][index],
-            train["mask"][index],
+
+    def on_step(step, state, metrics, eval_metrics):
+        del state, metrics, eval_metrics
+        if timing["first_step"] is None:
+            timing["first_step"] = step
+            timing["compile_s"] = time.perf_counter() - train_start
+            if step > 1:
+                print(f"resumed from checkpoint {step - 1}")
+
+    def on_log(step, metrics):
+        rate = metrics["perf/steps_per_sec"]
+        print(
+            f"step {step:5d}/{FLAGS.num_steps} "
+            + " ".join(f"{k} {v:.3f}" for k, v in _loss_terms(metrics).items())
+            + f" | {rate:.2f} steps/s ({rate * FLAGS.batch_size:.1f} img/s)",
+            flush=True,
         )
-        if step == start_step:
-            jax.block_until_ready(metrics)
-            compile_s = time.perf_counter() - step_start
-            window_start, window_steps = time.perf_counter(), 0
-        else:
-            window_steps += 1
-        done = step + 1
-        if done % FLAGS.log_every == 0 or done == FLAGS.num_steps:
-            last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not all(math.isfinite(v) for v in last.values()):
-                raise DataError(f"non-finite training loss at step {done}: {last}")
-            rate = window_steps / max(time.perf_counter() - window_start, 1e-9)
-            window_start, window_steps = time.perf_counter(), 0
-            print(
-                f"step {done:5d}/{FLAGS.num_steps} "
-                + " ".join(f"{k} {v:.3f}" for k, v in last.items())
-                + f" | {rate:.2f} steps/s ({rate * FLAGS.batch_size:.1f} img/s)",
-                flush=True,
-            )
-            with open(metrics_path, "a") as handle:
-                handle.write(json.dumps({"step": done, **last, "steps_per_s": rate}) + "\n")
-        checkpointer.maybe_save(done, state, final=done == FLAGS.num_steps)
-    checkpointer.close()
+
+    state, final_metrics = fit(
+        state,
+        train_step,
+        train_batches(train),
+        workdir=FLAGS.workdir,
+        train_config=TrainConfig(
+            num_steps=FLAGS.num_steps,
+            seed=FLAGS.seed,
+            checkpoint_every=FLAGS.checkpoint_every,
+            max_to_keep=FLAGS.keep_checkpoints,
+            log_every=FLAGS.log_every,
+            progress=False,
+        ),
+        mesh=mesh,
+        config=run_config,
+        throughput=("images", lambda batch: len(batch["images"])),
+        on_log=on_log,
+        on_step=on_step,
+    )
+    last = _loss_terms(final_metrics)
     train_s = time.perf_counter() - train_start
-    if compile_s:
+    compile_s = timing["compile_s"]
+    start_step = FLAGS.num_steps if timing["first_step"] is None else timing["first_step"] - 1
+    if timing["first_step"] is not None:
         print(f"training: {train_s:.0f} s ({compile_s:.0f} s of it compiling the train step)")
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -570,6 +568,16 @@ def run() -> dict:
     return results
 
 
+def _loss_terms(metrics: dict) -> dict:
+    """The detector's losses (``total`` and each term) and ``grad_norm`` of trainer metrics."""
+    terms = {name[len("loss/") :]: value for name, value in metrics.items() if name[:5] == "loss/"}
+    if "loss" in metrics:
+        terms["total"] = metrics["loss"]
+    if "grad_norm" in metrics:
+        terms["grad_norm"] = metrics["grad_norm"]
+    return dict(sorted(terms.items()))
+
+
 def _write_markdown(results: dict, path: str) -> None:
     lines = [
         f"# Detector pretraining on synthetic pixels (seed {results['seed']})",
@@ -608,7 +616,7 @@ def main(argv):
         num = FLAGS.num_classes or 150
         _detector_config(num)  # validates the model flags before any data or compile
         run()
-    except (DataError, ConfigError) as error:
+    except (DataError, ConfigError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -40,6 +40,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def normalise_pixels(
+    pixels: np.ndarray,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> np.ndarray:
+    """uint8 RGB ``[..., 3]`` -> float32 ``(pixels / 255 - mean) / std`` (ImageNet by default)."""
+    mean = np.asarray(mean, np.float32).reshape(3)
+    std = np.asarray(std, np.float32).reshape(3)
+    return (pixels.astype(np.float32) / 255.0 - mean) / std
+
+
 def fit_image(image: np.ndarray, image_size: int) -> tuple[np.ndarray, float]:
     """Resizes an RGB image so that its longer side is ``image_size`` and pads it to a square.
 

@@ -1,11 +1,16 @@
-"""Training machinery: device mesh, optimizer, train state, checkpoints, train loop, export.
+"""Training machinery: device mesh, optimizer, train state, checkpoints, the trainer, export.
 
 * :mod:`~sgg_jax.train.mesh` — the ``"data"`` mesh, shardings, :func:`shard_batch`.
-* :mod:`~sgg_jax.train.optim` — :class:`OptimConfig`, SGB ``WarmupMultiStepLR``, SGD / AdamW.
+* :mod:`~sgg_jax.train.optim` — :class:`OptimConfig`, :func:`make_optimizer` (SGD / AdamW by name,
+  SGB ``WarmupMultiStepLR`` or warmup + cosine).
 * :mod:`~sgg_jax.train.state` — :class:`TrainState`, :func:`create_train_state`.
 * :mod:`~sgg_jax.train.checkpoint` — :class:`Checkpointer` (orbax, async, auto-resume).
-* :mod:`~sgg_jax.train.loop` — :func:`make_train_step`, :class:`TrainConfig`, :func:`train`.
-* :mod:`~sgg_jax.train.export` — ``export.export``, :func:`load_exported` (``jax.export``).
+* :mod:`~sgg_jax.train.loop` — the one trainer: :func:`fit` (any step, any random-access loader,
+  hooks), :func:`make_step`, :func:`make_train_step`, :class:`TrainConfig`, :func:`train`
+  (relation models).
+* :mod:`~sgg_jax.train.loaders` — :class:`EpochBatches` (in-memory examples as a loader).
+* :mod:`~sgg_jax.train.export` — ``export.export``, :func:`load_exported` (``jax.export``), and
+  the variables / function files every export is made of.
 
 Names are imported lazily, so ``import sgg_jax.train.export`` does not pull in the training loop
 (grain, tensorboardX, flax). ``sgg_jax.train.export`` is the module; its writer is
@@ -25,6 +30,7 @@ _EXPORTS = {
     "replicate": "mesh",
     "replicated": "mesh",
     "shard_batch": "mesh",
+    "EpochBatches": "loaders",
     "OptimConfig": "optim",
     "make_optimizer": "optim",
     "warmup_multistep_schedule": "optim",
@@ -33,6 +39,8 @@ _EXPORTS = {
     "Checkpointer": "checkpoint",
     "TrainConfig": "loop",
     "check_finite": "loop",
+    "fit": "loop",
+    "make_step": "loop",
     "make_train_step": "loop",
     "read_metrics": "loop",
     "train": "loop",

@@ -72,6 +72,99 @@ def _input_shape(name: str, example_shape: Sequence[int], budget: tuple[int, int
     return tuple(shape)
 
 
+class ExportError(ValueError):
+    """An export file or folder cannot be read; one line naming it (``<path>: <reason>``)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = " ".join(str(reason).split())
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def save_variables(path: str | os.PathLike, variables: Any) -> None:
+    """Writes model variables to the folder ``path`` (orbax ``StandardCheckpointer``).
+
+    Args:
+      path: the folder (created; replaced when it exists).
+      variables: a pytree of arrays (``{"params": ..., "batch_stats": ...}``); host copies are
+        written, whatever their sharding.
+    """
+    variables = jax.tree.map(_host_copy, variables)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.abspath(os.fspath(path)), variables, force=True)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+
+
+def restore_variables(path: str | os.PathLike, template: Any = None) -> Any:
+    """Reads :func:`save_variables`'s folder.
+
+    Args:
+      path: the folder.
+      template: optional pytree of ``ShapeDtypeStruct`` (with sharding) to restore onto; None =
+        the saved structure on the default device.
+
+    Returns:
+      The variables.
+
+    Raises:
+      ExportError: the folder is missing or unreadable (names the folder).
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise ExportError(path, "no saved variables (folder missing)")
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        return checkpointer.restore(path, template)
+    except Exception as error:  # orbax / tensorstore raise many types for a broken folder
+        raise ExportError(path, f"unreadable saved variables: {_first_line(error)}") from None
+    finally:
+        checkpointer.close()
+
+
+def write_exported(path: str | os.PathLike, exported: jax.export.Exported) -> None:
+    """Writes a ``jax.export`` function (``exported.serialize()``) to the file ``path``."""
+    with open(path, "wb") as handle:
+        handle.write(exported.serialize())
+
+
+def read_exported(path: str | os.PathLike) -> jax.export.Exported:
+    """Reads :func:`write_exported`'s file.
+
+    Raises:
+      ExportError: the file is missing or not a serialised function (names the file).
+    """
+    path = os.path.abspath(os.fspath(path))
+    try:
+        with open(path, "rb") as handle:
+            data = bytearray(handle.read())
+    except OSError as error:
+        raise ExportError(path, f"cannot be read: {error.strerror or error}") from None
+    try:
+        return jax.export.deserialize(data)
+    except Exception as error:  # flatbuffers / MLIR errors of a corrupt file
+        raise ExportError(
+            path, f"not a serialised jax.export function: {_first_line(error)}"
+        ) from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON document of the file ``path``; ExportError naming it when missing or malformed."""
+    path = os.fspath(path)
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except OSError as error:
+        raise ExportError(path, f"cannot be read: {error.strerror or error}") from None
+    except ValueError as error:
+        raise ExportError(path, f"not valid JSON: {_first_line(error)}") from None
+
+
 def _host_copy(leaf: Any) -> np.ndarray:
     """A numpy copy of a (replicated) array leaf."""
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
@@ -194,8 +287,7 @@ def export(
         exported = jax.export.export(jitted, platforms=platforms)(variables_spec, *input_specs)
         file_name = _function_file(budget)
         if jax.process_index() == 0:
-            with open(os.path.join(out_dir, file_name), "wb") as handle:
-                handle.write(exported.serialize())
+            write_exported(os.path.join(out_dir, file_name), exported)
         functions.append(
             {
                 "file": file_name,
@@ -206,10 +298,7 @@ def export(
         )
         lowered_platforms = list(exported.platforms)
 
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(out_dir, PARAMS_DIR), variables, force=True)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
+    save_variables(os.path.join(out_dir, PARAMS_DIR), variables)
 
     if jax.process_index() == 0:
         manifest = {
@@ -265,25 +354,23 @@ class ExportedPredictor:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.path.abspath(os.fspath(path))
-        with open(os.path.join(self.path, MANIFEST_FILE)) as handle:
-            self.manifest = json.load(handle)
-        if self.manifest.get("format") != FORMAT:
-            raise ValueError(f"{self.path}: not an sgg_jax export (no '{FORMAT}' manifest)")
+        self.manifest = read_json(os.path.join(self.path, MANIFEST_FILE))
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
+            raise ExportError(self.path, f"not an sgg_jax export (no '{FORMAT}' manifest)")
         if self.manifest.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(
-                f"{self.path}: export format version {self.manifest['version']} is newer than "
-                f"this loader's {FORMAT_VERSION}"
+            raise ExportError(
+                self.path,
+                f"export format version {self.manifest['version']} is newer than this loader's "
+                f"{FORMAT_VERSION}",
             )
-        with open(os.path.join(self.path, CONFIG_FILE)) as handle:
-            self.config = json.load(handle)
+        self.config = read_json(os.path.join(self.path, CONFIG_FILE))
         self.input_names = tuple(self.manifest["inputs"])
         self._dtypes = {name: np.dtype(d) for name, d in self.manifest["input_dtypes"].items()}
         self._functions = {}
         variables_template = None
         for entry in self.manifest["functions"]:
             budget = (entry["batch_size"], entry["max_objects"], entry["max_pairs"])
-            with open(os.path.join(self.path, entry["file"]), "rb") as handle:
-                exported = jax.export.deserialize(bytearray(handle.read()))
+            exported = read_exported(os.path.join(self.path, entry["file"]))
             if variables_template is None:
                 (arguments, _) = jax.tree.unflatten(exported.in_tree, exported.in_avals)
                 variables_template = arguments[0]
@@ -294,11 +381,7 @@ class ExportedPredictor:
             lambda aval: jax.ShapeDtypeStruct(aval.shape, aval.dtype, sharding=device),
             variables_template,
         )
-        checkpointer = ocp.StandardCheckpointer()
-        self.variables = checkpointer.restore(
-            os.path.join(self.path, self.manifest["params"]), target
-        )
-        checkpointer.close()
+        self.variables = restore_variables(os.path.join(self.path, self.manifest["params"]), target)
 
     def _arrays(self, args: tuple, kwargs: dict) -> list[np.ndarray]:
         if len(args) == 1 and not kwargs and not hasattr(args[0], "shape"):

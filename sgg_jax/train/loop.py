@@ -1,15 +1,27 @@
-"""The jitted train step and the training loop.
+"""The one training loop of sgg_jax: a jitted step, a random-access loader and hooks.
 
-:func:`make_train_step` builds one ``jax.jit`` of ``(state, batch) -> (state, metrics)`` over the
-device mesh: the state is replicated, the batch is split along ``"data"``, the state argument is
-donated (updated in place) and XLA inserts the gradient all-reduce. Shapes are static (padded
-batches), so the step is traced once for a whole run whatever the real graph sizes.
-
-:func:`train` runs ``num_steps`` updates over a :class:`~sgg_jax.data.pipeline.SceneGraphLoader`::
+Every model trains through :func:`fit` (the relation models through :func:`train`, which builds
+their state and step first; the detector and the scene-graph embedder build their own step with
+:func:`make_step`)::
 
     restore <workdir>/checkpoints (if any) -> loader.iter_from(step)
-    for each step: shard batch -> train step -> host check (finite loss and grad norm)
-                   -> metrics.jsonl / TensorBoard / progress bar -> eval_fn -> checkpoint
+    for each step: batch_transform -> shard batch -> train step -> NaN / inf stop
+                   -> metrics.jsonl / TensorBoard / progress bar / on_log -> eval_fn
+                   -> checkpoint -> on_step
+    at the end: export_fn(state)
+
+* Step: ``train_step(state, batch) -> (state, metrics)``, one ``jax.jit`` over the device mesh
+  (state replicated and donated, batch split along ``"data"`` or replicated, XLA inserts the
+  gradient all-reduce). :func:`make_step` builds it from a loss of the parameters;
+  :func:`make_train_step` from a flax model and a loss of its outputs. Shapes are static (padded
+  batches), so the step is traced once for a whole run.
+* Loader (:class:`Loader`): anything with ``iter_from(step)`` (batch ``t`` of ``iter_from(t)``
+  feeds update ``t + 1``), ``num_batches`` (None = endless) and a batch size (``batch_size`` or
+  ``config.batch_size``). A batch is any pytree of host arrays with a leading batch axis
+  (a :class:`~sgg_jax.structures.SceneGraphBatch`, the detector's image dict, the embedder's
+  triplets); :mod:`sgg_jax.train.loaders` adapts arrays to it.
+* Hooks: ``eval_fn``, ``batch_transform``, ``on_log``, ``on_step``, ``export_fn`` (see :func:`fit`);
+  checkpoints, metrics files and the progress bar are options of :class:`TrainConfig`.
 
 A resumed run reads the same batches (the loader is random access by step), draws the same dropout
 keys (``fold_in(key, step)``) and continues ``metrics.jsonl`` after the restored step, so killing
@@ -17,7 +29,7 @@ and resuming a run gives the same parameters and metrics as an uninterrupted run
 
 Workdir layout: ``checkpoints/`` (orbax), ``config.json``, ``metrics.jsonl`` (one JSON object per
 line: ``{"step", "kind": "train" | "eval", ...}``) and ``tensorboard/`` (scalars ``train/<name>``,
-``eval/<name>``).
+``eval/<name>``). Without a workdir nothing is written and nothing is resumed.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -52,11 +64,15 @@ LossFn = Callable[
     [dict[str, jax.Array], dict[str, jax.Array], SceneGraphBatch],
     tuple[jax.Array, dict[str, jax.Array]],
 ]
-EvalFn = Callable[[TrainState, int], Mapping[str, Any]]
-BatchTransform = Callable[
-    [Mapping[str, Any], int, SceneGraphBatch], tuple[SceneGraphBatch, Mapping[str, float]]
+# (params, collections, batch, dropout_key) -> (loss f32[], ({term: f32[]}, new collections))
+ParamsLossFn = Callable[
+    [Any, dict[str, Any], Any, jax.Array],
+    tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]],
 ]
-TrainStep = Callable[[TrainState, SceneGraphBatch], tuple[TrainState, dict[str, jax.Array]]]
+EvalFn = Callable[[TrainState, int], Mapping[str, Any]]
+BatchTransform = Callable[[Mapping[str, Any], int, Any], tuple[Any, Mapping[str, float]]]
+TrainStep = Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]
+StepHook = Callable[[int, TrainState, Mapping[str, float], Mapping[str, Any] | None], None]
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -64,28 +80,81 @@ TENSORBOARD_DIR = "tensorboard"
 _LOG = logging.getLogger(__name__)
 
 
+class Loader(Protocol):
+    """What :func:`fit` reads batches from (e.g. :class:`~sgg_jax.data.pipeline.SceneGraphLoader`).
+
+    Attributes:
+      num_batches: batches available from step 0; None = endless.
+      batch_size: examples per batch of this process (or ``config.batch_size``).
+    """
+
+    num_batches: int | None
+
+    def iter_from(self, step: int) -> Iterator[Any]:
+        """The batches of updates ``step + 1, step + 2, ...``, the same on every call."""
+        ...
+
+
+def loader_batch_size(loader: Any) -> int | None:
+    """``loader.batch_size``, else ``loader.config.batch_size``, else None."""
+    size = getattr(loader, "batch_size", None)
+    if size is None:
+        size = getattr(getattr(loader, "config", None), "batch_size", None)
+    return None if size is None else int(size)
+
+
 # ----------------------------------------------------------------------------------------------
 # Train step
 # ----------------------------------------------------------------------------------------------
 
 
-def make_train_step(
-    model: nn.Module,
-    loss_fn: LossFn,
+def model_loss(model: nn.Module, loss_fn: LossFn) -> ParamsLossFn:
+    """The loss of the parameters of a model of the model contract.
+
+    Args:
+      model: module applied as ``model.apply(variables, batch, train=True, rngs={"dropout": key},
+        mutable=[...])`` returning ``(outputs, aux)``; every collection besides ``params`` is
+        mutable.
+      loss_fn: ``(outputs, aux, batch) -> (loss f32[], {term: f32[]})`` with masked reductions.
+
+    Returns:
+      ``loss(params, collections, batch, dropout_key) -> (loss, (terms, new_collections))``.
+    """
+
+    def compute_loss(params, collections, batch, dropout_key):
+        mutable = sorted(collections)
+        variables = {"params": params, **collections}
+        if mutable:
+            (outputs, aux), new_collections = model.apply(
+                variables, batch, train=True, rngs={"dropout": dropout_key}, mutable=mutable
+            )
+        else:
+            outputs, aux = model.apply(variables, batch, train=True, rngs={"dropout": dropout_key})
+            new_collections = {}
+        loss, terms = loss_fn(outputs, aux, batch)
+        return loss, (terms, dict(new_collections))
+
+    return compute_loss
+
+
+def make_step(
+    loss_of_params: ParamsLossFn,
     optimizer: optax.GradientTransformation,
     *,
     mesh: Mesh | None = None,
     learning_rate_fn: Schedule | None = None,
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> TrainStep:
-    """One jitted training update on the mesh.
+    """One jitted training update on the mesh, from a loss of the parameters.
 
     Args:
-      model: module applied as ``model.apply(variables, batch, train=True, rngs={"dropout": key},
-        mutable=[...])`` returning ``(outputs, aux)``.
-      loss_fn: ``(outputs, aux, batch) -> (loss f32[], {term: f32[]})`` with masked reductions.
+      loss_of_params: ``(params, collections, batch, dropout_key) -> (loss f32[], (terms,
+        new_collections))``; ``dropout_key`` is ``fold_in(state.rng, state.step)``;
+        ``new_collections`` (possibly empty) replace those of the state.
       optimizer: the gradient transformation the state's ``opt_state`` belongs to.
       mesh: the device mesh; None = all devices.
       learning_rate_fn: the schedule, to report ``learning_rate``; None = not reported.
+      compiler_options: XLA options of the jit (e.g. ``{"xla_backend_optimization_level": 0}``).
 
     Returns:
       ``train_step(state, batch) -> (state, metrics)``, jitted with the state replicated and
@@ -96,23 +165,11 @@ def make_train_step(
     mesh = mesh_lib.make_mesh() if mesh is None else mesh
     replicated = mesh_lib.replicated(mesh)
 
-    def train_step(state: TrainState, batch: SceneGraphBatch):
+    def train_step(state: TrainState, batch: Any):
         dropout_key = state.step_key()
-        mutable = sorted(state.collections)
 
         def compute_loss(params):
-            variables = {"params": params, **state.collections}
-            if mutable:
-                (outputs, aux), new_collections = model.apply(
-                    variables, batch, train=True, rngs={"dropout": dropout_key}, mutable=mutable
-                )
-            else:
-                outputs, aux = model.apply(
-                    variables, batch, train=True, rngs={"dropout": dropout_key}
-                )
-                new_collections = {}
-            loss, terms = loss_fn(outputs, aux, batch)
-            return loss, (terms, dict(new_collections))
+            return loss_of_params(params, state.collections, batch, dropout_key)
 
         (loss, (terms, new_collections)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
             state.params
@@ -133,11 +190,27 @@ def make_train_step(
         metrics = {name: jnp.asarray(value, jnp.float32) for name, value in metrics.items()}
         return new_state, metrics
 
+    options = {"compiler_options": dict(compiler_options)} if compiler_options else {}
     return jax.jit(
         train_step,
         in_shardings=(replicated, mesh_lib.batch_sharding(mesh)),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
+        **options,
+    )
+
+
+def make_train_step(
+    model: nn.Module,
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    mesh: Mesh | None = None,
+    learning_rate_fn: Schedule | None = None,
+) -> TrainStep:
+    """:func:`make_step` of a flax model and a loss of its outputs (:func:`model_loss`)."""
+    return make_step(
+        model_loss(model, loss_fn), optimizer, mesh=mesh, learning_rate_fn=learning_rate_fn
     )
 
 
@@ -157,19 +230,20 @@ def check_finite(metrics: Mapping[str, float], step: int, names=("loss", "grad_n
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Options of :func:`train`.
+    """Options of :func:`fit` and :func:`train`.
 
     Attributes:
       num_steps: total number of updates of the run (a resumed run continues up to it).
-      seed: model seed (initialisation and dropout keys).
+      seed: model seed (initialisation and dropout keys; used by :func:`train`).
       checkpoint_every: save a checkpoint every this many steps (and always at the end); 0 = only
         at the end.
       max_to_keep: newest checkpoints kept.
       async_checkpointing: write checkpoints in the background.
       eval_every: run ``eval_fn`` every this many steps (and always at the end); 0 = only at the
         end.
-      log_every: write training metrics to ``metrics.jsonl`` / TensorBoard every this many steps
-        (the last step is always written). Every step is checked for NaN / inf regardless.
+      log_every: write training metrics to ``metrics.jsonl`` / TensorBoard (and call ``on_log``)
+        every this many steps (the last step always). Every step is checked for NaN / inf
+        regardless.
       progress: show a tqdm progress bar (process 0 only).
     """
 
@@ -219,13 +293,13 @@ def _truncate_metrics(workdir: str, last_step: int) -> None:
 
 
 class _MetricsWriter:
-    """Appends to ``metrics.jsonl`` and writes TensorBoard scalars (process 0 only)."""
+    """Appends to ``metrics.jsonl`` and writes TensorBoard scalars (process 0, with a workdir)."""
 
-    def __init__(self, workdir: str, enabled: bool):
-        self.enabled = enabled
+    def __init__(self, workdir: str | None, enabled: bool):
+        self.enabled = enabled and workdir is not None
         self._jsonl = None
         self._tensorboard = None
-        if enabled:
+        if self.enabled:
             self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
             self._tensorboard = SummaryWriter(logdir=os.path.join(workdir, TENSORBOARD_DIR))
 
@@ -247,7 +321,7 @@ class _MetricsWriter:
 
 
 # ----------------------------------------------------------------------------------------------
-# Training loop
+# The training loop
 # ----------------------------------------------------------------------------------------------
 
 
@@ -257,6 +331,246 @@ def _host_scalars(metrics: Mapping[str, jax.Array]) -> dict[str, float]:
 
 def _prefixed(metrics: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return {f"{prefix}{name}": value for name, value in metrics.items()}
+
+
+def fit(
+    state: TrainState,
+    train_step: TrainStep,
+    loader: Loader,
+    *,
+    workdir: str | os.PathLike | None,
+    train_config: TrainConfig,
+    mesh: Mesh | None = None,
+    config: Mapping[str, Any] | None = None,
+    eval_fn: EvalFn | None = None,
+    batch_transform: BatchTransform | None = None,
+    throughput: tuple[str, Callable[[Any], int]] | None = None,
+    on_log: Callable[[int, Mapping[str, float]], None] | None = None,
+    on_step: StepHook | None = None,
+    export_fn: Callable[[TrainState], Any] | None = None,
+) -> tuple[TrainState, dict[str, Any]]:
+    """Runs ``train_step`` up to ``train_config.num_steps`` updates, resuming from ``workdir``.
+
+    Args:
+      state: the fresh state of update 0 (on ``mesh``, replicated); replaced by the newest
+        checkpoint of ``workdir`` when there is one.
+      train_step: ``(state, batch) -> (state, metrics)`` (:func:`make_step`), jitted on ``mesh``;
+        ``metrics`` holds f32[] scalars, ``loss`` and ``grad_norm`` among them.
+      loader: a :class:`Loader`; batch ``t`` of ``loader.iter_from(t)`` feeds update ``t + 1``.
+      workdir: the run's folder (checkpoints, ``metrics.jsonl``, TensorBoard events,
+        ``config.json``); None = write nothing and start from ``state``.
+      train_config: loop options (``seed`` is not read here: ``state`` carries the keys).
+      mesh: the device mesh the step was built for; None = all devices.
+      config: configuration (JSON-able) stored with the checkpoints after ``{"train": ...}``.
+      eval_fn: optional ``eval_fn(state, step) -> {name: value}``, run every
+        ``train_config.eval_every`` steps and at the end; its metrics go to ``metrics.jsonl``
+        (``kind: "eval"``), TensorBoard (``eval/<name>``) and the returned metrics
+        (``eval/<name>``).
+      batch_transform: optional ``transform(variables, step, host_batch) -> (host_batch,
+        metrics)`` applied to the batch of update ``step`` (1-based) with the variables entering
+        that update, before it is placed on the devices (e.g. RA-SGG's retrieval-augmented soft
+        targets); its float metrics are logged with the step's training metrics. A transform
+        with a true ``wants_dropout_key`` attribute is also given ``dropout_key=`` the key the
+        update draws its dropout from.
+      throughput: optional ``(name, count_fn)``: ``perf/<name>_per_sec`` is logged with
+        ``count_fn(host_batch)`` examples per batch (e.g. relations); ``perf/steps_per_sec``
+        always is.
+      on_log: ``on_log(step, metrics)`` at every logged step, with the training metrics and
+        ``perf/*`` (e.g. a line on stdout).
+      on_step: ``on_step(step, state, metrics, eval_metrics)`` after every update, its evaluation
+        (``eval_metrics``, None when none ran) and its checkpoint.
+      export_fn: ``export_fn(state)`` once the run has reached ``num_steps`` (also when the
+        workdir was already complete).
+
+    Returns:
+      ``(state, metrics)``: the final state (on the mesh) and the metrics of the last step (train
+      metrics, plus ``eval/<name>`` of the last evaluation).
+
+    Raises:
+      FloatingPointError: the loss or the gradient norm of a step is NaN or infinite (the message
+        names the step); checkpoints already written are kept.
+      ConfigError: the loader has fewer batches than ``num_steps``, or its batch does not split
+        over the devices.
+    """
+    workdir = None if workdir is None else os.path.abspath(os.fspath(workdir))
+    if workdir is not None:
+        os.makedirs(workdir, exist_ok=True)
+    num_steps = train_config.num_steps
+    mesh = mesh_lib.make_mesh() if mesh is None else mesh
+    _check_loader(loader, num_steps, mesh)
+    is_chief = jax.process_index() == 0
+    checkpointer = None
+    if workdir is not None:
+        checkpointer = Checkpointer(
+            workdir,
+            save_every=train_config.checkpoint_every,
+            max_to_keep=train_config.max_to_keep,
+            async_save=train_config.async_checkpointing,
+            config={"train": jsonable(train_config), **jsonable(dict(config or {}))},
+        )
+    writer = None
+    progress = None
+    try:
+        start_step = 0
+        restored = None if checkpointer is None else checkpointer.restore_latest(state)
+        if restored is not None:
+            state, start_step = restored
+            _LOG.info("resuming %s from step %d", workdir, start_step)
+        if is_chief and workdir is not None:
+            _truncate_metrics(workdir, start_step)
+        if start_step >= num_steps:
+            metrics = _last_recorded_metrics(workdir, eval_fn is not None)
+        else:
+            writer = _MetricsWriter(workdir, enabled=is_chief)
+            progress = tqdm.tqdm(
+                total=num_steps,
+                initial=start_step,
+                desc="train",
+                unit="step",
+                disable=not (train_config.progress and is_chief),
+                dynamic_ncols=True,
+            )
+            state, metrics = _run_steps(
+                state=state,
+                train_step=train_step,
+                batches=loader.iter_from(start_step),
+                start_step=start_step,
+                num_steps=num_steps,
+                mesh=mesh,
+                train_config=train_config,
+                eval_fn=eval_fn,
+                checkpointer=checkpointer,
+                writer=writer,
+                progress=progress,
+                batch_transform=batch_transform,
+                throughput=throughput,
+                on_log=on_log,
+                on_step=on_step,
+            )
+        if export_fn is not None:
+            export_fn(state)
+        return state, metrics
+    finally:
+        if progress is not None:
+            progress.close()
+        if writer is not None:
+            writer.close()
+        if checkpointer is not None:
+            checkpointer.close()
+
+
+def _check_loader(loader: Loader, num_steps: int, mesh: Mesh) -> None:
+    batch_size = loader_batch_size(loader)
+    if batch_size is not None:
+        mesh_lib.check_batch_size(batch_size, mesh)
+    if loader.num_batches is not None and loader.num_batches < num_steps:
+        raise ConfigError(
+            "num_steps",
+            f"{num_steps} steps but the loader yields only {loader.num_batches} batches "
+            "(raise num_epochs or set it to None)",
+        )
+
+
+def _run_steps(
+    *,
+    state: TrainState,
+    train_step: TrainStep,
+    batches: Iterator[Any],
+    start_step: int,
+    num_steps: int,
+    mesh: Mesh,
+    train_config: TrainConfig,
+    eval_fn: EvalFn | None,
+    checkpointer: Checkpointer | None,
+    writer: _MetricsWriter,
+    progress: tqdm.tqdm,
+    batch_transform: BatchTransform | None,
+    throughput: tuple[str, Callable[[Any], int]] | None,
+    on_log: Callable[[int, Mapping[str, float]], None] | None,
+    on_step: StepHook | None,
+) -> tuple[TrainState, dict[str, Any]]:
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, Any] = {}
+    window_start, window_steps, window_examples = time.perf_counter(), 0, 0
+
+    def prepare(batch: Any, step: int, state: TrainState):
+        extra: Mapping[str, float] = {}
+        if batch_transform is not None:
+            if getattr(batch_transform, "wants_dropout_key", False):
+                # The key this update's train_step draws (state.step == step - 1 here).
+                batch, extra = batch_transform(
+                    state.variables, step, batch, dropout_key=state.step_key()
+                )
+            else:
+                batch, extra = batch_transform(state.variables, step, batch)
+        return batch, mesh_lib.shard_batch(batch, mesh), dict(extra)
+
+    host_batch, device_batch, extra = prepare(next(batches), start_step + 1, state)
+    for step in range(start_step + 1, num_steps + 1):
+        num_examples = 0 if throughput is None else int(throughput[1](host_batch))
+        state, device_metrics = train_step(state, device_batch)
+        step_extra = extra
+        if step < num_steps:  # prepare the next batch while the devices compute
+            host_batch, device_batch, extra = prepare(next(batches), step + 1, state)
+        metrics = {**_host_scalars(device_metrics), **step_extra}
+        check_finite(metrics, step)
+        last_train = metrics
+
+        window_steps += 1
+        window_examples += num_examples * jax.process_count()
+        final = step == num_steps
+        if step % train_config.log_every == 0 or final:
+            elapsed = max(time.perf_counter() - window_start, 1e-9)
+            perf = {"perf/steps_per_sec": window_steps / elapsed}
+            if throughput is not None:
+                perf[f"perf/{throughput[0]}_per_sec"] = window_examples / elapsed
+            writer.write(step, "train", {**metrics, **perf})
+            if on_log is not None:
+                on_log(step, {**metrics, **perf})
+            postfix = {f"{name.split('/')[-1]}": f"{value:.2f}" for name, value in perf.items()}
+            progress.set_postfix(loss=f"{metrics['loss']:.4f}", **postfix, refresh=False)
+            window_start, window_steps, window_examples = time.perf_counter(), 0, 0
+        progress.update(1)
+
+        step_eval = None
+        if eval_fn is not None and (
+            final or (train_config.eval_every > 0 and step % train_config.eval_every == 0)
+        ):
+            step_eval = last_eval = jsonable(dict(eval_fn(state, step)))
+            writer.write(step, "eval", last_eval)
+        if checkpointer is not None:
+            checkpointer.maybe_save(step, state, final=final)
+        if on_step is not None:
+            on_step(step, state, metrics, step_eval)
+    return state, {**last_train, **_prefixed(last_eval, "eval/")}
+
+
+def _last_recorded_metrics(workdir: str, with_eval: bool) -> dict[str, float]:
+    """Metrics of the last step recorded in ``metrics.jsonl`` (for a run that is already done)."""
+    records = read_metrics(workdir)
+    metrics: dict[str, Any] = {}
+    for kind, prefix in (("train", ""), ("eval", "eval/")):
+        if kind == "eval" and not with_eval:
+            continue
+        of_kind = [record for record in records if record["kind"] == kind]
+        if of_kind:
+            last = {
+                name: value
+                for name, value in of_kind[-1].items()
+                if name not in ("step", "kind") and not name.startswith("perf/")
+            }
+            metrics.update(_prefixed(last, prefix))
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# Relation models: state, optimizer and step from a flax model
+# ----------------------------------------------------------------------------------------------
+
+
+def _count_relations(batch: SceneGraphBatch) -> int:
+    """Relation candidates classified: the real (foreground and background) pairs."""
+    return int(np.asarray(batch.pair_mask).sum())
 
 
 def train(
@@ -318,19 +632,9 @@ def train(
       ConfigError: the loader has fewer batches than ``num_steps``, or its batch does not split
         over the devices.
     """
-    workdir = os.path.abspath(os.fspath(workdir))
-    os.makedirs(workdir, exist_ok=True)
     num_steps = train_config.num_steps
     mesh = mesh_lib.make_mesh() if mesh is None else mesh
-    mesh_lib.check_batch_size(loader.config.batch_size, mesh)
-    if loader.num_batches is not None and loader.num_batches < num_steps:
-        raise ConfigError(
-            "num_steps",
-            f"{num_steps} steps but the loader yields only {loader.num_batches} batches "
-            "(raise num_epochs or set it to None)",
-        )
-    is_chief = jax.process_index() == 0
-
+    _check_loader(loader, num_steps, mesh)
     optimizer, schedule = make_optimizer(optim_config, num_steps)
     if trainable is not None:
         optimizer = freeze(optimizer, trainable)
@@ -340,136 +644,24 @@ def train(
         init_variables = init_variables(jax.device_get(state.variables))
     if init_variables is not None:
         state = _with_variables(state, init_variables, optimizer, mesh)
-    full_config = {
-        "train": jsonable(train_config),
+    config = {
         "optim": jsonable(optim_config),
         "pipeline": jsonable(loader.config),
         **jsonable(dict(config or {})),
     }
-    checkpointer = Checkpointer(
-        workdir,
-        save_every=train_config.checkpoint_every,
-        max_to_keep=train_config.max_to_keep,
-        async_save=train_config.async_checkpointing,
-        config=full_config,
+    train_step = make_train_step(model, loss_fn, optimizer, mesh=mesh, learning_rate_fn=schedule)
+    return fit(
+        state,
+        train_step,
+        loader,
+        workdir=workdir,
+        train_config=train_config,
+        mesh=mesh,
+        config=config,
+        eval_fn=eval_fn,
+        batch_transform=batch_transform,
+        throughput=("relations", _count_relations),
     )
-    writer = None
-    progress = None
-    try:
-        restored = checkpointer.restore_latest(state)
-        start_step = 0
-        if restored is not None:
-            state, start_step = restored
-            _LOG.info("resuming %s from step %d", workdir, start_step)
-        if is_chief:
-            _truncate_metrics(workdir, start_step)
-        if start_step >= num_steps:
-            return state, _last_recorded_metrics(workdir, eval_fn is not None)
-
-        train_step = make_train_step(
-            model, loss_fn, optimizer, mesh=mesh, learning_rate_fn=schedule
-        )
-        writer = _MetricsWriter(workdir, enabled=is_chief)
-        progress = tqdm.tqdm(
-            total=num_steps,
-            initial=start_step,
-            desc="train",
-            unit="step",
-            disable=not (train_config.progress and is_chief),
-            dynamic_ncols=True,
-        )
-        state, last_metrics = _run_steps(
-            state=state,
-            train_step=train_step,
-            batches=loader.iter_from(start_step),
-            start_step=start_step,
-            num_steps=num_steps,
-            mesh=mesh,
-            train_config=train_config,
-            eval_fn=eval_fn,
-            checkpointer=checkpointer,
-            writer=writer,
-            progress=progress,
-            batch_transform=batch_transform,
-        )
-        return state, last_metrics
-    finally:
-        if progress is not None:
-            progress.close()
-        if writer is not None:
-            writer.close()
-        checkpointer.close()
-
-
-def _run_steps(
-    *,
-    state: TrainState,
-    train_step: TrainStep,
-    batches: Iterator[SceneGraphBatch],
-    start_step: int,
-    num_steps: int,
-    mesh: Mesh,
-    train_config: TrainConfig,
-    eval_fn: EvalFn | None,
-    checkpointer: Checkpointer,
-    writer: _MetricsWriter,
-    progress: tqdm.tqdm,
-    batch_transform: BatchTransform | None = None,
-) -> tuple[TrainState, dict[str, float]]:
-    last_train: dict[str, float] = {}
-    last_eval: dict[str, Any] = {}
-    window_start, window_steps, window_relations = time.perf_counter(), 0, 0
-
-    def prepare(batch: SceneGraphBatch, step: int, state: TrainState):
-        extra: Mapping[str, float] = {}
-        if batch_transform is not None:
-            if getattr(batch_transform, "wants_dropout_key", False):
-                # The key this update's train_step draws (state.step == step - 1 here).
-                batch, extra = batch_transform(
-                    state.variables, step, batch, dropout_key=state.step_key()
-                )
-            else:
-                batch, extra = batch_transform(state.variables, step, batch)
-        return batch, mesh_lib.shard_batch(batch, mesh), dict(extra)
-
-    host_batch, device_batch, extra = prepare(next(batches), start_step + 1, state)
-    for step in range(start_step + 1, num_steps + 1):
-        # Relation candidates classified: the real (foreground and background) pairs.
-        num_relations = int(np.asarray(host_batch.pair_mask).sum())
-        state, device_metrics = train_step(state, device_batch)
-        step_extra = extra
-        if step < num_steps:  # prepare the next batch while the devices compute
-            host_batch, device_batch, extra = prepare(next(batches), step + 1, state)
-        metrics = {**_host_scalars(device_metrics), **step_extra}
-        check_finite(metrics, step)
-        last_train = metrics
-
-        window_steps += 1
-        window_relations += num_relations * jax.process_count()
-        final = step == num_steps
-        if step % train_config.log_every == 0 or final:
-            elapsed = max(time.perf_counter() - window_start, 1e-9)
-            perf = {
-                "perf/steps_per_sec": window_steps / elapsed,
-                "perf/relations_per_sec": window_relations / elapsed,
-            }
-            writer.write(step, "train", {**metrics, **perf})
-            progress.set_postfix(
-                loss=f"{metrics['loss']:.4f}",
-                steps_per_s=f"{perf['perf/steps_per_sec']:.2f}",
-                rel_per_s=f"{perf['perf/relations_per_sec']:.0f}",
-                refresh=False,
-            )
-            window_start, window_steps, window_relations = time.perf_counter(), 0, 0
-        progress.update(1)
-
-        if eval_fn is not None and (
-            final or (train_config.eval_every > 0 and step % train_config.eval_every == 0)
-        ):
-            last_eval = jsonable(dict(eval_fn(state, step)))
-            writer.write(step, "eval", last_eval)
-        checkpointer.maybe_save(step, state, final=final)
-    return state, {**last_train, **_prefixed(last_eval, "eval/")}
 
 
 def _with_variables(
@@ -499,21 +691,3 @@ def _with_variables(
         opt_state=jax.jit(optimizer.init, out_shardings=mesh_lib.replicated(mesh))(params),
         collections=collections,
     )
-
-
-def _last_recorded_metrics(workdir: str, with_eval: bool) -> dict[str, float]:
-    """Metrics of the last step recorded in ``metrics.jsonl`` (for a run that is already done)."""
-    records = read_metrics(workdir)
-    metrics: dict[str, Any] = {}
-    for kind, prefix in (("train", ""), ("eval", "eval/")):
-        if kind == "eval" and not with_eval:
-            continue
-        of_kind = [record for record in records if record["kind"] == kind]
-        if of_kind:
-            last = {
-                name: value
-                for name, value in of_kind[-1].items()
-                if name not in ("step", "kind") and not name.startswith("perf/")
-            }
-            metrics.update(_prefixed(last, prefix))
-    return metrics

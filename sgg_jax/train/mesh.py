@@ -26,7 +26,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sgg_jax.errors import ConfigError
-from sgg_jax.structures import SceneGraphBatch
 
 DATA_AXIS = "data"
 
@@ -97,7 +96,7 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     """Raises ConfigError unless this process's batch splits evenly over its devices of ``mesh``.
 
     Args:
-      batch_size: images per batch per process (``PipelineConfig.batch_size``).
+      batch_size: examples per batch per process (``PipelineConfig.batch_size``).
       mesh: the device mesh.
     """
     devices = local_device_count(mesh)
@@ -114,24 +113,30 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated(mesh))
 
 
-def shard_batch(batch: SceneGraphBatch, mesh: Mesh) -> SceneGraphBatch:
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """Moves this process's host batch onto ``mesh``, split along the batch axis.
 
-    With several processes, each passes its own ``B`` images and the result is one global batch of
-    ``B * process_count`` images (process ``k``'s images in rows ``k * B ... (k + 1) * B - 1``, as
-    the pipeline's global order).
+    With several processes, each passes its own ``B`` examples and the result is one global batch
+    of ``B * process_count`` examples (process ``k``'s examples in rows ``k * B ... (k + 1) * B -
+    1``, as the pipeline's global order).
 
     Args:
-      batch: a :class:`SceneGraphBatch` of numpy arrays with leading axis B (``None`` fields stay
-        None).
+      batch: any pytree of numpy arrays with a leading batch axis, e.g. a
+        :class:`~sgg_jax.structures.SceneGraphBatch` (``None`` fields stay None); leaves may differ in their leading
+        size (e.g. anchors and the graphs they index), each must split over the devices.
 
     Returns:
       The batch as global ``jax.Array`` leaves with sharding ``P("data")``.
 
     Raises:
-      ConfigError: ``batch_size`` when B is not divisible by this process's devices of ``mesh``.
+      ConfigError: ``batch_size`` when a leading size is not divisible by this process's devices
+        of ``mesh``.
     """
-    check_batch_size(int(np.shape(batch.boxes)[0]), mesh)
+    leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(batch)]
+    if any(leaf.ndim == 0 for leaf in leaves):
+        raise ConfigError("batch", "every array of a batch needs a leading batch axis")
+    for size in sorted({int(leaf.shape[0]) for leaf in leaves}):
+        check_batch_size(size, mesh)
     sharding = batch_sharding(mesh)
     return jax.tree.map(
         lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), batch

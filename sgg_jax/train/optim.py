@@ -1,6 +1,15 @@
-"""Optimizers and the learning-rate schedule of Scene-Graph-Benchmark.
+"""Optimizers and learning-rate schedules by name: the one builder of every training run.
 
-The schedule is SGB's ``WarmupMultiStepLR`` (``maskrcnn_benchmark/solver/lr_scheduler.py``) with
+:func:`make_optimizer` turns an :class:`OptimConfig` into ``(optax transformation, schedule)``;
+the relation models, the detector and the scene-graph embedder all train with it. Two schedules:
+
+* ``"multistep"`` (default): SGB's ``WarmupMultiStepLR`` below; without warmup and milestones it is
+  the constant rate (the embedder's Adam at a fixed rate).
+* ``"cosine"``: linear warmup from ``warmup_factor * learning_rate`` to ``learning_rate`` over
+  ``warmup_steps`` updates, then cosine decay to ``cosine_end_factor * learning_rate`` at update
+  ``max(num_steps, warmup_steps + 2)`` (``optax.warmup_cosine_decay_schedule``; the detector's).
+
+The multi-step schedule is SGB's ``WarmupMultiStepLR`` (``maskrcnn_benchmark/solver/lr_scheduler.py``) with
 linear warmup, as a function of the number of updates already applied ``t`` (0 for the first
 update)::
 
@@ -67,6 +76,7 @@ import optax
 from sgg_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("multistep", "cosine")
 BIAS_RULES = ("none", "sgb")
 
 Schedule = Callable[[jax.Array | int], jax.Array]
@@ -77,8 +87,10 @@ class OptimConfig:
     """Optimizer and learning-rate schedule.
 
     Attributes:
-      optimizer: ``"sgd"`` (momentum, coupled weight decay) or ``"adamw"``.
-      learning_rate: base learning rate (SGB ``BASE_LR``).
+      optimizer: ``"sgd"`` (momentum, coupled weight decay) or ``"adamw"`` (with
+        ``weight_decay=0`` this is Adam).
+      learning_rate: base learning rate (SGB ``BASE_LR``); the peak of the cosine schedule.
+      schedule: ``"multistep"`` or ``"cosine"`` (module docstring).
       momentum: SGD momentum (ignored by AdamW).
       weight_decay: L2 weight decay (SGB ``WEIGHT_DECAY``).
       warmup_steps: updates of linear warmup (SGB ``WARMUP_ITERS``); 0 = none.
@@ -86,6 +98,7 @@ class OptimConfig:
       decay_steps: increasing milestones (SGB ``STEPS``) at which the rate is multiplied by
         ``decay_gamma``.
       decay_gamma: multiplier at each milestone (SGB ``GAMMA``).
+      cosine_end_factor: final rate of the cosine schedule as a fraction of ``learning_rate``.
       clip_norm: largest global L2 norm of the gradients; 0 disables clipping.
       adam_b1, adam_b2, adam_eps: AdamW moments and epsilon.
       scale_lr_by_batch: multiply the rate of every parameter by ``images_per_batch`` (SGB
@@ -100,12 +113,14 @@ class OptimConfig:
 
     optimizer: str = "sgd"
     learning_rate: float = 0.01
+    schedule: str = "multistep"
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_steps: int = 0
     warmup_factor: float = 0.1
     decay_steps: tuple[int, ...] = ()
     decay_gamma: float = 0.1
+    cosine_end_factor: float = 0.01
     clip_norm: float = 5.0
     adam_b1: float = 0.9
     adam_b2: float = 0.999
@@ -126,6 +141,10 @@ class OptimConfig:
         object.__setattr__(self, "decay_steps", tuple(int(s) for s in self.decay_steps))
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError("optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError("schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.schedule == "cosine" and self.decay_steps:
+            raise ConfigError("decay_steps", "are milestones of the multistep schedule, not cosine")
         if self.bias_rules not in BIAS_RULES:
             raise ConfigError("bias_rules", f"must be one of {BIAS_RULES}, got {self.bias_rules!r}")
         _check_number("learning_rate", self.learning_rate, positive=True)
@@ -142,12 +161,23 @@ class OptimConfig:
             raise ConfigError(
                 "images_per_batch", f"must be an integer >= 1, got {self.images_per_batch!r}"
             )
-        for name in ("momentum", "weight_decay", "clip_norm", "warmup_factor", "decay_gamma"):
+        for name in (
+            "momentum",
+            "weight_decay",
+            "clip_norm",
+            "warmup_factor",
+            "decay_gamma",
+            "cosine_end_factor",
+        ):
             _check_number(name, getattr(self, name), positive=False)
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError("momentum", f"must be in [0, 1), got {self.momentum!r}")
         if not 0.0 <= self.warmup_factor <= 1.0:
             raise ConfigError("warmup_factor", f"must be in [0, 1], got {self.warmup_factor!r}")
+        if not 0.0 <= self.cosine_end_factor <= 1.0:
+            raise ConfigError(
+                "cosine_end_factor", f"must be in [0, 1], got {self.cosine_end_factor!r}"
+            )
         if isinstance(self.warmup_steps, bool) or not isinstance(
             self.warmup_steps, int | np.integer
         ):
@@ -209,6 +239,36 @@ def warmup_multistep_schedule(
     return schedule
 
 
+def warmup_cosine_schedule(
+    learning_rate: float,
+    num_steps: int,
+    *,
+    warmup_steps: int = 0,
+    warmup_factor: float = 0.1,
+    end_factor: float = 0.01,
+) -> Schedule:
+    """Linear warmup then cosine decay (``optax.warmup_cosine_decay_schedule``).
+
+    Args:
+      learning_rate: peak rate, reached after ``warmup_steps`` updates.
+      num_steps: updates of the run; the cosine reaches ``end_factor * learning_rate`` at update
+        ``max(num_steps, warmup_steps + 2)``.
+      warmup_steps: updates of linear warmup from ``warmup_factor * learning_rate``; 0 = none.
+      warmup_factor: multiplier at update 0.
+      end_factor: final multiplier.
+
+    Returns:
+      ``schedule(t) -> f32[]``, the rate of update ``t`` (0-based).
+    """
+    return optax.warmup_cosine_decay_schedule(
+        init_value=warmup_factor * learning_rate,
+        peak_value=learning_rate,
+        warmup_steps=warmup_steps,
+        decay_steps=max(num_steps, warmup_steps + 2),
+        end_value=end_factor * learning_rate,
+    )
+
+
 def is_bias(path: str) -> bool:
     """SGB's bias test (``"bias" in key``) on a ``/``-joined Flax parameter path.
 
@@ -245,7 +305,8 @@ def make_optimizer(
     Returns:
       ``(optimizer, schedule)``: clip → (weight decay) → SGD-momentum / AdamW with the
       schedule → (bias rate factor), and the schedule itself (``schedule(t)`` = rate of update
-      ``t`` of the non-bias parameters, ``config.effective_learning_rate`` after warmup). With
+      ``t`` of the non-bias parameters; for ``"multistep"`` ``config.effective_learning_rate``
+      after warmup and before the first milestone). With
       the defaults (no scaling, ``bias_rules="none"``) the chain and its state are those of
       plain SGD / AdamW.
 
@@ -259,13 +320,22 @@ def make_optimizer(
         raise ConfigError(
             "decay_steps", f"milestones {late} never take effect in a run of {num_steps} steps"
         )
-    schedule = warmup_multistep_schedule(
-        config.effective_learning_rate,
-        warmup_steps=config.warmup_steps,
-        warmup_factor=config.warmup_factor,
-        decay_steps=config.decay_steps,
-        decay_gamma=config.decay_gamma,
-    )
+    if config.schedule == "cosine":
+        schedule = warmup_cosine_schedule(
+            config.effective_learning_rate,
+            num_steps,
+            warmup_steps=config.warmup_steps,
+            warmup_factor=config.warmup_factor,
+            end_factor=config.cosine_end_factor,
+        )
+    else:
+        schedule = warmup_multistep_schedule(
+            config.effective_learning_rate,
+            warmup_steps=config.warmup_steps,
+            warmup_factor=config.warmup_factor,
+            decay_steps=config.decay_steps,
+            decay_gamma=config.decay_gamma,
+        )
     sgb_biases = config.bias_rules == "sgb"
     # SGB WEIGHT_DECAY_BIAS = 0: decay only the non-bias parameters.
     decay_mask = weights_mask if sgb_biases else None

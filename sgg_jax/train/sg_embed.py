@@ -18,8 +18,11 @@ positives and negatives (at most ``3 * batch_size``) are embedded together in on
 graph once, and every step has the same shapes: one compilation). The last batch of an epoch is
 padded with masked anchors.
 
-The step is a single jitted function (params, BatchNorm statistics and Adam state donated). All
-randomness comes from ``seed``: anchor order and triplets from ``numpy.random.default_rng([seed,
+Training runs on the library trainer (:func:`sgg_jax.train.loop.fit`): :class:`TripletBatches` is
+its loader (random access by step), the step is :func:`sgg_jax.train.loop.make_step` of the
+objective on one device (params, BatchNorm statistics and Adam state donated), the optimizer is
+:func:`sgg_jax.train.optim.make_optimizer`'s (Adam at a constant rate), and with a ``workdir`` the run
+checkpoints and resumes like every other. All randomness comes from ``seed``: anchor order and triplets from ``numpy.random.default_rng([seed,
 epoch])``, initialisation from ``jax.random.key(seed)``; the same seed gives the same run.
 
 :func:`embed_graphs` embeds any list of graphs (also graphs without objects, e.g. noisy queries with
@@ -39,7 +42,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 
 from sgg_jax import embedding_losses
 from sgg_jax.data.graph_batch import GraphBatch, pad_scene_graphs
@@ -47,6 +49,12 @@ from sgg_jax.data.triplet_samplers import SAMPLERS, check_similarity_range, samp
 from sgg_jax.errors import ConfigError, DataError, check_int, is_finite_number
 from sgg_jax.models.sg_gcn import SceneGraphGCN, SGGCNConfig
 from sgg_jax.structures import SceneGraph
+from sgg_jax.train import export as export_lib
+from sgg_jax.train import loop
+from sgg_jax.train import mesh as mesh_lib
+from sgg_jax.train.checkpoint import jsonable
+from sgg_jax.train.optim import OptimConfig, make_optimizer
+from sgg_jax.train.state import TrainState
 
 OBJECTIVES = ("ranking", "triplet", "infonce")
 
@@ -212,6 +220,89 @@ def _stack_rows(padded: GraphBatch, rows: np.ndarray) -> GraphBatch:
     )
 
 
+class TripletBatches:
+    """The training batches of :func:`train_embedding`, random access by step (a trainer loader).
+
+    Epoch ``e`` draws the anchor order and, batch after batch, the triplets from
+    ``numpy.random.default_rng([seed, e])``; :meth:`iter_from` replays the draws of the earlier
+    batches of its epoch, so batch ``t`` is the same whether a run starts at 0 or resumes at ``t``.
+    A batch is a dict: ``graphs`` (a :class:`GraphBatch` of ``3 * batch_size`` rows, the distinct
+    anchors, positives and negatives, padded with empty graphs), ``anchor``, ``positive``,
+    ``negative`` (int32[batch_size] rows of ``graphs``), ``s_ap``, ``s_an`` (float32[batch_size]
+    similarities) and ``mask`` (bool[batch_size], False for the padding anchors of the last batch).
+
+    Attributes:
+      steps_per_epoch: ``ceil(num_graphs / batch_size)``.
+      num_batches: ``epochs * steps_per_epoch``.
+      batch_size: anchors per batch.
+    """
+
+    def __init__(
+        self,
+        padded: GraphBatch,
+        similarity: np.ndarray,
+        sampler: str,
+        *,
+        batch_size: int,
+        epochs: int,
+        seed: int,
+    ):
+        self.padded = padded
+        self.similarity = similarity
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_graphs = similarity.shape[0]
+        self.steps_per_epoch = math.ceil(self.num_graphs / batch_size)
+        self.num_batches = epochs * self.steps_per_epoch
+
+    def iter_from(self, step: int):
+        """Batches ``step, step + 1, ..., num_batches - 1``."""
+        first_epoch, first_index = divmod(step, self.steps_per_epoch)
+        for epoch in range(first_epoch, self.num_batches // self.steps_per_epoch):
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(self.num_graphs)
+            for index in range(self.steps_per_epoch):
+                anchors = order[index * self.batch_size : (index + 1) * self.batch_size]
+                triplets = sample_triplets(self.sampler, self.similarity, anchors, rng)
+                if epoch == first_epoch and index < first_index:
+                    continue  # drawn only to advance rng to this batch's state
+                yield self._batch(anchors, triplets)
+
+    def _batch(self, anchors: np.ndarray, triplets) -> dict[str, Any]:
+        batch_size = self.batch_size
+        count = anchors.shape[0]
+        members, inverse = np.unique(
+            np.concatenate([anchors, triplets.positive, triplets.negative]), return_inverse=True
+        )
+        rows = np.full(3 * batch_size, -1, np.int64)
+        rows[: members.shape[0]] = members
+        position = np.zeros((3, batch_size), np.int32)
+        position[:, :count] = inverse.reshape(3, count)
+        mask = np.zeros(batch_size, bool)
+        mask[:count] = True
+        s_ap = np.zeros(batch_size, np.float32)
+        s_an = np.zeros(batch_size, np.float32)
+        s_ap[:count] = self.similarity[anchors, triplets.positive]
+        s_an[:count] = self.similarity[anchors, triplets.negative]
+        return {
+            "graphs": _stack_rows(self.padded, rows),
+            "anchor": position[0],
+            "positive": position[1],
+            "negative": position[2],
+            "s_ap": s_ap,
+            "s_an": s_an,
+            "mask": mask,
+        }
+
+
+def optim_config(learning_rate: float) -> OptimConfig:
+    """Adam at a constant rate (the paper's), as the trainer's optimizer configuration."""
+    return OptimConfig(
+        optimizer="adamw", learning_rate=learning_rate, weight_decay=0.0, clip_norm=0.0
+    )
+
+
 @functools.lru_cache(maxsize=16)
 def _compiled_step(
     model_config: SGGCNConfig,
@@ -220,35 +311,38 @@ def _compiled_step(
     nu: float,
     margin: float,
     temperature: float,
+    num_steps: int,
 ):
-    """``(model, optimizer, jitted step)``, shared by runs that differ only in seed / epochs / data.
+    """``(model, optimizer, jitted trainer step, mesh)``, shared by runs that differ only in seed /
+    data; the step runs on one device.
 
     Cached so that a grid of seeds (or repeated calls) compiles the step once per shape.
     """
     model = SceneGraphGCN(model_config)
     loss_of = _objective_loss(objective, nu, margin, temperature)
-    optimizer = optax.adam(learning_rate)
+    optimizer, schedule = make_optimizer(optim_config(learning_rate), num_steps)
+    mesh = mesh_lib.make_mesh(jax.devices()[:1])
 
-    def loss_fn(params, batch_stats, batch, anchor, positive, negative, s_ap, s_an, mask):
+    def embedding_loss(params, collections, batch, dropout_key):
+        del dropout_key  # the GCN has no dropout
         (embedding, _), updates = model.apply(
-            {"params": params, "batch_stats": batch_stats},
-            batch,
+            {"params": params, **collections},
+            batch["graphs"],
             train=True,
             mutable=["batch_stats"],
         )
         loss = loss_of(
-            embedding[anchor], embedding[positive], embedding[negative], s_ap, s_an, mask
+            embedding[batch["anchor"]],
+            embedding[batch["positive"]],
+            embedding[batch["negative"]],
+            batch["s_ap"],
+            batch["s_an"],
+            batch["mask"],
         )
-        return loss, updates["batch_stats"]
+        return loss, ({}, {"batch_stats": updates["batch_stats"]})
 
-    def step(params, batch_stats, opt_state, batch, anchor, positive, negative, s_ap, s_an, mask):
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch_stats, batch, anchor, positive, negative, s_ap, s_an, mask
-        )
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
-
-    return model, optimizer, jax.jit(step, donate_argnums=(0, 1, 2))
+    step = loop.make_step(embedding_loss, optimizer, mesh=mesh, learning_rate_fn=schedule)
+    return model, optimizer, step, mesh
 
 
 @functools.lru_cache(maxsize=16)
@@ -265,8 +359,8 @@ class EmbedTrainResult:
       variables: trained ``{"params", "batch_stats"}``.
       embedder: an :class:`Embedder` with the trained variables.
       losses: mean training loss per epoch.
-      steps: optimisation steps taken.
-      train_seconds: wall time of the training steps (compilation included).
+      steps: updates of the run at its end (all epochs, also when resumed).
+      train_seconds: wall time of this call's training (compilation included, evaluation not).
       history: ``eval_fn`` results per evaluated epoch (``{"epoch": e, **metrics}``).
       num_truncated_nodes, num_truncated_edges: truncation of the training graphs by the budgets.
     """
@@ -290,8 +384,13 @@ def train_embedding(
     eval_fn: Callable[[Embedder], dict[str, Any]] | None = None,
     eval_every: int = 0,
     log: Callable[[str], None] | None = None,
+    workdir: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
 ) -> EmbedTrainResult:
     """Trains a scene-graph GCN on ``graphs`` supervised by ``similarity`` (module docstring).
+
+    Runs on the library trainer (:func:`sgg_jax.train.loop.fit`) with :class:`TripletBatches` and
+    the optimizer of :func:`optim_config`; with a ``workdir`` it checkpoints and resumes there.
 
     Args:
       graphs: N >= 3 training scene graphs over the model's vocabulary.
@@ -303,15 +402,21 @@ def train_embedding(
         and after the last; its dicts are collected in ``history``.
       eval_every: epochs between evaluations (0 = only after the last epoch, when ``eval_fn``).
       log: called with one progress line per epoch.
+      workdir: the run's folder (checkpoints, ``metrics.jsonl``, TensorBoard); a run there
+        resumes from its newest checkpoint. None = nothing written.
+      checkpoint_every: with a workdir, save every this many steps (and at the end); 0 = only at
+        the end.
 
     Returns:
-      :class:`EmbedTrainResult`.
+      :class:`EmbedTrainResult` (``losses`` and ``history`` of the epochs trained by this call; an
+      epoch resumed in its middle averages the losses of the steps after the resume).
 
     Raises:
       ConfigError: fewer than 3 graphs, a similarity that is not ``[N, N]``, bad options.
       DataError: a graph that does not fit the vocabulary (names the image and field), non-finite
         similarities, or similarities outside ``[-1, 1]`` for the ``probability`` / ``reject``
         samplers (:func:`sgg_jax.data.triplet_samplers.check_similarity_range`).
+      FloatingPointError: a step's loss or gradient norm is NaN or infinite (names the step).
     """
     graphs = list(graphs)
     if len(graphs) < 3:
@@ -320,9 +425,9 @@ def train_embedding(
     # Probability / Reject read similarities in [-1, 1]: fail here, not at the first bad batch.
     check_similarity_range(similarity, config.sampler)
     check_int("eval_every", eval_every, minimum=0)
+    check_int("checkpoint_every", checkpoint_every, minimum=0)
     num = len(graphs)
-    batch_size = config.batch_size
-    slots = 3 * batch_size
+    slots = 3 * config.batch_size
     padded = pad_scene_graphs(
         graphs,
         config.max_nodes,
@@ -330,89 +435,101 @@ def train_embedding(
         num_object_classes=model_config.num_object_classes,
         num_predicates=model_config.num_predicates,
     )
-    model, optimizer, step = _compiled_step(
+    batches = TripletBatches(
+        padded,
+        similarity,
+        config.sampler,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        seed=config.seed,
+    )
+    steps_per_epoch = batches.steps_per_epoch
+    model, optimizer, step, mesh = _compiled_step(
         model_config,
         config.objective,
         config.learning_rate,
         config.nu,
         config.margin,
         config.temperature,
+        batches.num_batches,
     )
     first = _stack_rows(padded, np.arange(min(slots, num)).tolist() + [-1] * max(0, slots - num))
     first = jax.tree.map(np.asarray, first)
     variables = model.init(jax.random.key(config.seed), first, train=False)
-    params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    opt_state = optimizer.init(params)
+    params = variables["params"]
+    state = mesh_lib.replicate(
+        TrainState(
+            step=np.zeros((), np.int32),
+            params=params,
+            opt_state=optimizer.init(params),
+            collections={"batch_stats": variables.get("batch_stats", {})},
+            rng=jax.random.key(config.seed),
+        ),
+        mesh,
+    )
 
-    def embedder_now() -> Embedder:
+    def embedder_of(state: TrainState) -> Embedder:
         return Embedder(
             model,
-            {"params": params, "batch_stats": batch_stats},
+            {"params": state.params, "batch_stats": state.collections["batch_stats"]},
             max_nodes=config.max_nodes,
             max_edges=config.max_edges,
             batch_size=config.eval_batch_size,
         )
 
-    losses, history, steps, train_seconds = [], [], 0, 0.0
-    steps_per_epoch = math.ceil(num / batch_size)
-    for epoch in range(config.epochs):
-        rng = np.random.default_rng([config.seed, epoch])
-        order = rng.permutation(num)
-        epoch_losses = []
+    losses, history, epoch_losses = [], [], []
+    eval_seconds = [0.0]
+
+    def evaluate(state: TrainState, step: int) -> dict[str, Any]:
         start = time.perf_counter()
-        for index in range(steps_per_epoch):
-            anchors = order[index * batch_size : (index + 1) * batch_size]
-            count = anchors.shape[0]
-            triplets = sample_triplets(config.sampler, similarity, anchors, rng)
-            members, inverse = np.unique(
-                np.concatenate([anchors, triplets.positive, triplets.negative]), return_inverse=True
-            )
-            rows = np.full(slots, -1, np.int64)
-            rows[: members.shape[0]] = members
-            position = np.zeros((3, batch_size), np.int32)
-            position[:, :count] = inverse.reshape(3, count)
-            mask = np.zeros(batch_size, bool)
-            mask[:count] = True
-            s_ap = np.zeros(batch_size, np.float32)
-            s_an = np.zeros(batch_size, np.float32)
-            s_ap[:count] = similarity[anchors, triplets.positive]
-            s_an[:count] = similarity[anchors, triplets.negative]
-            params, batch_stats, opt_state, loss = step(
-                params,
-                batch_stats,
-                opt_state,
-                _stack_rows(padded, rows),
-                position[0],
-                position[1],
-                position[2],
-                s_ap,
-                s_an,
-                mask,
-            )
-            epoch_losses.append(loss)
-            steps += 1
-        epoch_loss = float(np.mean(jax.device_get(epoch_losses)))
-        train_seconds += time.perf_counter() - start
-        if not math.isfinite(epoch_loss):
-            raise FloatingPointError(f"epoch {epoch + 1}: training loss is {epoch_loss}")
+        metrics = eval_fn(embedder_of(state))
+        history.append({"epoch": step // steps_per_epoch, **metrics})
+        eval_seconds[0] += time.perf_counter() - start
+        return metrics
+
+    def on_step(step, state, metrics, eval_metrics):
+        del state
+        epoch_losses.append(metrics["loss"])
+        if step % steps_per_epoch:
+            return
+        epoch = step // steps_per_epoch
+        epoch_loss = float(np.mean(np.asarray(epoch_losses, np.float32)))
+        epoch_losses.clear()
         losses.append(epoch_loss)
-        line = f"epoch {epoch + 1}/{config.epochs}: loss {epoch_loss:.4f}"
-        last = epoch + 1 == config.epochs
-        if eval_fn is not None and (last or (eval_every and (epoch + 1) % eval_every == 0)):
-            metrics = eval_fn(embedder_now())
-            history.append({"epoch": epoch + 1, **metrics})
+        line = f"epoch {epoch}/{config.epochs}: loss {epoch_loss:.4f}"
+        if eval_metrics is not None:
             line += " " + " ".join(
-                f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)
+                f"{k} {v:.4f}" for k, v in history[-1].items() if isinstance(v, float)
             )
         if log is not None:
             log(line)
 
+    start = time.perf_counter()
+    state, _ = loop.fit(
+        state,
+        step,
+        batches,
+        workdir=workdir,
+        train_config=loop.TrainConfig(
+            num_steps=batches.num_batches,
+            seed=config.seed,
+            checkpoint_every=checkpoint_every,
+            eval_every=eval_every * steps_per_epoch,
+            log_every=steps_per_epoch,
+            progress=False,
+        ),
+        mesh=mesh,
+        config={"embed": jsonable(config), "model": jsonable(model_config)},
+        eval_fn=None if eval_fn is None else evaluate,
+        throughput=("anchors", lambda batch: int(batch["mask"].sum())),
+        on_step=on_step,
+    )
     return EmbedTrainResult(
-        variables={"params": params, "batch_stats": batch_stats},
-        embedder=embedder_now(),
+        variables={"params": state.params, "batch_stats": state.collections["batch_stats"]},
+        embedder=embedder_of(state),
         losses=losses,
-        steps=steps,
-        train_seconds=train_seconds,
+        steps=int(state.step),
+        train_seconds=time.perf_counter() - start - eval_seconds[0],
         history=history,
         num_truncated_nodes=int(padded.num_truncated_nodes.sum()),
         num_truncated_edges=int(padded.num_truncated_edges.sum()),
@@ -463,7 +580,7 @@ def save_embedder(
 ) -> str:
     """Writes a trained embedder to the folder ``path`` (created; must not exist).
 
-    Layout::
+    Layout (written with :mod:`sgg_jax.train.export`'s variables and function files)::
 
         variables/          params and BatchNorm statistics (orbax StandardCheckpointer)
         embedder.json       model sizes, budgets, vocabulary names, ``extra``
@@ -474,17 +591,14 @@ def save_embedder(
     Returns:
       The folder written.
     """
-    import orbax.checkpoint as ocp
-
-    from sgg_jax.train.checkpoint import jsonable, write_json
+    from sgg_jax.train.checkpoint import write_json
 
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path):
         raise ConfigError("path", f"{path} already exists")
     os.makedirs(path)
-    variables = jax.device_get(embedder.variables)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.join(path, EMBEDDER_PARAMS), variables)
+    variables = jax.tree.map(np.asarray, jax.device_get(embedder.variables))
+    export_lib.save_variables(os.path.join(path, EMBEDDER_PARAMS), variables)
     config = embedder.model.config
     write_json(
         os.path.join(path, EMBEDDER_CONFIG),
@@ -535,28 +649,21 @@ def save_embedder(
     ]
     variable_specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
     exported = jax.export.export(jax.jit(embed))(variable_specs, *specs)
-    with open(os.path.join(path, EMBEDDER_FUNCTION), "wb") as handle:
-        handle.write(exported.serialize())
+    export_lib.write_exported(os.path.join(path, EMBEDDER_FUNCTION), exported)
     return path
 
 
 def _read_embedder_files(path: str) -> tuple[dict[str, Any], Any]:
-    import json
-
-    import orbax.checkpoint as ocp
-
     config_path = os.path.join(path, EMBEDDER_CONFIG)
+    if not os.path.exists(config_path):
+        raise DataError("not a saved embedder (no embedder.json)", path=path)
     try:
-        with open(config_path) as handle:
-            document = json.load(handle)
-    except FileNotFoundError:
-        raise DataError("not a saved embedder (no embedder.json)", path=path) from None
-    except (OSError, ValueError) as error:
-        raise DataError(f"unreadable: {error}", path=config_path) from None
-    if not isinstance(document, dict) or document.get("format") != "sgg_jax.sg_embed":
-        raise DataError("not an sgg_jax.sg_embed file", path=config_path, field="format")
-    with ocp.StandardCheckpointer() as checkpointer:
-        variables = checkpointer.restore(os.path.join(path, EMBEDDER_PARAMS))
+        document = export_lib.read_json(config_path)
+        if not isinstance(document, dict) or document.get("format") != "sgg_jax.sg_embed":
+            raise DataError("not an sgg_jax.sg_embed file", path=config_path, field="format")
+        variables = export_lib.restore_variables(os.path.join(path, EMBEDDER_PARAMS))
+    except export_lib.ExportError as error:
+        raise DataError(error.reason, path=error.path) from None
     return document, variables
 
 
@@ -583,8 +690,10 @@ def load_exported_embed_function(path: str | os.PathLike) -> Callable[..., jax.A
     """
     path = os.path.abspath(os.fspath(path))
     _, variables = _read_embedder_files(path)
-    with open(os.path.join(path, EMBEDDER_FUNCTION), "rb") as handle:
-        exported = jax.export.deserialize(bytearray(handle.read()))
+    try:
+        exported = export_lib.read_exported(os.path.join(path, EMBEDDER_FUNCTION))
+    except export_lib.ExportError as error:
+        raise DataError(error.reason, path=error.path) from None
 
     def embed(*arrays):
         return exported.call(variables, *arrays)

@@ -49,12 +49,70 @@ def test_smoke_run_writes_results(detector_workdir):
     assert len(results["data"]["classes"]) == 5
     assert results["timing"]["steps"] == 6
     losses = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in losses] == [3, 6]
-    assert all(math.isfinite(m["total"]) for m in losses)
+    assert [(m["step"], m["kind"]) for m in losses] == [(3, "train"), (6, "train")]
+    assert all(math.isfinite(m["loss"]) for m in losses)
+    # The total is the sum of the four loss terms; results.json repeats the last step's values.
+    terms = ("box_classifier", "box_regression", "rpn_box", "rpn_objectness")
+    for m in losses:
+        assert m["loss"] == pytest.approx(sum(m[f"loss/{t}"] for t in terms), rel=1e-5)
+    last = results["last_train_metrics"]
+    assert last["total"] == losses[-1]["loss"] and last["grad_norm"] == losses[-1]["grad_norm"]
+    # Cosine schedule: warm-up from 0.1 x 1e-3 over 2 updates, then cosine to 1e-5 at update 6;
+    # update 3 (t = 2) is the peak, update 6 (t = 5) is 1e-5 + (1e-3 - 1e-5) * (1 + cos(3 pi / 4)) / 2.
+    assert losses[0]["learning_rate"] == pytest.approx(1e-3, rel=1e-6)
+    expected = 1e-5 + (1e-3 - 1e-5) * (1 + math.cos(3 * math.pi / 4)) / 2
+    assert losses[1]["learning_rate"] == pytest.approx(expected, rel=1e-5)
     assert (tmp_path / "results.md").read_text().count("| chance") == 2
     assert (tmp_path / "plots" / "detections_0.png").stat().st_size > 0
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "6"]
     assert len(list((tmp_path / "images").glob("*.png"))) == sum(results["data"]["images"].values())
+
+
+def test_run_killed_after_a_checkpoint_resumes_to_the_same_parameters(detector_workdir, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from sgg_jax.train.checkpoint import Checkpointer
+
+    # The smoke run as if it had died after checkpoint 3: checkpoint 6 and the results are gone
+    # (metrics.jsonl still has the record of step 6, which the resumed run must replace).
+    resumed = tmp_path / "resumed"
+    shutil.copytree(detector_workdir, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "6")
+    for name in ("results.json", "results.md"):
+        (resumed / name).unlink()
+    result = _run("--flagfile=experiments/flags/detector_smoke.flags", f"--workdir={resumed}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resumed from checkpoint 3" in result.stdout
+    results = json.loads((resumed / "results.json").read_text())
+    reference = json.loads((detector_workdir / "results.json").read_text())
+    assert results["timing"]["steps"] == 3
+    assert results["runs"] == reference["runs"]
+    assert results["last_train_metrics"] == reference["last_train_metrics"]
+
+    def variables(workdir):
+        with Checkpointer(str(workdir), read_only=True) as checkpointer:
+            assert checkpointer.steps == [3, 6]
+            return checkpointer.restore_variables(6)
+
+    import jax
+
+    for got, expected in zip(
+        jax.tree.leaves(variables(resumed)),
+        jax.tree.leaves(variables(detector_workdir)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+    def records(workdir):
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        return [
+            {k: v for k, v in json.loads(line).items() if not k.startswith("perf/")}
+            for line in lines
+        ]
+
+    assert records(resumed) == records(detector_workdir)
 
 
 @pytest.mark.parametrize(

@@ -160,6 +160,21 @@ def test_export_from_state_with_two_budgets_and_call_forms(tmp_path):
     with pytest.raises(ValueError, match="missing inputs \\['pair_mask'\\]"):
         predictor({name: getattr(small, name) for name in INPUTS if name != "pair_mask"})
 
+    # Broken files: one line naming the file.
+    function_file = os.path.join(out_dir, "predict_b2_n12_p24.jax_exported")
+    with open(function_file, "wb") as handle:
+        handle.write(b"not a function")
+    with pytest.raises(export_lib.ExportError) as error:
+        sgg_jax.load_exported(out_dir)
+    assert str(error.value).startswith(f"{function_file}: not a serialised jax.export function")
+    assert "\n" not in str(error.value)
+    with open(os.path.join(out_dir, "manifest.json"), "w") as handle:
+        handle.write("{")
+    with pytest.raises(export_lib.ExportError, match=r"manifest\.json: not valid JSON"):
+        sgg_jax.load_exported(out_dir)
+    with pytest.raises(export_lib.ExportError, match=r"params: no saved variables"):
+        export_lib.restore_variables(tmp_path / "params")
+
 
 def test_export_config_mistakes(tmp_path):
     with pytest.raises(ConfigError, match="option 'source'.*no checkpoint"):

@@ -55,6 +55,61 @@ def test_schedule_without_warmup_or_milestones_is_constant():
     np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 9)], [0.3] * 3, rtol=1e-7)
 
 
+def test_multistep_schedule_values_by_hand():
+    # lr 1, warmup 4 updates from 0.2, milestones 6 and 8 with gamma 0.5:
+    # t = 0..3: 0.2 * (1 - t / 4) + t / 4 = 0.2, 0.4, 0.6, 0.8; t = 4, 5: 1; t = 6, 7: 0.5;
+    # t = 8, 9: 0.25.
+    config = OptimConfig(
+        learning_rate=1.0, warmup_steps=4, warmup_factor=0.2, decay_steps=(6, 8), decay_gamma=0.5
+    )
+    _, schedule = make_optimizer(config, num_steps=10)
+    got = [float(schedule(t)) for t in range(10)]
+    expected = [0.2, 0.4, 0.6, 0.8, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_cosine_schedule_values_by_hand():
+    # lr 2, warmup 2 updates from 0.1 x, then cosine over updates 2..6 down to 0.01 x = 0.02:
+    # t = 0, 1: 0.2, 1.1; t = 2 + k: 0.02 + 1.98 * (1 + cos(pi k / 4)) / 2.
+    config = OptimConfig(learning_rate=2.0, schedule="cosine", warmup_steps=2, warmup_factor=0.1)
+    _, schedule = make_optimizer(config, num_steps=6)
+    got = [float(schedule(t)) for t in range(7)]
+    cosine = [0.02 + 1.98 * (1 + np.cos(np.pi * k / 4)) / 2 for k in range(5)]
+    np.testing.assert_allclose(got, [0.2, 1.1, *cosine], rtol=1e-6, atol=1e-7)
+    assert got[2] == pytest.approx(2.0) and got[-1] == pytest.approx(0.02)
+    # Without warmup the cosine starts at the peak; a warmup as long as the run still decays
+    # over two updates (the detector's end of schedule).
+    _, no_warmup = make_optimizer(OptimConfig(learning_rate=1.0, schedule="cosine"), 4)
+    assert float(no_warmup(0)) == pytest.approx(1.0)
+    assert float(no_warmup(2)) == pytest.approx(0.01 + 0.99 * 0.5)
+    _, late = make_optimizer(
+        OptimConfig(learning_rate=1.0, schedule="cosine", warmup_steps=3), num_steps=4
+    )
+    assert float(late(3)) == pytest.approx(1.0) and float(late(4)) == pytest.approx(0.505)
+
+
+def test_adamw_without_decay_is_adam_bit_for_bit():
+    # The embedder's optimizer: Adam at a constant rate through the shared builder.
+    params = {"w": jnp.asarray([0.3, -1.2, 2.0]), "b": jnp.asarray([0.1])}
+    grads = [
+        {"w": jnp.asarray([0.5, -0.25, 1.0]), "b": jnp.asarray([2.0])},
+        {"w": jnp.asarray([-0.1, 0.3, 0.2]), "b": jnp.asarray([-1.0])},
+    ]
+    shared, _ = make_optimizer(
+        OptimConfig(optimizer="adamw", learning_rate=1e-3, weight_decay=0.0, clip_norm=0.0), 2
+    )
+    reference = optax.adam(1e-3)
+    outputs = []
+    for optimizer in (shared, reference):
+        state, current = optimizer.init(params), params
+        for grad in grads:
+            updates, state = optimizer.update(grad, state, current)
+            current = optax.apply_updates(current, updates)
+        outputs.append(current)
+    for a, b in zip(jax.tree.leaves(outputs[0]), jax.tree.leaves(outputs[1]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_clipping_bounds_the_global_norm_and_zero_disables_it():
     params = {"a": jnp.ones((3,)), "b": jnp.ones((4,))}
     grads = {"a": jnp.full((3,), 4.0), "b": jnp.full((4,), 3.0)}  # global norm sqrt(48 + 36)
@@ -395,6 +450,9 @@ print(json.dumps(out))
         ({"scale_lr_by_batch": True, "images_per_batch": 0}, 10, "images_per_batch"),
         ({"images_per_batch": 2.5}, 10, "images_per_batch"),
         ({"scale_lr_by_batch": "yes"}, 10, "scale_lr_by_batch"),
+        ({"schedule": "linear"}, 10, "schedule"),
+        ({"schedule": "cosine", "decay_steps": (5,)}, 10, "decay_steps"),
+        ({"schedule": "cosine", "cosine_end_factor": 1.5}, 10, "cosine_end_factor"),
     ],
 )
 def test_config_mistakes_name_the_option(options, num_steps, option):

@@ -214,3 +214,87 @@ def test_saved_embedder_round_trip_and_model_free_function(data, tmp_path):
         sg_embed.save_embedder(trained.embedder, path)
     with pytest.raises(DataError, match="not a saved embedder"):
         sg_embed.load_embedder(tmp_path)
+    # Broken files: one line naming the file.
+    function_file = tmp_path / "embedder" / sg_embed.EMBEDDER_FUNCTION
+    function_file.write_bytes(b"garbage")
+    with pytest.raises(DataError) as error:
+        sg_embed.load_exported_embed_function(path)
+    assert str(error.value).startswith(f"{function_file}: not a serialised jax.export function")
+    assert "\n" not in str(error.value)
+    for leaf in (tmp_path / "embedder" / sg_embed.EMBEDDER_PARAMS).iterdir():
+        if leaf.is_file():
+            leaf.write_bytes(b"garbage")
+    with pytest.raises(DataError) as error:
+        sg_embed.load_embedder(path)
+    variables_dir = tmp_path / "embedder" / sg_embed.EMBEDDER_PARAMS
+    assert str(error.value).startswith(f"{variables_dir}: unreadable saved variables")
+    assert "\n" not in str(error.value)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _leaves(tree):
+    import jax
+
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+def test_triplet_batches_are_random_access_by_step(data):
+    graphs, similarity, model_config = data[:3]
+    padded = pad_scene_graphs(
+        graphs[:40],
+        24,
+        64,
+        num_object_classes=model_config.num_object_classes,
+        num_predicates=model_config.num_predicates,
+    )
+    batches = sg_embed.TripletBatches(
+        padded, similarity[:40, :40], "probability", batch_size=16, epochs=2, seed=4
+    )
+    assert batches.steps_per_epoch == 3 and batches.num_batches == 6
+    everything = list(batches.iter_from(0))
+    assert len(everything) == 6
+    # The last batch of an epoch has 40 - 2 * 16 = 8 real anchors.
+    assert [int(b["mask"].sum()) for b in everything] == [16, 16, 8, 16, 16, 8]
+    for start in (2, 4):
+        for expected, got in zip(everything[start:], batches.iter_from(start), strict=True):
+            for a, b in zip(_leaves(expected), _leaves(got), strict=True):
+                np.testing.assert_array_equal(a, b)
+    # Anchors / positives / negatives index real graphs of the batch.
+    first = everything[0]
+    for key in ("anchor", "positive", "negative"):
+        assert first["graphs"].graph_mask[first[key]].all()
+
+
+def test_killed_embedder_run_resumes_to_the_same_parameters(data, tmp_path, monkeypatch):
+    graphs, similarity, model_config = data[:3]
+    config = _config(data, epochs=2, sampler="probability")  # 40 graphs: 3 steps per epoch
+    args = (graphs[:40], similarity[:40, :40], model_config, config)
+    reference = sg_embed.train_embedding(*args, workdir=tmp_path / "reference", checkpoint_every=2)
+    no_workdir = sg_embed.train_embedding(*args)
+    assert reference.steps == no_workdir.steps == 6
+    assert reference.losses == no_workdir.losses and len(reference.losses) == 2
+
+    original = sg_embed.TripletBatches.iter_from
+
+    def dies_before_batch_4(self, step):
+        for index, batch in enumerate(original(self, step), start=step):
+            if index == 4:  # batch 4 is read while update 4 runs, before its checkpoint
+                raise _Killed
+            yield batch
+
+    monkeypatch.setattr(sg_embed.TripletBatches, "iter_from", dies_before_batch_4)
+    with pytest.raises(_Killed):
+        sg_embed.train_embedding(*args, workdir=tmp_path / "resumed", checkpoint_every=2)
+    assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["2"]
+    monkeypatch.setattr(sg_embed.TripletBatches, "iter_from", original)
+    resumed = sg_embed.train_embedding(*args, workdir=tmp_path / "resumed", checkpoint_every=2)
+    assert resumed.steps == 6
+    for a, b in zip(_leaves(resumed.variables), _leaves(reference.variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(_leaves(reference.variables), _leaves(no_workdir.variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The resumed call trained steps 3..6: the last step of epoch 1 alone, then all of epoch 2.
+    assert len(resumed.losses) == 2 and resumed.losses[1] == reference.losses[1]
