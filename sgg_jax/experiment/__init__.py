@@ -11,5 +11,8 @@ in-process without absl's global flags.
 * :mod:`sgg_jax.experiment.ra_sgg` — RA-SGG (Yoon et al., AAAI 2025) and its PE-Net phase 1.
 * :mod:`sgg_jax.experiment.cce_scorer` — CCE loss + Scorer (Huang et al., ACCV 2020) ablations.
 
-Each module imports only :mod:`sgg_jax` itself (never ``experiments``), so it can move as a whole.
+Why a package of its own, named ``experiment``: a module here is one experiment (a config and its
+``run``), not a building block — the models, losses, retrieval and training loop it combines stay in
+their own packages and know nothing of it. Each module imports only :mod:`sgg_jax` itself (never
+``experiments`` or absl), so a paper's module can later move next to that paper's code as a whole.
 """
