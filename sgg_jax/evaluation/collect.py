@@ -67,7 +67,7 @@ def detection_predictions(
 
     Args:
       batch: the host batch the model ran on (``graph_mask``, ``image_index``).
-      outputs: host arrays of an SGDet model (``experiments.common.predict_outputs``):
+      outputs: host arrays of an SGDet model (``sgg_jax.experiment.relation.predict_outputs``):
         ``boxes`` [B, D, 4], ``object_mask`` [B, D], ``object_labels``, ``object_scores``
         [B, D], ``pairs`` [B, P, 2] into the D detections, ``pair_mask`` [B, P],
         ``predicate_scores`` [B, P, C].

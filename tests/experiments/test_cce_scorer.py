@@ -1,4 +1,5 @@
-"""``experiments.cce_scorer`` end to end on the smoke flagfile (both base models), and flag errors.
+"""``experiments.cce_scorer`` end to end on the smoke flagfile; flag errors in-process and once on
+the command line.
 
 The subprocesses compile with XLA's cheaper CPU optimisation level on one CPU device (not the 4
 simulated devices of the in-process tests): compiling (one init, one train step and one predict per
@@ -14,7 +15,8 @@ import sys
 
 import pytest
 
-from tests.experiments import ROOT
+from experiments import cce_scorer
+from tests.experiments import ROOT, config_error, error_line
 
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
@@ -111,14 +113,29 @@ def test_smoke_runs_the_rows_and_writes_the_table(tmp_path):
         ),
     ],
 )
-def test_bad_flags_fail_in_one_line_before_loading_data(tmp_path, args, message):
-    # gqa200_mini logs a line when it is read: stderr holding only the error proves it was not
+def test_bad_flags_fail_in_one_line_before_loading_data(args, message):
+    # config_from_flags is all the main runs before loading data: the error comes before any read
+    error = config_error(
+        cce_scorer, "--flagfile=experiments/flags/cce_scorer_gqa200_mini.flags", *args
+    )
+    assert error_line(error) == message
+    assert error.option == message.split("'")[1]
+
+
+def test_a_bad_flag_exits_2_with_one_line_on_stderr_and_no_output(tmp_path):
+    """The command line end to end: exit status 2, stderr exactly the error line, no files.
+
+    gqa200_mini logs a line when it is read: stderr holding only the error proves it was not.
+    """
     result = _run(
         "--flagfile=experiments/flags/cce_scorer_gqa200_mini.flags",
         f"--workdir={tmp_path}",
-        *args,
+        "--cce_background=skip",
         timeout=120,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [message]
+    assert result.stderr.strip().splitlines() == [
+        "error: option 'cce_background': 'skip' needs --cce_variant=paper: the official CCE "
+        "averages over every relation, background included"
+    ]
     assert not any(tmp_path.iterdir())

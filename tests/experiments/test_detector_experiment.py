@@ -207,28 +207,3 @@ def test_sgdet_from_pixels_end_to_end_then_predict_on_images(detector_workdir, t
         assert item["label"] in config["vocab"]["object_names"][1:]
     assert (out / "big_scene_graph.png").stat().st_size > 0
     assert (out / "big_graph.png").stat().st_size > 0
-
-
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (
-            ["--feature_source=geometry", "--dataset=synthetic"],
-            "error: option 'task': sgdet detects objects from pixels: it needs "
-            "--feature_source=roi",
-        ),
-        (
-            ["--method=ra_sgg", "--detector_workdir=."],
-            "error: option 'method': ra_sgg's memory bank embeds ground-truth relations without "
-            "pixels: use --method=penet with --feature_source=roi",
-        ),
-    ],
-)
-def test_pixel_flags_are_checked_before_any_work(flags, message, tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    flags = [f.replace("=.", f"={tmp_path}") for f in flags]
-    result = _relation_run(
-        "--flagfile=experiments/flags/penet_pixels_smoke.flags", f"--workdir={tmp_path}", *flags
-    )
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines()[-1] == message.replace("=.", f"={tmp_path}")

@@ -1,10 +1,12 @@
-"""``experiments.ra_sgg --method=penet`` end to end on the smoke flagfile, and its flag errors."""
+"""``experiments.ra_sgg --method=penet`` end to end on the smoke flagfile; its flag errors in-process."""
 
 import json
 
 import numpy as np
 import pytest
 
+from experiments import ra_sgg
+from tests.experiments import config_error, error_line
 from tests.experiments import run_ra_sgg as _run
 
 
@@ -64,23 +66,44 @@ def test_smoke_trains_evaluates_exports_and_resumes(tmp_path):
         ),
     ],
 )
-def test_bad_flags_are_one_line_errors_before_any_work(tmp_path, args, message):
-    result = _run("--flagfile=experiments/flags/smoke.flags", f"--workdir={tmp_path}", *args)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == message
-    assert not (tmp_path / "checkpoints").exists()
+def test_bad_flags_are_one_line_errors_before_any_work(args, message):
+    # config_from_flags is all the main runs before loading data: the error comes before any work
+    error = config_error(ra_sgg, "--flagfile=experiments/flags/smoke.flags", *args)
+    assert error_line(error) == message
+    assert error.option == message.split("'")[1]
 
 
-def test_official_flagfiles_ask_for_their_data(tmp_path):
+def test_official_flagfiles_ask_for_their_data():
     for name, option in (
         ("penet_vg150_predcls", "vg150_h5"),
         ("penet_gqa200_predcls", "gqa200_train"),
     ):
-        result = _run(f"--flagfile=experiments/flags/{name}.flags", f"--workdir={tmp_path}")
-        assert result.returncode == 2
-        assert result.stderr.strip().splitlines()[-1] == (
+        error = config_error(ra_sgg, f"--flagfile=experiments/flags/{name}.flags")
+        assert error_line(error) == (
             f"error: option '{option}': is required with --dataset={name.split('_')[1]}"
         )
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--feature_source=geometry", "--dataset=synthetic"],
+            "error: option 'task': sgdet detects objects from pixels: it needs "
+            "--feature_source=roi",
+        ),
+        (
+            ["--method=ra_sgg", "--detector_workdir=."],
+            "error: option 'method': ra_sgg's memory bank embeds ground-truth relations without "
+            "pixels: use --method=penet with --feature_source=roi",
+        ),
+    ],
+)
+def test_pixel_flags_are_checked_before_any_work(flags, message, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    flags = [f.replace("=.", f"={tmp_path}") for f in flags]
+    error = config_error(ra_sgg, "--flagfile=experiments/flags/penet_pixels_smoke.flags", *flags)
+    assert error_line(error) == message
 
 
 @pytest.mark.e2e

@@ -36,7 +36,7 @@ def _png(path):
 def export_dir(tmp_path_factory):
     import jax
 
-    from experiments.common import predict_outputs
+    from sgg_jax.experiment.relation import predict_outputs
     from sgg_jax.models.detector import DetectorConfig
     from sgg_jax.models.penet import PENet, PENetConfig
     from sgg_jax.models.sgdet import SGDetConfig

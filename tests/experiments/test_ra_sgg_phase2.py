@@ -1,9 +1,14 @@
-"""``experiments.ra_sgg --method=ra_sgg`` (phase 1, phase 2, an ablation) end to end, and flag errors."""
+"""``experiments.ra_sgg --method=ra_sgg`` (phase 1, phase 2, an ablation) end to end; flag errors.
+
+The flag errors are checked in-process on the config the main builds before loading any data.
+"""
 
 import json
 
 import pytest
 
+from experiments import ra_sgg
+from tests.experiments import config_error, config_of, error_line
 from tests.experiments import run_ra_sgg as _run
 
 
@@ -96,20 +101,28 @@ def test_phase2_with_a_scann_tree_is_reproducible_run_to_run(tmp_path):
         (["--ablations=typo"], "error: option 'ablations': unknown ['typo']"),
     ],
 )
-def test_bad_phase2_flags_are_one_line_errors(tmp_path, args, message):
-    result = _run("--flagfile=experiments/flags/ra_sgg_smoke.flags", f"--workdir={tmp_path}", *args)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(message)
-    assert not (tmp_path / "phase1").exists()
+def test_bad_phase2_flags_are_one_line_errors(args, message):
+    # config_from_flags is all the main runs before loading data: the error comes before any work
+    error = config_error(ra_sgg, "--flagfile=experiments/flags/ra_sgg_smoke.flags", *args)
+    assert error_line(error).startswith(message)
+    assert error.option == message.split("'")[1]
+    assert "\n" not in str(error)
 
 
 @pytest.mark.parametrize("dataset, option", [("vg150", "vg150_h5"), ("gqa200", "gqa200_train")])
 @pytest.mark.parametrize("task", ["predcls", "sgcls"])
-def test_official_ra_sgg_flagfiles_parse_and_ask_for_their_data(tmp_path, dataset, option, task):
-    result = _run(
-        f"--flagfile=experiments/flags/ra_sgg_{dataset}_{task}.flags", f"--workdir={tmp_path}"
+def test_official_ra_sgg_flagfiles_parse_and_ask_for_their_data(dataset, option, task):
+    error = config_error(ra_sgg, f"--flagfile=experiments/flags/ra_sgg_{dataset}_{task}.flags")
+    assert error_line(error) == f"error: option '{option}': is required with --dataset={dataset}"
+    # with the files given (any existing path passes the check) the flagfile is a valid config
+    paths = {
+        "vg150": ("vg150_h5", "vg150_dicts", "vg150_image_data"),
+        "gqa200": ("gqa200_train", "gqa200_test", "gqa200_id_info"),
+    }[dataset]
+    config = config_of(
+        ra_sgg,
+        f"--flagfile=experiments/flags/ra_sgg_{dataset}_{task}.flags",
+        *(f"--{name}={__file__}" for name in paths),
     )
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"error: option '{option}': is required with --dataset={dataset}"
-    )
+    assert (config.method, config.data.dataset, config.data.task) == ("ra_sgg", dataset, task)
+    assert config.phase2.variant == "official" and config.phase2.bank == "official"

@@ -2,10 +2,6 @@
 learning-rate x IMS_PER_BATCH and bias rules, bad configs."""
 
 import bisect
-import json
-import pathlib
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -16,8 +12,6 @@ import pytest
 
 from sgg_jax.errors import ConfigError
 from sgg_jax.train.optim import OptimConfig, bias_mask, freeze, make_optimizer
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def sgb_warmup_multistep_lr(base_lr, step, milestones, gamma, warmup_factor, warmup_iters):
@@ -382,26 +376,15 @@ def test_sgb_bias_rules_compose_with_frozen_parameters():
 
 
 def test_optim_flags_build_the_config_and_name_bad_flags():
-    """experiments.common flags -> OptimConfig; run in a fresh process (absl's global FLAGS)."""
-    script = """
-import json, sys
-from absl import flags
-from experiments import common
-from sgg_jax.errors import ConfigError
-common.define_data_flags()
-common.define_optim_flags(learning_rate=1e-3)
-out = {}
-for name, argv in json.loads(sys.argv[1]).items():
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["prog", *argv])
-    try:
-        config = common.optim_config()
-        out[name] = [config.effective_learning_rate, config.images_per_batch,
-                     config.scale_lr_by_batch, config.bias_rules, config.bias_lr_factor]
-    except ConfigError as error:
-        out[name] = str(error)
-print(json.dumps(out))
-"""
+    """experiments.common flags -> OptimConfig, parsed by a fresh FlagValues."""
+    from absl import flags
+
+    from experiments import common
+    from sgg_jax.errors import ConfigError
+
+    flag_values = flags.FlagValues()
+    common.define_data_flags(flag_values)
+    common.define_optim_flags(1e-3, flag_values)
     cases = {
         "defaults": ["--batch_size=8"],
         "official": [
@@ -414,15 +397,21 @@ print(json.dumps(out))
         "zero_factor": ["--bias_lr_factor=0"],
         "negative_factor": ["--bias_lr_factor=-2", "--bias_rules=sgb"],
     }
-    result = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(cases)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = {}
+    for name, argv in cases.items():
+        flag_values.unparse_flags()
+        flag_values(["prog", *argv])
+        try:
+            config = common.optim_config_from_flags(flag_values)
+            out[name] = [
+                config.effective_learning_rate,
+                config.images_per_batch,
+                config.scale_lr_by_batch,
+                config.bias_rules,
+                config.bias_lr_factor,
+            ]
+        except ConfigError as error:
+            out[name] = str(error)
     assert out["defaults"] == [1e-3, 8, False, "none", 2.0]
     assert out["official"][1:] == [8, True, "sgb", 1.0]
     assert out["official"][0] == pytest.approx(8e-3)

@@ -1,0 +1,629 @@
+"""What every relation experiment shares: the data config, loading, pipelines and evaluation.
+
+* :class:`DataConfig` — dataset, task, budgets and feature source of a run (the data flags of
+  ``experiments/common.py``, one field per flag); it checks itself when built, so a bad value is a
+  one-line :class:`~sgg_jax.errors.ConfigError` naming the flag before anything is loaded.
+* :func:`load_splits`, :func:`object_features_for`, :func:`train_pipeline_config`,
+  :func:`eval_pipeline_config` — the data of a config.
+* :func:`evaluate_scorers` — THE evaluation loop: one pass over a split, any number of scorings of
+  that pass (e.g. one model under several rankings), images optionally batched by object-count
+  bucket, predictions evaluated with the head / body / tail groups of the training counts.
+* :func:`predict_outputs` — the predict function of a relation model (the contract of
+  ``sgg_jax.load_exported``), :func:`model_scorer` runs it on a mesh.
+* :class:`PixelInputs` — what ``feature_source="roi"`` adds (a pretrained detector's run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from sgg_jax.data import datasets, pipeline
+from sgg_jax.errors import ConfigError
+from sgg_jax.evaluation import evaluate, frequency_groups
+from sgg_jax.evaluation.collect import batch_predictions, detection_predictions
+from sgg_jax.structures import SceneGraph, SceneGraphBatch, Vocab
+
+DATASETS = (*datasets.DATASETS, "synthetic_pixels")
+TASKS = ("predcls", "sgcls", "sgdet")
+FEATURE_SOURCES = ("geometry", "precomputed", "roi")
+# The raw-file fields each dataset needs, as the ``paths`` keys of sgg_jax.data.datasets.load.
+_REQUIRED_PATHS = {
+    "gqa200": ("gqa200_train", "gqa200_test", "gqa200_id_info"),
+    "vg150": ("vg150_h5", "vg150_dicts", "vg150_image_data"),
+    "tfds": ("tfds_data_dir", "tfds_name"),
+}
+_PATH_KEYS = {
+    "gqa200_train": "train",
+    "gqa200_test": "test",
+    "gqa200_id_info": "id_info",
+    "vg150_h5": "h5",
+    "vg150_dicts": "dicts",
+    "vg150_image_data": "image_data",
+    "tfds_data_dir": "data_dir",
+    "tfds_name": "name",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Dataset, task and budgets of a relation experiment; checked when built.
+
+    Every field is the flag of the same name (``experiments/common.py`` documents them); errors
+    name that flag.
+
+    Attributes:
+      dataset: a :data:`sgg_jax.data.datasets.DATASETS` name or ``"synthetic_pixels"`` (the
+        rendered images of ``detector_workdir``).
+      gqa200_train, gqa200_test, gqa200_id_info, vg150_h5, vg150_dicts, vg150_image_data,
+        tfds_data_dir, tfds_name: raw files of the dataset (None where unused).
+      num_val: validation images taken from train (gqa200, vg150).
+      synthetic_images, synthetic_context_bias, synthetic_annotator_bias: ``dataset="synthetic"``
+        options (:class:`sgg_jax.data.synthetic.SyntheticConfig`); ``synthetic_context_bias`` is
+        ``(lo, hi)`` or None.
+      task: ``predcls``, ``sgcls`` or ``sgdet``.
+      seed: seed of shuffling, pair sampling and initialisation.
+      batch_size, max_objects, max_pairs, max_fg: training batch and budgets per image.
+      eval_max_pairs, eval_batch_size: evaluation budgets.
+      eval_images: periodic evaluation on the first N val images (0 = all).
+      feature_source: ``geometry``, ``precomputed`` (``object_features``) or ``roi``
+        (``detector_workdir``).
+      image_size, freeze_detector, detections_per_image: ``roi`` options (0 = the detector's).
+    """
+
+    dataset: str = "gqa200_mini"
+    gqa200_train: str | None = None
+    gqa200_test: str | None = None
+    gqa200_id_info: str | None = None
+    vg150_h5: str | None = None
+    vg150_dicts: str | None = None
+    vg150_image_data: str | None = None
+    tfds_data_dir: str | None = None
+    tfds_name: str | None = None
+    num_val: int = 5000
+    synthetic_images: int = 2000
+    synthetic_context_bias: tuple[float, float] | None = None
+    synthetic_annotator_bias: float = 0.7
+    task: str = "predcls"
+    seed: int = 0
+    batch_size: int = 8
+    max_objects: int = 40
+    max_pairs: int = 256
+    max_fg: int = 64
+    eval_max_pairs: int = 1560
+    eval_batch_size: int = 8
+    eval_images: int = 0
+    feature_source: str = "geometry"
+    object_features: str | None = None
+    detector_workdir: str | None = None
+    image_size: int = 0
+    freeze_detector: bool = True
+    detections_per_image: int = 0
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """One-line ConfigErrors for bad values, before anything is loaded or compiled."""
+        if self.dataset not in DATASETS:
+            raise ConfigError("dataset", f"must be one of {DATASETS}, got {self.dataset!r}")
+        if self.task not in TASKS:
+            raise ConfigError("task", f"must be one of {TASKS}, got {self.task!r}")
+        if self.feature_source not in FEATURE_SOURCES:
+            raise ConfigError(
+                "feature_source",
+                f"must be one of {FEATURE_SOURCES}, got {self.feature_source!r}",
+            )
+        synthetic_options(self)
+        for name in ("batch_size", "max_objects", "max_pairs", "max_fg", "eval_max_pairs"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
+        if self.max_fg > self.max_pairs:
+            raise ConfigError("max_fg", f"{self.max_fg} exceeds max_pairs={self.max_pairs}")
+        if self.eval_batch_size <= 0:
+            raise ConfigError("eval_batch_size", f"must be positive, got {self.eval_batch_size}")
+        if self.eval_images < 0:
+            raise ConfigError("eval_images", f"must be >= 0, got {self.eval_images}")
+        if self.feature_source == "precomputed":
+            if not self.object_features:
+                raise ConfigError(
+                    "object_features", "is required with --feature_source=precomputed"
+                )
+            if not os.path.exists(self.object_features):
+                raise ConfigError("object_features", f"{self.object_features} does not exist")
+        if self.task == "sgdet" and self.feature_source != "roi":
+            raise ConfigError(
+                "task", "sgdet detects objects from pixels: it needs --feature_source=roi"
+            )
+        if self.dataset == "synthetic_pixels" and self.feature_source != "roi":
+            raise ConfigError(
+                "dataset", "synthetic_pixels is the pixel dataset of --feature_source=roi"
+            )
+        if self.feature_source == "roi":
+            if not self.detector_workdir:
+                raise ConfigError("detector_workdir", "is required with --feature_source=roi")
+            path = os.path.join(self.detector_workdir, "config.json")
+            if not os.path.exists(path):
+                raise ConfigError(
+                    "detector_workdir",
+                    f"{self.detector_workdir} has no config.json (not an experiments.detector run)",
+                )
+        for name in ("image_size", "detections_per_image"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.detections_per_image == 1:
+            raise ConfigError("detections_per_image", "must be 0 (the detector's) or >= 2")
+        for name in _REQUIRED_PATHS.get(self.dataset, ()):
+            if not getattr(self, name):
+                raise ConfigError(name, f"is required with --dataset={self.dataset}")
+            if name != "tfds_name" and not os.path.exists(getattr(self, name)):
+                raise ConfigError(name, f"{getattr(self, name)} does not exist")
+
+    def paths(self) -> dict[str, str]:
+        """The raw files as the ``paths`` of :func:`sgg_jax.data.datasets.load`."""
+        values = {key: getattr(self, name) for name, key in _PATH_KEYS.items()}
+        return {k: v for k, v in values.items() if v}
+
+
+def synthetic_options(data: DataConfig) -> dict[str, Any]:
+    """The :class:`~sgg_jax.data.synthetic.SyntheticConfig` fields of ``data`` (validated)."""
+    from sgg_jax.data.synthetic import SyntheticConfig
+
+    options: dict[str, Any] = {"annotator_bias": data.synthetic_annotator_bias}
+    if data.synthetic_context_bias is not None:
+        values = tuple(data.synthetic_context_bias)
+        if len(values) != 2:
+            raise ConfigError(
+                "synthetic_context_bias",
+                f"expected two numbers 'lo,hi', got {list(data.synthetic_context_bias)}",
+            )
+        options["context_bias_range"] = values
+    try:
+        SyntheticConfig(**options)
+    except ConfigError as error:
+        name = {"context_bias_range": "synthetic_context_bias"}.get(
+            error.option, f"synthetic_{error.option}"
+        )
+        raise ConfigError(name, str(error).split(": ", 1)[1]) from None
+    return options
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+def load_splits(data: DataConfig) -> tuple[dict[str, Sequence[SceneGraph]], Vocab]:
+    """Train / val / test graphs of ``data.dataset`` and the vocabulary (train counts)."""
+    if data.dataset == "synthetic_pixels":
+        from sgg_jax.data.pixel_dataset import PixelDatasetConfig, pixel_splits
+
+        detector_flags = detector_run_config(data.detector_workdir)["flags"]
+        recipe = PixelDatasetConfig.from_manifest(detector_flags)
+        image_dir = os.path.join(data.detector_workdir, "images")
+        splits, vocab, _ = pixel_splits(recipe, image_dir)
+        return splits, vocab
+    splits = {}
+    vocab = None
+    for split in datasets.SPLITS:
+        graphs, split_vocab = datasets.load(
+            data.dataset,
+            split,
+            paths=data.paths(),
+            num_val=data.num_val,
+            seed=data.seed,
+            synthetic_images=data.synthetic_images,
+            synthetic_options=synthetic_options(data),
+        )
+        splits[split] = graphs
+        if split == "train":
+            vocab = split_vocab
+    return splits, vocab
+
+
+def object_features_for(
+    data: DataConfig, splits: Mapping[str, Sequence[SceneGraph]]
+) -> dict[str, list[np.ndarray] | None]:
+    """Per split, the precomputed object features aligned with its graphs (None without them)."""
+    if data.feature_source != "precomputed":
+        return {split: None for split in splits}
+    from sgg_jax.data import feature_store
+
+    table = feature_store.load_object_features(data.object_features)
+    return {
+        split: feature_store.features_for(graphs, table, path=data.object_features)
+        for split, graphs in splits.items()
+    }
+
+
+def train_pipeline_config(
+    data: DataConfig, vocab: Vocab, **options: Any
+) -> pipeline.PipelineConfig:
+    """The training pipeline of ``data`` (SGB pair sampling, reshuffled every epoch)."""
+    return pipeline.PipelineConfig(
+        batch_size=data.batch_size,
+        max_objects=data.max_objects,
+        max_pairs=data.max_pairs,
+        max_fg=data.max_fg,
+        seed=data.seed,
+        num_predicates=vocab.num_predicates,
+        **options,
+    )
+
+
+def eval_pipeline_config(
+    data: DataConfig, vocab: Vocab, max_objects: int | None = None
+) -> pipeline.PipelineConfig:
+    """All ordered pairs, every image once, in order.
+
+    ``max_objects`` below ``data.max_objects`` is an object-count bucket: its images get
+    ``min(b·(b−1), eval_max_pairs)`` pairs, the same ordered pairs with less padding.
+    """
+    max_pairs = data.eval_max_pairs
+    if max_objects is None:
+        max_objects = data.max_objects
+    if max_objects < data.max_objects:
+        max_pairs = min(max_objects * (max_objects - 1), data.eval_max_pairs)
+    return pipeline.PipelineConfig.evaluation(
+        data.eval_batch_size,
+        max_objects,
+        max_pairs,
+        num_predicates=vocab.num_predicates,
+        read_threads=0,
+    )
+
+
+def zeroshot_for(dataset: str, splits: Mapping[str, Sequence[SceneGraph]]) -> np.ndarray | None:
+    """Zero-shot triplets of the test split: (s-class, o-class, predicate) never seen in train.
+
+    The VG150 benchmark has a published list (bundled); for other datasets the list is derived from
+    the splits, which is the same definition.
+    """
+    if dataset == "vg150":
+        from sgg_jax.data import zeroshot
+
+        return zeroshot.load_bundled_vg150()
+
+    def triplets(graphs):
+        rows = [
+            np.stack(
+                [g.labels[g.relations[:, 0]], g.labels[g.relations[:, 1]], g.relations[:, 2]], 1
+            )
+            for g in graphs
+            if g.num_relations
+        ]
+        return {tuple(r) for r in np.concatenate(rows).tolist()} if rows else set()
+
+    unseen = sorted(triplets(splits["test"]) - triplets(splits["train"]))
+    return np.asarray(unseen, np.int32).reshape(-1, 3) if unseen else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+Scores = tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+Scorer = Callable[[SceneGraphBatch], Scores]
+MultiScorer = Callable[[SceneGraphBatch], Mapping[str, Scores]]
+
+
+def predicate_groups_of(vocab: Vocab) -> dict[str, Any] | None:
+    """Head / body / tail predicates by training-frequency thirds (None with fewer than 3)."""
+    counts = vocab.predicate_counts
+    positive = np.sort(counts[1:][counts[1:] > 0])
+    if positive.size < 3:
+        return None
+    head_above = int(positive[(2 * positive.size) // 3])
+    tail_below = int(positive[positive.size // 3])
+    return frequency_groups(counts, thresholds=(max(head_above - 1, tail_below), tail_below))
+
+
+def collect_predictions(
+    scorers: MultiScorer,
+    graphs: Sequence[SceneGraph],
+    vocab: Vocab,
+    data: DataConfig,
+    *,
+    object_features: Sequence[np.ndarray] | None = None,
+    image_transform: Callable[[Sequence[SceneGraph]], Any] | None = None,
+    object_buckets: Sequence[int] = (),
+) -> dict[str, list[Any]]:
+    """Per scoring name, one prediction per graph of one pass of the evaluation pipeline.
+
+    Args:
+      scorers: ``scorers(host_batch) -> {name: result}`` with the same names for every batch;
+        a result is ``(predicate_scores[B,P,C], object_labels[B,N] | None, object_scores[B,N] |
+        None)`` as numpy arrays, or (SGDet) the dict of :func:`predict_outputs` whose ``boxes`` /
+        ``pairs`` are the model's own.
+      graphs: the evaluated split.
+      vocab: vocabulary (number of predicates).
+      data: the budgets (``max_objects``, ``eval_max_pairs``, ``eval_batch_size``).
+      object_features: precomputed object features aligned with ``graphs``.
+      image_transform: ``image_transform(graphs) -> ImageBatchTransform`` adding the pixels of
+        every batch (``"roi"`` feature source); SGDet boxes are mapped back with its scales.
+      object_buckets: ascending object counts below ``data.max_objects``: an image whose (kept)
+        objects fit a bucket is batched with that bucket's budgets (:func:`eval_pipeline_config`);
+        empty = every image with the full budgets.
+
+    Returns:
+      ``{name: [prediction of graphs[0], ...]}``.
+    """
+    buckets = [*object_buckets, data.max_objects]
+    kept = np.minimum([g.num_objects for g in graphs], data.max_objects)
+    bucket_of = np.searchsorted(buckets, kept)
+    predictions: dict[str, list[Any]] = {}
+    for bucket_index, max_objects in enumerate(buckets):
+        members = np.flatnonzero(bucket_of == bucket_index)
+        if members.size == 0:
+            continue
+        subset = [graphs[i] for i in members]
+        subset_features = None if object_features is None else [object_features[i] for i in members]
+        loader = pipeline.make_loader(
+            subset,
+            eval_pipeline_config(data, vocab, max_objects),
+            object_features=subset_features,
+        )
+        transform = image_transform(subset) if image_transform is not None else None
+        for batch in loader:
+            scales = None
+            if transform is not None:
+                scales = transform.scales(batch)
+                batch, _ = transform(None, 0, batch)
+            for name, result in scorers(batch).items():
+                if isinstance(result, Mapping):  # SGDet: the model's own boxes and pairs
+                    found = detection_predictions(batch, result, scales)
+                else:
+                    found = batch_predictions(subset, batch, *result)
+                slots = predictions.setdefault(name, [None] * len(graphs))
+                for local, prediction in found.items():
+                    slots[int(members[local])] = prediction
+    return predictions
+
+
+def evaluate_scorers(
+    scorers: MultiScorer,
+    graphs: Sequence[SceneGraph],
+    vocab: Vocab,
+    data: DataConfig,
+    *,
+    mode: str,
+    zeroshot_triplets: np.ndarray | None = None,
+    object_features: Sequence[np.ndarray] | None = None,
+    image_transform: Callable[[Sequence[SceneGraph]], Any] | None = None,
+    object_buckets: Sequence[int] = (),
+) -> dict[str, dict[str, Any]]:
+    """Evaluates every scoring of one pass over ``graphs`` (e.g. one model, several rankings).
+
+    Args:
+      scorers, graphs, vocab, data, object_features, image_transform, object_buckets: as
+        :func:`collect_predictions`.
+      mode: ``predcls``, ``sgcls`` or ``sgdet``.
+      zeroshot_triplets: optional int[Z, 3] for zR@K.
+
+    Returns:
+      ``{name: the evaluator's metrics}``.
+    """
+    found = collect_predictions(
+        scorers,
+        graphs,
+        vocab,
+        data,
+        object_features=object_features,
+        image_transform=image_transform,
+        object_buckets=object_buckets,
+    )
+    return {
+        name: evaluate_predictions(
+            graphs, predictions, vocab, mode=mode, zeroshot_triplets=zeroshot_triplets
+        )
+        for name, predictions in found.items()
+    }
+
+
+def evaluate_scorer(scorer: Scorer, graphs: Sequence[SceneGraph], vocab: Vocab, data, **options):
+    """:func:`evaluate_scorers` of a single scoring: ``scorer(host_batch) -> result``."""
+    return evaluate_scorers(lambda batch: {"": scorer(batch)}, graphs, vocab, data, **options)[""]
+
+
+def evaluate_predictions(
+    graphs: Sequence[SceneGraph],
+    predictions: Sequence[Any],
+    vocab: Vocab,
+    *,
+    mode: str,
+    zeroshot_triplets: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The evaluator's metrics of ``predictions`` (one per graph), with the head/body/tail groups."""
+    return evaluate(
+        graphs,
+        predictions,
+        mode=mode,
+        num_predicates=vocab.num_predicates,
+        zeroshot_triplets=zeroshot_triplets,
+        predicate_names=vocab.predicate_names,
+        predicate_groups=predicate_groups_of(vocab),
+    )
+
+
+def predict_outputs(model) -> Callable[[Mapping[str, Any], SceneGraphBatch], dict[str, Any]]:
+    """``predict_fn(variables, batch) -> outputs`` of a relation model for export and evaluation.
+
+    Outputs: ``predicate_scores`` f32[B, P, C] (softmax of the relation logits), ``object_labels``
+    and ``object_scores`` [B, N]; in SGDet also the batch over the detections: ``boxes`` [B, D, 4]
+    (pixels of the image the detector saw), ``object_mask`` [B, D], ``pairs`` [B, P, 2],
+    ``pair_mask`` [B, P], and the detector's ``detection_labels`` / ``detection_scores`` [B, D].
+    """
+    sgdet_keys = ("boxes", "object_mask", "pairs", "pair_mask")
+    sgdet_keys += ("detection_labels", "detection_scores")
+
+    def predict_fn(variables, batch):
+        outputs, _ = model.apply(variables, batch, train=False)
+        result = {
+            "predicate_scores": jax.nn.softmax(outputs["relation_logits"], axis=-1),
+            "object_labels": outputs["object_labels"],
+            "object_scores": outputs["object_scores"],
+        }
+        result.update({key: outputs[key] for key in sgdet_keys if key in outputs})
+        return result
+
+    return predict_fn
+
+
+def model_scorer(model, variables_fn: Callable[[], Mapping[str, Any]], mesh, shard) -> Scorer:
+    """A scorer running ``model`` (eval mode) on the mesh; softmax over the relation logits.
+
+    Returns the ``(scores, labels, object_scores)`` of :func:`collect_predictions`, or in SGDet the
+    host dict of :func:`predict_outputs`.
+
+    Args:
+      model: the flax module (outputs follow the model contract).
+      variables_fn: returns the current variables (e.g. of the train state).
+      mesh: the device mesh.
+      shard: ``shard(batch, mesh)`` placing a host batch on the mesh.
+    """
+
+    predict = jax.jit(predict_outputs(model))
+
+    def scorer(batch: SceneGraphBatch):
+        outputs = jax.device_get(predict(variables_fn(), shard(batch, mesh)))
+        if "boxes" in outputs:  # SGDet: objects and pairs are the model's (detection_predictions)
+            return {k: np.asarray(v) for k, v in outputs.items()}
+        return (
+            np.asarray(outputs["predicate_scores"]),
+            np.asarray(outputs["object_labels"]),
+            np.asarray(outputs["object_scores"]),
+        )
+
+    return scorer
+
+
+def bundled_predicate_vectors(predicate_names: Sequence[str], seed: int) -> tuple[np.ndarray, int]:
+    """The bundled 300-d GloVe vectors of ``predicate_names``; names not among them get random
+    vectors (seeded, the table's spread). Returns (f32[C, 300], number of names not found)."""
+    from sgg_jax.data import word_vectors
+
+    table = word_vectors.load_bundled_predicate_vectors(300)
+    rng = np.random.default_rng(seed)
+    known = np.stack(list(table.values()))
+    rows, missing = [], 0
+    for name in predicate_names:
+        if name in table:
+            rows.append(table[name])
+        else:
+            missing += 1
+            rows.append(rng.normal(0.0, known.std(), 300).astype(np.float32))
+    return np.stack(rows), missing
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixels: feature_source="roi" (SGCls / SGDet from images)
+# ----------------------------------------------------------------------------------------------
+
+
+def detector_run_config(detector_workdir: str) -> dict[str, Any]:
+    """``config.json`` of a detector run (the detector experiment's flags and config)."""
+    path = os.path.join(detector_workdir, "config.json")
+    try:
+        with open(path) as handle:
+            config = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ConfigError("detector_workdir", f"cannot read {path}: {error}") from None
+    if not isinstance(config, dict) or "detector" not in config or "flags" not in config:
+        raise ConfigError("detector_workdir", f"{path} is not an experiments.detector config")
+    return config
+
+
+def sgdet_config(data: DataConfig):
+    """The :class:`~sgg_jax.models.sgdet.SGDetConfig` of ``data``: ``max_pairs`` candidates per
+    training image with at most ``max_fg`` foreground (SGB: 256 and 64)."""
+    from sgg_jax.models.sgdet import SGDetConfig
+
+    return SGDetConfig(train_pairs=data.max_pairs, train_fg=data.max_fg)
+
+
+class PixelInputs:
+    """What ``feature_source="roi"`` adds to a relation experiment.
+
+    * ``detector``: the :class:`~sgg_jax.models.detector.DetectorConfig` of ``detector_workdir``
+      (``detections_per_image`` overrides its detections per image);
+    * ``image_size``: the longer side images are resized to (``image_size`` or the detector run's);
+    * :meth:`transform`: the :class:`~sgg_jax.data.images.ImageBatchTransform` of a split;
+    * :meth:`merge_detector`: fresh relation-model variables with the detector run's newest
+      checkpoint under ``features/detector`` (every collection: params, frozen BN constants).
+    """
+
+    def __init__(self, data: DataConfig):
+        from sgg_jax.models.detector import DetectorConfig
+
+        config = detector_run_config(data.detector_workdir)
+        detector = DetectorConfig.from_dict(config["detector"])
+        if data.detections_per_image:
+            detector = detector.replace(detections_per_image=data.detections_per_image)
+        self.detector = detector
+        self.image_size = int(data.image_size or config["flags"].get("image_size", 0))
+        if self.image_size <= 0:
+            raise ConfigError("image_size", "is required: the detector run records none")
+        self.workdir = data.detector_workdir
+
+    def transform(self, graphs: Sequence[SceneGraph]):
+        from sgg_jax.data.images import ImageBatchTransform
+
+        return ImageBatchTransform(graphs, self.image_size)
+
+    def example_batch(self, graphs: Sequence[SceneGraph], loader) -> SceneGraphBatch:
+        """The first batch of ``loader`` (over ``graphs``) with its pixels (model init)."""
+        return self.transform(graphs)(None, 0, loader.dataset[0])[0]
+
+    def transform_config(self) -> dict[str, Any]:
+        """How the export's images must be prepared (``experiments.predict`` reads it)."""
+        from sgg_jax.data.images import IMAGENET_MEAN, IMAGENET_STD
+
+        return {
+            "image_size": self.image_size,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "scale_255": True,
+            "bgr": False,
+        }
+
+    def merge_detector(self, fresh: Mapping[str, Any]) -> dict[str, Any]:
+        """``fresh`` with the pretrained detector's variables under ``features/detector``."""
+        from sgg_jax.train.checkpoint import Checkpointer
+
+        with Checkpointer(self.workdir, read_only=True) as checkpointer:
+            if checkpointer.latest_step() is None:
+                raise ConfigError("detector_workdir", f"{self.workdir} holds no checkpoint")
+            pretrained = jax.device_get(checkpointer.restore_variables())
+        from flax import traverse_util
+
+        merged = {name: dict(collection) for name, collection in fresh.items()}
+        for name, collection in merged.items():
+            target = collection.get("features", {}).get("detector")
+            if target is None:
+                continue
+            # SGCls pools features only: the model holds a subset (no RPN, no predictor) of the
+            # detector's variables; every one it holds must come from the checkpoint.
+            source = traverse_util.flatten_dict(dict(pretrained.get(name, {})))
+            wanted = traverse_util.flatten_dict(dict(target))
+            missing = [p for p in wanted if p not in source]
+            wrong = [
+                p for p in wanted if p in source and np.shape(source[p]) != np.shape(wanted[p])
+            ]
+            if missing or wrong:
+                first = "/".join((missing or wrong)[0])
+                raise ConfigError(
+                    "detector_workdir",
+                    f"the detector checkpoint of {self.workdir} does not fit the detector config: "
+                    f"{len(missing)} '{name}' variables missing, {len(wrong)} of another shape "
+                    f"(first: {first})",
+                )
+            features = dict(collection["features"])
+            features["detector"] = traverse_util.unflatten_dict({p: source[p] for p in wanted})
+            merged[name]["features"] = features
+        return merged
