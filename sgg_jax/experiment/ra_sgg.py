@@ -218,8 +218,15 @@ class RASGGExperimentConfig:
                 "ra_sgg's memory bank embeds ground-truth relations without pixels: use "
                 "--method=penet with --feature_source=roi",
             )
-        for name in ("", "paper", "official"):  # validates the options of every variant
-            ra_config = self.ra_config(**({"variant": name} if name else {}))
+        unknown = sorted(set(phase2.ablations) - set(ABLATIONS))
+        if unknown:
+            raise ConfigError(
+                "ablations", f"unknown {unknown}; expected some of {sorted(ABLATIONS)}"
+            )
+        # The options of every run that will train (the main one last): a flag that only another
+        # variant refuses (e.g. --weighting=inverse_propensity with --variant=paper) is fine.
+        for name in [*phase2.ablations, "ra_sgg"]:
+            ra_config = self.ra_config(**_VARIANTS[name][1])
         if ra_config.tail_ids is not None and self.data.dataset in _KNOWN_PREDICATES:
             from sgg_jax.retrieval.augment import check_tail_ids
 
@@ -236,11 +243,6 @@ class RASGGExperimentConfig:
         self.phase2_optim_config()
         if phase2.phase2_steps <= 0:
             raise ConfigError("phase2_steps", f"must be positive, got {phase2.phase2_steps}")
-        unknown = sorted(set(phase2.ablations) - set(ABLATIONS))
-        if unknown:
-            raise ConfigError(
-                "ablations", f"unknown {unknown}; expected some of {sorted(ABLATIONS)}"
-            )
 
     def ra_config(self, **overrides):
         """The :class:`~sgg_jax.retrieval.ra_sgg.RASGGConfig` of the main run or a variant."""
