@@ -6,7 +6,7 @@ Huang et al., "Addressing Class Imbalance in Scene Graph Parsing by Learning to 
 ACCV 2020. For every base model of ``--base_models`` (``motifs``: MotifNet, Zellers et al. 2018;
 ``penet``: PE-Net, Zheng et al. 2023) every row of ``--rows`` is trained from scratch with the same
 data order, seed and schedule, evaluated on the test split, and reported side by side
-(:func:`sgg_jax.losses.make_cce_scorer_loss`; L_other = MotifNet's relation CE (+ object CE),
+(:func:`sgg_jax.relation.losses.make_cce_scorer_loss`; L_other = MotifNet's relation CE (+ object CE),
 PE-Net's own losses, whose relation CE is L_e_sim):
 
 ====================  =====================================================  ===================
@@ -30,7 +30,7 @@ unless ``--noscorer_detach``.
 
 Rows with the Scorer are ranked at test time by ``--ranking`` (default ``scorer``: pairs ranked by
 the Scorer's score alone, as the paper ranks test triplets; see
-:func:`sgg_jax.models.cce_scorer.rank_predicate_scores`) and, for the rows of
+:func:`sgg_jax.projects.cce_scorer.model.rank_predicate_scores`) and, for the rows of
 ``--extra_ranking_rows``, also under each of ``--extra_rankings`` (default ``scorer_x_predicate``:
 predicate × Scorer) from the same model pass, as extra rows ``<base>/<row>/<ranking>``.
 
@@ -228,7 +228,7 @@ DELTA_COLUMNS = ("R@20", "R@50", "R@100", "mR@20", "mR@50", "mR@100", "mR@all", 
 
 
 def _loss_config(base: str, row: str, class_weights=None):
-    from sgg_jax.losses import CCEScorerLossConfig
+    from sgg_jax.relation.losses import CCEScorerLossConfig
 
     use_cce, use_focal, scorer, _ = ROW_SPECS[row]
     return CCEScorerLossConfig(
@@ -266,7 +266,7 @@ def _rankings(row: str) -> list[str]:
 
 
 def _scorer_config(row: str):
-    from sgg_jax.models.scorer import ScorerConfig
+    from sgg_jax.projects.cce_scorer.scorer import ScorerConfig
 
     kind = ROW_SPECS[row][2]
     if kind is None:
@@ -339,8 +339,8 @@ def check_flags() -> None:
 
 
 def _base_config(base: str, vocab, frequency):
-    from sgg_jax.models.motifs import MotifsConfig
-    from sgg_jax.models.penet import PENetConfig
+    from sgg_jax.relation.motifs import MotifsConfig
+    from sgg_jax.relation.penet import PENetConfig
 
     extra = {}
     if FLAGS.penet_frequency_bias if base == "penet" else FLAGS.frequency_bias:
@@ -369,9 +369,9 @@ def _base_config(base: str, vocab, frequency):
 
 
 def _build_model(base: str, base_config, row: str):
-    from sgg_jax.models.cce_scorer import CCEScorerModel
-    from sgg_jax.models.motifs import MotifNet
-    from sgg_jax.models.penet import PENet
+    from sgg_jax.projects.cce_scorer.model import CCEScorerModel
+    from sgg_jax.relation.motifs import MotifNet
+    from sgg_jax.relation.penet import PENet
 
     module = {"motifs": MotifNet, "penet": PENet}[base](base_config)
     return CCEScorerModel(
@@ -470,7 +470,7 @@ def _predict_fn(model, rankings):
     """Jitted ``(variables, batch) -> ({ranking: scores[B,P,C]}, labels, object_scores)``."""
     import jax
 
-    from sgg_jax.models.cce_scorer import rank_predicate_scores
+    from sgg_jax.projects.cce_scorer.model import rank_predicate_scores
 
     @jax.jit
     def predict(variables, batch):
@@ -538,7 +538,7 @@ def confusion_summary(confusion: np.ndarray, predicate_counts: np.ndarray) -> di
 
 def _run_row(context, base, base_config, row):
     """Trains one row (or resumes / reuses it) and evaluates it on test; returns runs by key."""
-    from sgg_jax.losses import make_cce_scorer_loss
+    from sgg_jax.relation.losses import make_cce_scorer_loss
     from sgg_jax.train import TrainConfig, train
 
     vocab = context["vocab"]
@@ -628,7 +628,7 @@ def _run_row(context, base, base_config, row):
 
 def run(splits, vocab) -> dict:
     """Trains and evaluates every (base model, row); writes results, tables and figures."""
-    from sgg_jax.models.frequency import FrequencyBaseline
+    from sgg_jax.relation.frequency import FrequencyBaseline
     from sgg_jax.train import make_mesh
 
     frequency = FrequencyBaseline.from_graphs(

@@ -545,7 +545,7 @@ def detector_run_config() -> dict[str, Any]:
 class PixelInputs:
     """What ``--feature_source=roi`` adds to a relation experiment.
 
-    * ``detector``: the :class:`~sgg_jax.models.detector.DetectorConfig` of ``--detector_workdir``
+    * ``detector``: the :class:`~sgg_jax.detection.detector.DetectorConfig` of ``--detector_workdir``
       (``--detections_per_image`` overrides its detections per image);
     * ``image_size``: the longer side images are resized to (``--image_size`` or the detector
       run's);
@@ -555,7 +555,7 @@ class PixelInputs:
     """
 
     def __init__(self):
-        from sgg_jax.models.detector import DetectorConfig
+        from sgg_jax.detection.detector import DetectorConfig
 
         config = detector_run_config()
         detector = DetectorConfig.from_dict(config["detector"])
@@ -626,8 +626,8 @@ class PixelInputs:
 
 
 def sgdet_config():
-    """The :class:`~sgg_jax.models.sgdet.SGDetConfig` of the flags: ``--max_pairs`` candidates
+    """The :class:`~sgg_jax.relation.sgdet.SGDetConfig` of the flags: ``--max_pairs`` candidates
     per training image with at most ``--max_fg`` foreground (SGB: 256 and 64)."""
-    from sgg_jax.models.sgdet import SGDetConfig
+    from sgg_jax.relation.sgdet import SGDetConfig
 
     return SGDetConfig(train_pairs=FLAGS.max_pairs, train_fg=FLAGS.max_fg)

@@ -143,8 +143,8 @@ def _check_flags() -> None:
 
 def _detector_config(num_classes: int):
     """The DetectorConfig of the flags (raises ConfigError naming the bad option)."""
-    from sgg_jax.models.backbone import BackboneConfig
-    from sgg_jax.models.detector import DETECTOR_PRESETS, DetectorConfig
+    from sgg_jax.detection.backbone import BackboneConfig
+    from sgg_jax.detection.detector import DETECTOR_PRESETS, DetectorConfig
 
     if FLAGS.preset not in DETECTOR_PRESETS:
         raise ConfigError("preset", f"must be one of {DETECTOR_PRESETS}, got {FLAGS.preset!r}")
@@ -201,8 +201,8 @@ def _gt_arrays(graphs, max_objects: int):
 
 def load_data(seed: int):
     """Generates, filters and renders the synthetic splits -> (data dict, object names, info)."""
+    from sgg_jax.data.image_io import load_image
     from sgg_jax.data.pixel_dataset import PixelDatasetConfig, pixel_splits
-    from sgg_jax.data.synthetic_pixels import load_image
 
     recipe = PixelDatasetConfig(
         num_images=FLAGS.synthetic_images,
@@ -237,7 +237,7 @@ def make_optimizer(config, params):
     import jax
     import optax
 
-    from sgg_jax.models.detector import detector_trainable_mask
+    from sgg_jax.detection.detector import detector_trainable_mask
 
     warmup = min(FLAGS.warmup_steps, FLAGS.num_steps - 1)
     schedule = optax.warmup_cosine_decay_schedule(
@@ -267,7 +267,7 @@ def build(config, example_shape):
     import jax
     import jax.numpy as jnp
 
-    from sgg_jax.models.detector import FasterRCNN
+    from sgg_jax.detection.detector import FasterRCNN
     from sgg_jax.train.state import TrainState
 
     model = FasterRCNN(config)
@@ -400,7 +400,7 @@ def _map_row(graphs, detections, num_classes):
 
 
 def draw_examples(data, detections, names, out_dir: str) -> list[str]:
-    from sgg_jax.viz import draw_scene_graph
+    from sgg_jax.evaluation.viz import draw_scene_graph
 
     os.makedirs(out_dir, exist_ok=True)
     paths = []
@@ -423,7 +423,7 @@ def draw_examples(data, detections, names, out_dir: str) -> list[str]:
         )
         gap = np.full((det.shape[0], 8, 3), 255, np.uint8)
         path = os.path.join(out_dir, f"detections_{i}.png")
-        from sgg_jax.data.synthetic_pixels import write_png
+        from sgg_jax.data.image_io import write_png
 
         write_png(path, np.concatenate([det, gap, truth], axis=1))
         paths.append(path)

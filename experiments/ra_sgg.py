@@ -8,7 +8,7 @@ Methods (``--method``):
   phase 2 continues from it with a memory bank of every annotated training relation (searched with
   ScaNN or exactly, refreshed every ``--bank_refresh_steps``), label-inconsistency selection,
   inverse-propensity augmentation of tail predicates and the multi-prototype loss
-  (``sgg_jax.retrieval.ra_sgg``). ``--ablations`` trains the variants without selection, without
+  (``sgg_jax.projects.ra_sgg.ra_sgg``). ``--ablations`` trains the variants without selection, without
   inverse-propensity weighting and a same-length PE-Net continuation (the control), and every
   variant is evaluated on test next to PE-Net and FREQ.
 * ``penet`` — phase 1 of RA-SGG alone: the PE-Net base model (Zheng et al., CVPR 2023) trained on the
@@ -196,7 +196,7 @@ def run_data_stage(splits, vocab) -> dict:
 
 
 def _model_config(vocab, frequency=None, pixels=None):
-    from sgg_jax.models.penet import PENetConfig
+    from sgg_jax.relation.penet import PENetConfig
 
     vectors = {}
     if frequency is not None:
@@ -248,8 +248,8 @@ class _Experiment:
     """What every phase of a run shares: data, model, loaders, mesh, evaluation."""
 
     def __init__(self, splits, vocab):
-        from sgg_jax.models.frequency import FrequencyBaseline
-        from sgg_jax.models.penet import PENet
+        from sgg_jax.relation.frequency import FrequencyBaseline
+        from sgg_jax.relation.penet import PENet
         from sgg_jax.train import make_mesh
 
         self.splits, self.vocab = splits, vocab
@@ -335,7 +335,7 @@ class _Experiment:
 
         pixel_options = {}
         if self.pixels is not None:
-            from sgg_jax.models.features import relation_trainable_mask
+            from sgg_jax.relation.features import relation_trainable_mask
 
             if batch_transform is not None:
                 raise ConfigError("feature_source", "'roi' takes no other batch transform")
@@ -500,7 +500,7 @@ def _report(experiment, runs, *, model_name, baseline_name, extra=None):
 
 def run_penet(splits, vocab) -> dict:
     """Trains PE-Net, evaluates it and the FREQ baseline on test, writes results and the export."""
-    from sgg_jax.losses import make_penet_loss
+    from sgg_jax.relation.losses import make_penet_loss
 
     experiment = _Experiment(splits, vocab)
     state, last = experiment.train_phase(
@@ -538,8 +538,8 @@ _KNOWN_PREDICATES = {"vg150": 50, "gqa200": 100, "gqa200_mini": 100}
 
 
 def _ra_config(**overrides):
-    from sgg_jax.retrieval.ra_sgg import RASGGConfig
-    from sgg_jax.retrieval.tail_sets import official_tail_ids
+    from sgg_jax.projects.ra_sgg.ra_sgg import RASGGConfig
+    from sgg_jax.projects.ra_sgg.tail_sets import official_tail_ids
 
     variant = overrides.pop("variant", FLAGS.variant)
     if variant not in _VARIANT_BANKS:
@@ -605,7 +605,7 @@ def _check_ra_flags():
     for name in ("", "paper", "official"):
         config = _ra_config(**({"variant": name} if name else {}))  # validates the options
     if config.tail_ids is not None and FLAGS.dataset in _KNOWN_PREDICATES:
-        from sgg_jax.retrieval.augment import check_tail_ids
+        from sgg_jax.projects.ra_sgg.augment import check_tail_ids
 
         check_tail_ids(config.tail_ids, _KNOWN_PREDICATES[FLAGS.dataset])
     if FLAGS.phase2_batch_size is not None and FLAGS.phase2_batch_size < 1:
@@ -629,9 +629,13 @@ def _check_ra_flags():
 
 def run_ra_sgg(splits, vocab) -> dict:
     """Phase 1 (PE-Net), phase 2 (RA-SGG) and the requested ablations, all evaluated on test."""
-    from sgg_jax.losses import make_penet_loss
-    from sgg_jax.retrieval.memory_bank import MemoryBank
-    from sgg_jax.retrieval.ra_sgg import RetrievalAugmenter, make_embed_fn, make_train_embed_fn
+    from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank
+    from sgg_jax.projects.ra_sgg.ra_sgg import (
+        RetrievalAugmenter,
+        make_embed_fn,
+        make_train_embed_fn,
+    )
+    from sgg_jax.relation.losses import make_penet_loss
     from sgg_jax.train import shard_batch
 
     experiment = _Experiment(splits, vocab)

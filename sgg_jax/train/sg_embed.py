@@ -41,11 +41,15 @@ import jax
 import numpy as np
 import optax
 
-from sgg_jax import embedding_losses
-from sgg_jax.data.graph_batch import GraphBatch, pad_scene_graphs
-from sgg_jax.data.triplet_samplers import SAMPLERS, check_similarity_range, sample_triplets
 from sgg_jax.errors import ConfigError, DataError, check_int, is_finite_number
-from sgg_jax.models.sg_gcn import SceneGraphGCN, SGGCNConfig
+from sgg_jax.projects.sg_embed import losses as embedding_losses
+from sgg_jax.projects.sg_embed.graph_batch import GraphBatch, pad_scene_graphs
+from sgg_jax.projects.sg_embed.sg_gcn import SceneGraphGCN, SGGCNConfig
+from sgg_jax.projects.sg_embed.triplet_samplers import (
+    SAMPLERS,
+    check_similarity_range,
+    sample_triplets,
+)
 from sgg_jax.structures import SceneGraph
 
 OBJECTIVES = ("ranking", "triplet", "infonce")

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from sgg_jax.data import similarity as similarity_lib
-from sgg_jax.data import synthetic, synthetic_captions, word_vectors
-from sgg_jax.data.graph_batch import pad_scene_graphs
+from sgg_jax.data import synthetic, word_vectors
 from sgg_jax.errors import ConfigError, DataError
 from sgg_jax.evaluation import embedding as embedding_eval
-from sgg_jax.models.sg_gcn import SGGCNConfig
+from sgg_jax.projects.sg_embed import similarity as similarity_lib
+from sgg_jax.projects.sg_embed import synthetic_captions
+from sgg_jax.projects.sg_embed.graph_batch import pad_scene_graphs
+from sgg_jax.projects.sg_embed.sg_gcn import SGGCNConfig
 from sgg_jax.structures import SceneGraph
 from sgg_jax.train import sg_embed
 
