@@ -6,7 +6,7 @@ Huang et al., "Addressing Class Imbalance in Scene Graph Parsing by Learning to 
 ACCV 2020. For every base model of ``--base_models`` (``motifs``: MotifNet, Zellers et al. 2018;
 ``penet``: PE-Net, Zheng et al. 2023) every row of ``--rows`` is trained from scratch with the same
 data order, seed and schedule, evaluated on the test split, and reported side by side
-(:func:`sgg_jax.relation.losses.make_cce_scorer_loss`; L_other = MotifNet's relation CE (+ object CE),
+(:func:`sgg_jax.projects.cce_scorer.losses.make_cce_scorer_loss`; L_other = MotifNet's relation CE (+ object CE),
 PE-Net's own losses, whose relation CE is L_e_sim):
 
 ====================  =====================================================  ===================
@@ -228,7 +228,7 @@ DELTA_COLUMNS = ("R@20", "R@50", "R@100", "mR@20", "mR@50", "mR@100", "mR@all", 
 
 
 def _loss_config(base: str, row: str, class_weights=None):
-    from sgg_jax.relation.losses import CCEScorerLossConfig
+    from sgg_jax.projects.cce_scorer.losses import CCEScorerLossConfig
 
     use_cce, use_focal, scorer, _ = ROW_SPECS[row]
     return CCEScorerLossConfig(
@@ -538,7 +538,7 @@ def confusion_summary(confusion: np.ndarray, predicate_counts: np.ndarray) -> di
 
 def _run_row(context, base, base_config, row):
     """Trains one row (or resumes / reuses it) and evaluates it on test; returns runs by key."""
-    from sgg_jax.relation.losses import make_cce_scorer_loss
+    from sgg_jax.projects.cce_scorer.losses import make_cce_scorer_loss
     from sgg_jax.train import TrainConfig, train
 
     vocab = context["vocab"]

@@ -2,7 +2,7 @@
 
 Huang et al., "Addressing Class Imbalance in Scene Graph Parsing by Learning to Contrast and Score",
 ACCV 2020 (Sec. 3.4). The paper factorises scene graph parsing into *classification* (which
-predicate; the base model's relation classifier, trained with CE / CCE, :mod:`sgg_jax.relation.losses`) and
+predicate; the base model's relation classifier, trained with CE / CCE, :mod:`sgg_jax.projects.cce_scorer.losses`) and
 *ranking* (is this pair annotated at all; the :class:`~sgg_jax.projects.cce_scorer.scorer.Scorer`, trained with
 a binary cross-entropy). :class:`CCEScorerModel` runs a base model and, when configured, the
 Scorer on top of it, with the base model's call signature and output keys, so the train loop, the

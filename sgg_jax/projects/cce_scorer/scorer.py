@@ -2,9 +2,9 @@
 
 Huang et al., "Addressing Class Imbalance in Scene Graph Parsing by Learning to Contrast and Score",
 ACCV 2020 (Sec. 3.4, implementation in Sec. 4.3). Scene graph parsing is factorised into
-classification (which predicate, trained with CCE, :func:`sgg_jax.relation.losses.cce`) and ranking (is this
+classification (which predicate, trained with CCE, :func:`sgg_jax.projects.cce_scorer.losses.cce`) and ranking (is this
 pair annotated at all): the Scorer sees every candidate pair of an image and outputs a logit ``s``
-whose sigmoid is trained with :func:`sgg_jax.relation.losses.scorer_bce` towards ``q = 1`` for annotated
+whose sigmoid is trained with :func:`sgg_jax.projects.cce_scorer.losses.scorer_bce` towards ``q = 1`` for annotated
 pairs and 0 for background (official code: ``stevehuanghe/scene_graph`` ``train_rels.py:217-223``,
 ``-use_rank`` with ``-rloss bce``). At test time the paper ranks relations by ``σ(s)``
 (:func:`sgg_jax.projects.cce_scorer.model.rank_predicate_scores`, ``"scorer"``). The official Scorer

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sgg_jax.errors import ConfigError
-from sgg_jax.relation import losses
+from sgg_jax.projects.cce_scorer import losses
 
 # P + 1 = 4 classes: column 0 = background, 1..3 predicates.
 HAND_LOGITS = np.array(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sgg_jax.errors import ConfigError
-from sgg_jax.relation import losses
+from sgg_jax.projects.cce_scorer import losses
 from sgg_jax.relation.motifs import MotifsConfig
 from sgg_jax.relation.penet import PENetConfig
 

@@ -9,9 +9,9 @@ import pytest
 
 from sgg_jax.data import pipeline
 from sgg_jax.errors import ConfigError
+from sgg_jax.projects.cce_scorer.losses import CCEScorerLossConfig, make_cce_scorer_loss
 from sgg_jax.projects.cce_scorer.model import CCEScorerModel, rank_predicate_scores
 from sgg_jax.projects.cce_scorer.scorer import ScorerConfig
-from sgg_jax.relation.losses import CCEScorerLossConfig, make_cce_scorer_loss
 from sgg_jax.relation.motifs import MotifNet, MotifsConfig
 from sgg_jax.relation.penet import PENet, PENetConfig
 from sgg_jax.structures import SceneGraph
