@@ -4,7 +4,7 @@
 
 Times the part of the SGDet forward pass that every relation model reads: the feature maps, the RPN
 proposals (top-k, decoding, NMS) and the fc7 features of every proposal (RoIAlign + fc6 / fc7),
-i.e. :class:`~sgg_jax.models.detector.FasterRCNN` up to :meth:`~FasterRCNN.box_features` (no class
+i.e. :class:`~sgg_jax.detection.detector.FasterRCNN` up to :meth:`~FasterRCNN.box_features` (no class
 scores, box regression or detection NMS). Rows: presets x image sizes x batch sizes, float32 on the
 default backend, plus bfloat16 rows when the backend is a GPU (on a CPU the bfloat16 rows are
 skipped and the report says no GPU was present). Weights are random (speed does not depend on
@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgg_jax.models import detector as det
-from sgg_jax.models.detector import DetectorConfig, FasterRCNN
+from sgg_jax.detection import detector as det
+from sgg_jax.detection.detector import DetectorConfig, FasterRCNN
 
 
 def forward_fn(config: DetectorConfig):

@@ -217,7 +217,7 @@ def estimated_peak_bytes(
 ) -> int:
     """Rough peak of the process while ``backend`` is built, the bank itself included.
 
-    From the code paths: ``Index.build`` copies the keys (``astype``) and ``l2_normalise`` makes a
+    From the code paths: ``Index.build`` copies the keys (``astype``) and ``l2_normalize`` makes a
     full-size temporary (``np.linalg.norm`` squares the array) next to its normalised copy;
     ``ExactIndex`` then adds a re-ordered copy, a padded copy and the device array; ScaNN keeps its
     own float32 copy for re-ordering; faiss HNSW / flat store one copy, faiss IVF one copy plus the

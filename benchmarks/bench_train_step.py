@@ -13,7 +13,7 @@ It also checks that batches with different real graph sizes (same budgets) reuse
 the number of traces of the step is asserted to be 1.
 
 With ``--retrieval`` it also times RA-SGG's phase-2 step as the training loop runs it: the batch
-transform (:class:`sgg_jax.retrieval.ra_sgg.RetrievalAugmenter`: embed the batch's foreground
+transform (:class:`sgg_jax.projects.ra_sgg.ra_sgg.RetrievalAugmenter`: embed the batch's foreground
 slots with the current model, ScaNN search of the memory bank over every GQA-200-mini training
 relation, label augmentation, soft targets) followed by the train step with the multi-prototype
 loss, and reports ``phase2_step_ms / phase1_step_ms`` with the breakdown. The memory-bank build
@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgg_jax.data import gqa200, pipeline
-from sgg_jax.losses import make_penet_loss
-from sgg_jax.models.penet import PENet, PENetConfig
+from sgg_jax.relation.losses import make_penet_loss
+from sgg_jax.relation.penet import PENet, PENetConfig
 from sgg_jax.train import OptimConfig, create_train_state, make_mesh, make_optimizer, shard_batch
 from sgg_jax.train.loop import make_train_step
 
@@ -151,8 +151,8 @@ def main() -> None:
 
 
 def _phase2_row(args, phase1, graphs, vocab, model, model_config, batches) -> dict:
-    from sgg_jax.retrieval.memory_bank import MemoryBank
-    from sgg_jax.retrieval.ra_sgg import RASGGConfig, RetrievalAugmenter, make_embed_fn
+    from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank
+    from sgg_jax.projects.ra_sgg.ra_sgg import RASGGConfig, RetrievalAugmenter, make_embed_fn
 
     mesh = make_mesh()
     optimizer, schedule = make_optimizer(OptimConfig(optimizer="sgd", learning_rate=1e-3), 1000)

@@ -6,7 +6,7 @@ Huang et al., "Addressing Class Imbalance in Scene Graph Parsing by Learning to 
 ACCV 2020. For every base model of ``--base_models`` (``motifs``: MotifNet, Zellers et al. 2018;
 ``penet``: PE-Net, Zheng et al. 2023) every row of ``--rows`` is trained from scratch with the same
 data order, seed and schedule, evaluated on the test split, and reported side by side
-(:func:`sgg_jax.losses.make_cce_scorer_loss`; L_other = MotifNet's relation CE (+ object CE),
+(:func:`sgg_jax.projects.cce_scorer.losses.make_cce_scorer_loss`; L_other = MotifNet's relation CE (+ object CE),
 PE-Net's own losses, whose relation CE is L_e_sim):
 
 ====================  =====================================================  ===================
@@ -30,7 +30,7 @@ unless ``--noscorer_detach``.
 
 Rows with the Scorer are ranked at test time by ``--ranking`` (default ``scorer``: pairs ranked by
 the Scorer's score alone, as the paper ranks test triplets; see
-:func:`sgg_jax.models.cce_scorer.rank_predicate_scores`) and, for the rows of
+:func:`sgg_jax.projects.cce_scorer.model.rank_predicate_scores`) and, for the rows of
 ``--extra_ranking_rows``, also under each of ``--extra_rankings`` (default ``scorer_x_predicate``:
 predicate × Scorer) from the same model pass, as extra rows ``<base>/<row>/<ranking>``.
 
@@ -57,9 +57,9 @@ the object features; the Scorer's inputs are detached from the base model by def
 ``train_rels.py:254-257``); PE-Net's base loss is its own four terms rather than a CE.
 
 This file holds the flags only: :func:`config_from_flags` turns them into a
-:class:`sgg_jax.experiment.cce_scorer.CCEScorerExperimentConfig` (a bad value is one line on stderr
+:class:`sgg_jax.projects.cce_scorer.experiment.CCEScorerExperimentConfig` (a bad value is one line on stderr
 naming the flag, exit status 2, before any data is read) and
-:func:`sgg_jax.experiment.cce_scorer.run` does the work.
+:func:`sgg_jax.projects.cce_scorer.experiment.run` does the work.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ from absl import app, flags, logging
 
 from experiments import common
 from sgg_jax.errors import ConfigError, DataError
-from sgg_jax.experiment import cce_scorer
-from sgg_jax.experiment.cce_scorer import (
+from sgg_jax.projects.cce_scorer import experiment as cce_scorer
+from sgg_jax.projects.cce_scorer.experiment import (
     BASE_MODELS,
     CCE_BACKGROUND_MODES,
     CCE_NEGATIVE_POOLS,

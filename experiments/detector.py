@@ -18,11 +18,11 @@ end to end on a CPU:
 2. Pixels: every graph is rendered (:mod:`sgg_jax.data.synthetic_pixels`, one appearance per
    class) as a ``--image_size`` square PNG into ``<workdir>/images``. The folder is a cache: when
    its ``manifest.json`` matches the data and render options, the PNGs are read instead.
-3. Model: :class:`~sgg_jax.models.detector.FasterRCNN` of ``--preset`` (default ``tiny``: a
+3. Model: :class:`~sgg_jax.detection.detector.FasterRCNN` of ``--preset`` (default ``tiny``: a
    one-block-per-stage ResNet FPN; ``--backbone_scale`` multiplies its widths, ``--fpn_channels``,
    ``--representation_size`` and ``--num_proposals`` override the preset) trained from random
    initialisation (``freeze_at=0``: nothing is pretrained, so nothing is frozen by default; the
-   optimizer is still masked with :func:`~sgg_jax.models.detector.detector_trainable_mask`).
+   optimizer is still masked with :func:`~sgg_jax.detection.detector.detector_trainable_mask`).
    Pixels enter as ``(rgb / 255 - ImageNet mean) / ImageNet std``.
 4. Training: the library trainer (:func:`sgg_jax.train.loop.fit`) with the optimizer of
    :func:`sgg_jax.train.optim.make_optimizer` (Adam(W) or SGD, ``schedule="cosine"``: linear
@@ -42,7 +42,7 @@ end to end on a CPU:
 
    ``results.json`` (the project schema, metric ``mAP@0.5`` plus ``coco/mAP@[.5:.95]``),
    ``results.md`` and ``plots/detections_*.png`` (test images with the detections drawn by
-   :func:`sgg_jax.viz.draw_scene_graph`, next to their ground truth) are written to ``--workdir``.
+   :func:`sgg_jax.evaluation.viz.draw_scene_graph`, next to their ground truth) are written to ``--workdir``.
 
 Bad flags are reported as one ``error: ...`` line on stderr with exit status 2, before any data is
 generated or anything is compiled.
@@ -141,8 +141,8 @@ def _check_flags() -> None:
 
 def _detector_config(num_classes: int):
     """The DetectorConfig of the flags (raises ConfigError naming the bad option)."""
-    from sgg_jax.models.backbone import BackboneConfig
-    from sgg_jax.models.detector import DETECTOR_PRESETS, DetectorConfig
+    from sgg_jax.detection.backbone import BackboneConfig
+    from sgg_jax.detection.detector import DETECTOR_PRESETS, DetectorConfig
 
     if FLAGS.preset not in DETECTOR_PRESETS:
         raise ConfigError("preset", f"must be one of {DETECTOR_PRESETS}, got {FLAGS.preset!r}")
@@ -199,8 +199,8 @@ def _gt_arrays(graphs, max_objects: int):
 
 def load_data(seed: int):
     """Generates, filters and renders the synthetic splits -> (data dict, object names, info)."""
+    from sgg_jax.data.image_io import load_image
     from sgg_jax.data.pixel_dataset import PixelDatasetConfig, pixel_splits
-    from sgg_jax.data.synthetic_pixels import load_image
 
     recipe = PixelDatasetConfig(
         num_images=FLAGS.synthetic_images,
@@ -252,7 +252,7 @@ def build(config, example_shape):
     import jax
     import jax.numpy as jnp
 
-    from sgg_jax.models.detector import FasterRCNN, detector_trainable_mask
+    from sgg_jax.detection.detector import FasterRCNN, detector_trainable_mask
     from sgg_jax.train import loop
     from sgg_jax.train import mesh as mesh_lib
     from sgg_jax.train.optim import freeze, make_optimizer
@@ -408,7 +408,7 @@ def _map_row(graphs, detections, num_classes):
 
 
 def draw_examples(data, detections, names, out_dir: str) -> list[str]:
-    from sgg_jax.viz import draw_scene_graph
+    from sgg_jax.evaluation.viz import draw_scene_graph
 
     os.makedirs(out_dir, exist_ok=True)
     paths = []
@@ -431,7 +431,7 @@ def draw_examples(data, detections, names, out_dir: str) -> list[str]:
         )
         gap = np.full((det.shape[0], 8, 3), 255, np.uint8)
         path = os.path.join(out_dir, f"detections_{i}.png")
-        from sgg_jax.data.synthetic_pixels import write_png
+        from sgg_jax.data.image_io import write_png
 
         write_png(path, np.concatenate([det, gap, truth], axis=1))
         paths.append(path)

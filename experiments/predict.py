@@ -20,7 +20,7 @@ error naming ``export_dir``.
 
 Pipeline.
 
-1. Every image is read with :func:`sgg_jax.data.synthetic_pixels.load_image` (grayscale and RGBA
+1. Every image is read with :func:`sgg_jax.data.image_io.load_image` (grayscale and RGBA
    become RGB) *before* anything is loaded, computed or written.
 2. Preprocessing is the training one, :class:`sgg_jax.data.images.ImageBatchTransform` with the
    export's ``image_transform``: the longer side is resized to ``S`` (aspect kept, bilinear), the
@@ -34,7 +34,7 @@ Pipeline.
    model's object classifier, the detector's label and score recorded next to them), boxes mapped
    back to the original pixels (divided by the scale, clipped to the image). Objects scored below
    ``--score_thresh`` are dropped with the pairs touching them; the remaining pairs (``pair_mask``)
-   are ranked by :func:`sgg_jax.viz.top_triplets` (best foreground predicate times both object
+   are ranked by :func:`sgg_jax.evaluation.viz.top_triplets` (best foreground predicate times both object
    scores) and the best ``--top_k`` kept. An image left without objects has an empty graph.
 
 Outputs in ``--out`` (created):
@@ -44,8 +44,8 @@ Outputs in ``--out`` (created):
   "detector_score"}], "relations": [{"subject", "object", "predicate", "predicate_id", "score",
   "text"}]}]}``; relations in rank order, ``subject`` / ``object`` index ``objects``.
 * ``<stem>_scene_graph.png``: the original image with the boxes and the top-K relations
-  (:func:`sgg_jax.viz.draw_prediction`; no boxes for an empty graph) and ``<stem>_graph.png``: the
-  node-link graph (:func:`sgg_jax.viz.draw_graph`). Images sharing a stem get ``_1``, ``_2``, ...
+  (:func:`sgg_jax.evaluation.viz.draw_prediction`; no boxes for an empty graph) and ``<stem>_graph.png``: the
+  node-link graph (:func:`sgg_jax.evaluation.viz.draw_graph`). Images sharing a stem get ``_1``, ``_2``, ...
 
 One line per image is printed (objects, relations, best triplet), then where the files went.
 
@@ -204,7 +204,7 @@ def _budget(predictor, export_dir: str, batch_size: int | None) -> tuple[int, in
 
 def image_sizes(paths: Sequence[str]) -> list[tuple[int, int]]:
     """``(height, width)`` of every image; raises the DataError of the first bad file."""
-    from sgg_jax.data.synthetic_pixels import load_image
+    from sgg_jax.data.image_io import load_image
 
     return [tuple(int(v) for v in load_image(path).shape[:2]) for path in paths]
 
@@ -286,10 +286,10 @@ def image_graph(
 
     Returns:
       ``(prediction, triplets, objects, relations)``: the :class:`~sgg_jax.structures.Prediction`
-      of the kept objects, :func:`~sgg_jax.viz.top_triplets` and the JSON records.
+      of the kept objects, :func:`~sgg_jax.evaluation.viz.top_triplets` and the JSON records.
     """
+    from sgg_jax.evaluation.viz import top_triplets
     from sgg_jax.structures import Prediction
-    from sgg_jax.viz import top_triplets
 
     object_names, predicate_names = vocab
     mask = np.asarray(outputs["object_mask"][row], bool)
@@ -375,9 +375,9 @@ def run(
     batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Predicts, writes ``scene_graphs.json`` and the PNGs into ``out_dir``; returns the JSON."""
+    from sgg_jax.data.image_io import load_image
     from sgg_jax.data.images import ImageBatchTransform
-    from sgg_jax.data.synthetic_pixels import load_image
-    from sgg_jax.viz import draw_graph, draw_prediction
+    from sgg_jax.evaluation.viz import draw_graph, draw_prediction
 
     export_dir = os.fspath(export_dir)
     paths = [os.fspath(p) for p in paths]

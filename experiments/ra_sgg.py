@@ -8,7 +8,7 @@ Methods (``--method``):
   phase 2 continues from it with a memory bank of every annotated training relation (searched with
   ScaNN or exactly, refreshed every ``--bank_refresh_steps``), label-inconsistency selection,
   inverse-propensity augmentation of tail predicates and the multi-prototype loss
-  (``sgg_jax.retrieval.ra_sgg``). ``--ablations`` trains the variants without selection, without
+  (``sgg_jax.projects.ra_sgg.ra_sgg``). ``--ablations`` trains the variants without selection, without
   inverse-propensity weighting and a same-length PE-Net continuation (the control), and every
   variant is evaluated on test next to PE-Net and FREQ.
 * ``penet`` — phase 1 of RA-SGG alone: the PE-Net base model (Zheng et al., CVPR 2023) trained on the
@@ -21,8 +21,8 @@ Methods (``--method``):
   print a summary and write ``data_summary.json``.
 
 This file holds the flags only: :func:`config_from_flags` turns them into a
-:class:`sgg_jax.experiment.ra_sgg.RASGGExperimentConfig` (a bad value is one line on stderr naming
-the flag, exit status 2, before any data is read) and :func:`sgg_jax.experiment.ra_sgg.run` does
+:class:`sgg_jax.projects.ra_sgg.experiment.RASGGExperimentConfig` (a bad value is one line on stderr naming
+the flag, exit status 2, before any data is read) and :func:`sgg_jax.projects.ra_sgg.experiment.run` does
 the work.
 """
 
@@ -35,8 +35,8 @@ from absl import app, flags, logging
 
 from experiments import common
 from sgg_jax.errors import ConfigError, DataError
-from sgg_jax.experiment import ra_sgg
-from sgg_jax.experiment.ra_sgg import Phase2Config, RASGGExperimentConfig
+from sgg_jax.projects.ra_sgg import experiment as ra_sgg
+from sgg_jax.projects.ra_sgg.experiment import Phase2Config, RASGGExperimentConfig
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:

@@ -4,7 +4,7 @@
 
 Reproduces the protocol of Maheshwari, Chaudhry and Vinay, "Scene Graph Embeddings Using Relative
 Similarity Supervision" (AAAI 2021): a graph convolutional network
-(:class:`sgg_jax.models.sg_gcn.SceneGraphGCN`) embeds each image's scene graph; it is trained from
+(:class:`sgg_jax.projects.sg_embed.sg_gcn.SceneGraphGCN`) embeds each image's scene graph; it is trained from
 the caption similarity ``s_XY`` of the training images with every combination of
 
 * objective (``--objectives``): Ranking (the paper's), Triplet, InfoNCE;
@@ -22,7 +22,7 @@ and evaluated on the test images (the paper's Tables 2 and 3):
 Data (``--dataset``):
 
 * ``synthetic``: graphs of :mod:`sgg_jax.data.synthetic` with captions of
-  :mod:`sgg_jax.data.synthetic_captions` (a hidden scene type plus the graph's relations, with word
+  :mod:`sgg_jax.projects.sg_embed.synthetic_captions` (a hidden scene type plus the graph's relations, with word
   noise): caption similarity is informative about the graphs but noisy.
 * ``gqa200_captions``: the real GQA-200 scene graphs (bundled) of the images that also have COCO
   captions (bundled; 117 images before the filters). This is **tiny**: a smoke test on real data, not
@@ -63,14 +63,15 @@ import numpy as np
 from absl import app, flags
 
 from sgg_jax.data import captions as captions_lib
-from sgg_jax.data import gqa200, synthetic, synthetic_captions, vg150, vg_json, word_vectors
-from sgg_jax.data import similarity as similarity_lib
-from sgg_jax.data.triplet_samplers import BOUNDED_SAMPLERS, SAMPLERS
+from sgg_jax.data import gqa200, synthetic, vg150, vg_json, word_vectors
 from sgg_jax.errors import ConfigError, DataError, check_int
 from sgg_jax.evaluation import embedding as embedding_eval
-from sgg_jax.models.sg_gcn import SGGCNConfig
+from sgg_jax.projects.sg_embed import similarity as similarity_lib
+from sgg_jax.projects.sg_embed import synthetic_captions
+from sgg_jax.projects.sg_embed import train as sg_embed
+from sgg_jax.projects.sg_embed.sg_gcn import SGGCNConfig
+from sgg_jax.projects.sg_embed.triplet_samplers import BOUNDED_SAMPLERS, SAMPLERS
 from sgg_jax.structures import SceneGraph, Vocab
-from sgg_jax.train import sg_embed
 
 FLAGS = flags.FLAGS
 _FLAGS_BEFORE = set(FLAGS)
@@ -156,7 +157,7 @@ flags.DEFINE_bool(
     "save_embedder",
     True,
     "Save the run with the best validation kendall_row to <workdir>/embedder "
-    "(sgg_jax.train.sg_embed.load_embedder / load_exported_embed_function).",
+    "(sgg_jax.projects.sg_embed.train.load_embedder / load_exported_embed_function).",
 )
 OWN_FLAGS = tuple(sorted(set(FLAGS) - _FLAGS_BEFORE))
 
@@ -351,7 +352,7 @@ def _source_graphs() -> tuple[list[SceneGraph], Vocab, dict[str, Any]]:
             seed=FLAGS.synthetic_seed,
         )
         graphs, _ = synthetic_captions.synthesize(dataset.graphs, dataset.vocab, caption_config)
-        notes["captions"] = "synthetic (sgg_jax.data.synthetic_captions)"
+        notes["captions"] = "synthetic (sgg_jax.projects.sg_embed.synthetic_captions)"
         notes["caption_config"] = {
             "num_scene_types": caption_config.num_scene_types,
             "scene_words": caption_config.scene_words,

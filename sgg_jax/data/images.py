@@ -22,7 +22,7 @@ Conventions (one static shape for every batch, so one compilation):
   would not match the pixels).
 
 Unreadable, non-RGB-convertible or zero-size image files raise the one-line
-:class:`~sgg_jax.errors.DataError` of :func:`sgg_jax.data.synthetic_pixels.load_image`, naming the
+:class:`~sgg_jax.errors.DataError` of :func:`sgg_jax.data.image_io.load_image`, naming the
 file; a graph without ``image_path`` raises one naming the image id.
 """
 
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sgg_jax.data.synthetic_pixels import load_image
+from sgg_jax.data.image_io import load_image
 from sgg_jax.errors import ConfigError, DataError, check_int
 from sgg_jax.structures import SceneGraph, SceneGraphBatch
 

@@ -50,10 +50,11 @@ centres the scene; the margins are background. Either way the returned graph has
 Files
 -----
 :func:`render_dataset` writes ``<out_dir>/<image_id>.png`` (characters outside ``[A-Za-z0-9._-]``
-replaced by ``_``) with a small built-in PNG encoder (zlib; byte-identical output for the same
-pixels on any machine) and sets ``image_path = os.path.join(out_dir, file name)`` — relative when
-``out_dir`` is relative, absolute when it is absolute, as the VG150 / GQA-200 readers do with their
-``image_dir``. :func:`load_image` reads any format Pillow decodes (Pillow is a dependency of
+replaced by ``_``) with the small built-in PNG encoder of :mod:`sgg_jax.data.image_io` (zlib;
+byte-identical output for the same pixels on any machine) and sets ``image_path =
+os.path.join(out_dir, file name)`` — relative when ``out_dir`` is relative, absolute when it is
+absolute, as the VG150 / GQA-200 readers do with their ``image_dir``.
+:func:`sgg_jax.data.image_io.load_image` reads any format Pillow decodes (Pillow is a dependency of
 matplotlib) and returns RGB.
 """
 
@@ -64,12 +65,12 @@ import functools
 import math
 import os
 import re
-import struct
 import zlib
 from collections.abc import Iterable
 
 import numpy as np
 
+from sgg_jax.data.image_io import write_png
 from sgg_jax.errors import ConfigError, DataError, check_int, is_finite_number
 from sgg_jax.structures import SceneGraph
 
@@ -108,22 +109,6 @@ _APPEARANCE_STREAM = 0x5EED_0101
 _RENDER_STREAM = 0x5EED_0102
 _FITS = ("stretch", "letterbox")
 _FORMATS = ("png",)
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Pillow modes converted to RGB by load_image (8 bits per channel); anything else is refused.
-_CONVERTIBLE_MODES = (
-    "1",
-    "L",
-    "LA",
-    "La",
-    "P",
-    "PA",
-    "RGB",
-    "RGBA",
-    "RGBa",
-    "RGBX",
-    "CMYK",
-    "YCbCr",
-)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -486,37 +471,6 @@ def render(
 # ----------------------------------------------------------------------------------------------
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """Encodes uint8[H, W, 3] RGB as PNG bytes (8-bit truecolour, no filtering, zlib level 6)."""
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected uint8[H, W, 3], got {image.dtype}{list(image.shape)}")
-    height, width = image.shape[:2]
-    rows = np.concatenate([np.zeros((height, 1), np.uint8), image.reshape(height, width * 3)], 1)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        _PNG_SIGNATURE
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-        + chunk(b"IEND", b"")
-    )
-
-
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Writes uint8[H, W, 3] RGB to ``path`` as PNG (atomically: temporary file, then rename)."""
-    path = os.fspath(path)
-    data = encode_png(image)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-    os.replace(temporary, path)
-
-
 def _file_name(image_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", image_id) + ".png"
 
@@ -571,69 +525,3 @@ def render_dataset(
         write_png(path, image)
         rendered.append(scaled.replace(image_path=path))
     return tuple(rendered)
-
-
-def _unidentified_reason(path: str) -> str:
-    """Why Pillow could not identify a file: a zero-size or broken PNG, or not an image at all."""
-    with open(path, "rb") as handle:
-        head = handle.read(24)
-    if not head.startswith(_PNG_SIGNATURE):
-        return "not an image file (format not recognised)"
-    if len(head) == 24 and head[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", head[16:24])
-        if width == 0 or height == 0:
-            return f"zero-size image ({width}x{height})"
-    return "cannot be decoded (truncated or corrupt PNG)"
-
-
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image file as RGB.
-
-    Grayscale (``1``, ``L``), palette (``P``) and CMYK / YCbCr images are converted to RGB
-    (grey replicated to the three channels); an alpha channel (``LA``, ``PA``, ``RGBA``) is dropped,
-    keeping the stored colours. Images of other modes (16-bit or float grayscale, ...) are refused.
-
-    Args:
-      path: image file (any format Pillow decodes: PNG, JPEG, ...).
-
-    Returns:
-      uint8[H, W, 3], C-contiguous.
-
-    Raises:
-      DataError: naming the file, when it is missing, empty, truncated, not an image, of a mode
-        that is not converted, or has zero width or height.
-    """
-    from PIL import Image, UnidentifiedImageError  # a dependency of matplotlib
-
-    path = os.fspath(path)
-    try:
-        if os.path.isdir(path):
-            raise DataError("is a directory, not an image file", path=path)
-        if os.path.getsize(path) == 0:
-            raise DataError("empty file (0 bytes)", path=path)
-        with Image.open(path) as opened:
-            if opened.width == 0 or opened.height == 0:
-                raise DataError(f"zero-size image ({opened.width}x{opened.height})", path=path)
-            if opened.mode not in _CONVERTIBLE_MODES:
-                raise DataError(
-                    f"image mode {opened.mode!r} is not converted to RGB (expected 8-bit "
-                    f"grayscale, palette, RGB or RGBA)",
-                    path=path,
-                )
-            opened.load()
-            image = np.asarray(opened if opened.mode == "RGB" else opened.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError("file not found", path=path) from None
-    except UnidentifiedImageError:
-        raise DataError(_unidentified_reason(path), path=path) from None
-    except DataError:
-        raise
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as exc:
-        raise DataError(
-            f"cannot be decoded (truncated or corrupt): {type(exc).__name__}: {exc}", path=path
-        ) from None
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
-        raise DataError(
-            f"decoded to {image.dtype}{list(image.shape)}, not uint8[H, W, 3]", path=path
-        )
-    return np.ascontiguousarray(image)

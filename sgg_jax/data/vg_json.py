@@ -10,7 +10,7 @@ similarity of their COCO captions. Users with the full data read it with these t
   "object": {...}}, ...]}``) -> list of :class:`~sgg_jax.structures.SceneGraph`.
 * :func:`read_coco_captions` — COCO ``captions_{train,val}2017.json`` joined with VG
   ``image_data.json`` through its ``coco_id`` -> VG image id -> captions, the mapping read by
-  :func:`sgg_jax.data.captions.attach` and :func:`sgg_jax.data.similarity.caption_similarity`.
+  :func:`sgg_jax.data.captions.attach` and :func:`sgg_jax.projects.sg_embed.similarity.caption_similarity`.
 
 Conventions of :func:`read_relationships`:
 

@@ -26,7 +26,7 @@ Supervision" (AAAI 2021):
 
 Documented choices:
 
-* Zero embeddings follow :func:`sgg_jax.retrieval.index.l2_normalise`: they stay zero and have cosine
+* Zero embeddings follow :func:`sgg_jax.retrieval.index.l2_normalize`: they stay zero and have cosine
   0 with everything.
 * A correlation of a constant vector is undefined (NaN), as in scipy; row-wise averages skip such rows
   and ``*_row_defined`` says how many rows were averaged.

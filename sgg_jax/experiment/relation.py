@@ -540,9 +540,9 @@ def detector_run_config(detector_workdir: str) -> dict[str, Any]:
 
 
 def sgdet_config(data: DataConfig):
-    """The :class:`~sgg_jax.models.sgdet.SGDetConfig` of ``data``: ``max_pairs`` candidates per
+    """The :class:`~sgg_jax.relation.sgdet.SGDetConfig` of ``data``: ``max_pairs`` candidates per
     training image with at most ``max_fg`` foreground (SGB: 256 and 64)."""
-    from sgg_jax.models.sgdet import SGDetConfig
+    from sgg_jax.relation.sgdet import SGDetConfig
 
     return SGDetConfig(train_pairs=data.max_pairs, train_fg=data.max_fg)
 
@@ -550,7 +550,7 @@ def sgdet_config(data: DataConfig):
 class PixelInputs:
     """What ``feature_source="roi"`` adds to a relation experiment.
 
-    * ``detector``: the :class:`~sgg_jax.models.detector.DetectorConfig` of ``detector_workdir``
+    * ``detector``: the :class:`~sgg_jax.detection.detector.DetectorConfig` of ``detector_workdir``
       (``detections_per_image`` overrides its detections per image);
     * ``image_size``: the longer side images are resized to (``image_size`` or the detector run's);
     * :meth:`transform`: the :class:`~sgg_jax.data.images.ImageBatchTransform` of a split;
@@ -559,7 +559,7 @@ class PixelInputs:
     """
 
     def __init__(self, data: DataConfig):
-        from sgg_jax.models.detector import DetectorConfig
+        from sgg_jax.detection.detector import DetectorConfig
 
         config = detector_run_config(data.detector_workdir)
         detector = DetectorConfig.from_dict(config["detector"])

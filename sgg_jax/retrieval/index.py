@@ -56,7 +56,7 @@ PAD_ID = -1
 # ---------------------------------------------------------------------------------------------------
 
 
-def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm; all-zero rows stay zero.
 
     Args:
@@ -247,7 +247,7 @@ class Index(abc.ABC):
             raise ConfigError("ids", "ids must be unique")
         self._dim = int(keys.shape[1])
         self._ids = ids
-        self._build(l2_normalise(keys))
+        self._build(l2_normalize(keys))
         return self
 
     def search(
@@ -287,7 +287,7 @@ class Index(abc.ABC):
         fetch = k if exclude_ids is None else k + 1
         if queries.shape[0] == 0:
             return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-        ids, scores = self._search(l2_normalise(queries), min(fetch, self.size))
+        ids, scores = self._search(l2_normalize(queries), min(fetch, self.size))
         ids, scores = _sort_results(ids.astype(np.int64), scores.astype(np.float32))
         ids, scores = _pad_results(ids, scores, fetch)
         if exclude_ids is not None:

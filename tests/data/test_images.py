@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from sgg_jax.data import pipeline, synthetic, synthetic_pixels
+from sgg_jax.data import image_io, pipeline, synthetic, synthetic_pixels
 from sgg_jax.data.images import ImageBatchTransform, fit_image
 from sgg_jax.errors import DataError
 
@@ -42,7 +42,7 @@ def test_transform_adds_normalised_images_and_scales_boxes(rendered):
     np.testing.assert_allclose(out.boxes, np.asarray(batch.boxes) * scale, rtol=1e-6)
     np.testing.assert_array_equal(out.image_size[:2], [[48, 64], [48, 64]])
     np.testing.assert_allclose(transform.scales(batch), [scale, scale, 1.0])
-    pixels, _ = fit_image(synthetic_pixels.load_image(rendered[0].image_path), 64)
+    pixels, _ = fit_image(image_io.load_image(rendered[0].image_path), 64)
     expected = (pixels[:48] / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array(
         [0.229, 0.224, 0.225]
     )
@@ -51,8 +51,8 @@ def test_transform_adds_normalised_images_and_scales_boxes(rendered):
 
 
 def test_roi_features_from_image_files(rendered):
-    from sgg_jax.models.detector import DetectorConfig
-    from sgg_jax.models.features import make_feature_source
+    from sgg_jax.detection.detector import DetectorConfig
+    from sgg_jax.relation.features import make_feature_source
 
     batch, _ = ImageBatchTransform(rendered, 64)(None, 1, _batch(rendered[:2], batch_size=2))
     source = make_feature_source("roi", union_dim=4, hidden_dim=4, detector=DetectorConfig.tiny())

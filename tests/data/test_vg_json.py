@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from sgg_jax.data import captions as captions_lib
-from sgg_jax.data import similarity, vg150, vg_json
+from sgg_jax.data import vg150, vg_json
 from sgg_jax.errors import ConfigError, DataError
+from sgg_jax.projects.sg_embed import similarity
 from sgg_jax.structures import BACKGROUND, Vocab
 
 VOCAB = Vocab(

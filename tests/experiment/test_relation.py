@@ -26,7 +26,7 @@ def small():
 
 
 def _frequency_scorer(splits, vocab):
-    from sgg_jax.models.frequency import FrequencyBaseline
+    from sgg_jax.relation.frequency import FrequencyBaseline
 
     frequency = FrequencyBaseline.from_graphs(
         splits["train"], vocab.num_classes, vocab.num_predicates

@@ -36,8 +36,9 @@ def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 @pytest.mark.e2e
 def test_smoke_runs_the_rows_and_writes_the_table(tmp_path):
-    # MotifNet end to end; PE-Net with CCE and the Scorer is covered by tests/models/test_cce_scorer.py
-    # and tests/test_cce_scorer_loss.py (a second base model would double this test's compiles).
+    # MotifNet end to end; PE-Net with CCE and the Scorer is covered by
+    # tests/projects/cce_scorer/test_model.py and tests/projects/cce_scorer/test_cce_scorer_loss.py
+    # (a second base model would double this test's compiles).
     result = _run("--flagfile=experiments/flags/cce_scorer_smoke.flags", f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     document = json.loads((tmp_path / "results.json").read_text())

@@ -36,10 +36,10 @@ def _png(path):
 def export_dir(tmp_path_factory):
     import jax
 
+    from sgg_jax.detection.detector import DetectorConfig
     from sgg_jax.experiment.relation import predict_outputs
-    from sgg_jax.models.detector import DetectorConfig
-    from sgg_jax.models.penet import PENet, PENetConfig
-    from sgg_jax.models.sgdet import SGDetConfig
+    from sgg_jax.relation.penet import PENet, PENetConfig
+    from sgg_jax.relation.sgdet import SGDetConfig
     from sgg_jax.structures import SceneGraphBatch
     from sgg_jax.train.export import export
 

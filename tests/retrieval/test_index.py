@@ -17,7 +17,7 @@ from sgg_jax.retrieval.index import (
     Index,
     ScannIndex,
     ShardedIndex,
-    l2_normalise,
+    l2_normalize,
     make_index,
     merge_topk,
 )
@@ -110,10 +110,10 @@ def small_bank():
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_l2_normalise_unit_rows_and_zero_rows_stay_zero():
+def test_l2_normalize_unit_rows_and_zero_rows_stay_zero():
     vectors = np.array([[3.0, 4.0], [0.0, 0.0], [-2.0, 0.0]])
-    np.testing.assert_allclose(l2_normalise(vectors), [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]])
-    assert l2_normalise(vectors).dtype == np.float32
+    np.testing.assert_allclose(l2_normalize(vectors), [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]])
+    assert l2_normalize(vectors).dtype == np.float32
 
 
 @pytest.mark.parametrize(

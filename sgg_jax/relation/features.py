@@ -1,0 +1,409 @@
+"""Feature sources: per-object and per-pair (union) features of a :class:`SceneGraphBatch`.
+
+A relation head (e.g. :mod:`sgg_jax.relation.penet`) reads two feature arrays:
+
+* object features ``f32[B, N, D_obj]`` — in Scene-Graph-Benchmark the box head's RoI features of
+  each object (fc7, 4096-d);
+* union features ``f32[B, P, D_union]`` — in Scene-Graph-Benchmark the RoI features of the union
+  box of each (subject, object) pair, with a rectangle mask of the two boxes (4096-d).
+
+Three sources produce them:
+
+* ``"geometry"`` (:class:`GeometryFeatures`): no pixels. Object features are an MLP over the
+  9-number box encoding (:func:`sgg_jax.boxes.encode_boxes`); union features are an MLP over the 15-number
+  pair geometry (:func:`sgg_jax.boxes.pair_geometry`). Used on GQA-200-mini, which ships no images.
+* ``"precomputed"`` (:class:`PrecomputedFeatures`): object features read from
+  ``batch.object_features`` (e.g. detector RoI features saved by
+  :mod:`sgg_jax.data.feature_store`); union features are an MLP over
+  ``[feature of subject, feature of object, pair geometry]`` since no union RoI is pooled.
+* ``"roi"`` (:class:`RoIFeatures`): RoI features pooled from ``batch.images`` by the Faster R-CNN
+  of :mod:`sgg_jax.detection.detector`: object features are the box head's fc7 features of each
+  object box; union features are the fc7 features of the pair's union box, concatenated with the
+  pair geometry and projected by an MLP (Scene-Graph-Benchmark pools the union box with a separate
+  extractor and a two-box rectangle mask; here the detector's box head is shared and the geometry
+  carries the layout). ``freeze_detector`` stops gradients into the detector, as SGB freezes it
+  when training relation heads; its parameters live under the feature source's ``detector``
+  subtree, where pretrained detector variables are loaded.
+
+Every source is per object / per pair, so a real object's or pair's features never depend on the
+padding of the batch; padded objects and pairs get zero features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgg_jax import boxes as box_ops
+from sgg_jax.errors import ConfigError
+from sgg_jax.structures import SceneGraphBatch
+
+# Sources a relation model builds from its config; "roi" also needs a DetectorConfig and images.
+FEATURE_SOURCES = ("geometry", "precomputed", "roi")
+
+
+def gather_objects(values: jax.Array, indices: jax.Array) -> jax.Array:
+    """Rows of per-object values picked per pair, image by image (static shapes, no loops).
+
+    Args:
+      values: [B, N, ...] per-object values.
+      indices: int[B, P] object index per pair (``batch.pairs[..., 0]`` for subjects,
+        ``batch.pairs[..., 1]`` for objects).
+
+    Returns:
+      [B, P, ...] with ``out[b, p] = values[b, indices[b, p]]``.
+    """
+    return jax.vmap(lambda image_values, image_indices: image_values[image_indices])(
+        values, indices
+    )
+
+
+def pair_geometry_features(batch: SceneGraphBatch) -> jax.Array:
+    """The 15-number geometry of every pair of a batch (:func:`sgg_jax.boxes.pair_geometry`).
+
+    Args:
+      batch: a batch with ``boxes[B, N, 4]``, ``pairs[B, P, 2]`` and ``image_size[B, 2]``.
+
+    Returns:
+      f32[B, P, 15]; zeros for padded pairs.
+    """
+    boxes = jnp.asarray(batch.boxes, jnp.float32)
+    pairs = jnp.asarray(batch.pairs, jnp.int32)
+    subject_boxes = gather_objects(boxes, pairs[..., 0])
+    object_boxes = gather_objects(boxes, pairs[..., 1])
+    image_size = jnp.asarray(batch.image_size, jnp.float32)[:, None, :]
+    geometry = box_ops.pair_geometry(subject_boxes, object_boxes, image_size)
+    return jnp.where(jnp.asarray(batch.pair_mask, bool)[..., None], geometry, 0.0)
+
+
+class FeatureMLP(nn.Module):
+    """Dense layers with ReLU after each, as the fc6 / fc7 box head (non-negative outputs).
+
+    Attributes:
+      features: output size of each layer, e.g. ``(256, 256)``.
+    """
+
+    features: Sequence[int]
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        hidden = inputs
+        for index, size in enumerate(self.features):
+            hidden = nn.relu(nn.Dense(size, name=f"fc{index + 6}")(hidden))
+        return hidden
+
+
+class GeometryFeatures(nn.Module):
+    """Object and union features from box geometry alone (no pixels).
+
+    Attributes:
+      object_dim: D_obj, size of the object features.
+      union_dim: D_union, size of the union features.
+      hidden_dim: size of the first layer of both MLPs.
+    """
+
+    object_dim: int
+    union_dim: int
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(
+        self, batch: SceneGraphBatch, *, train: bool = False
+    ) -> tuple[jax.Array, jax.Array]:
+        """Computes the features.
+
+        Args:
+          batch: B images, N objects, P pairs.
+          train: unused (no dropout); part of the feature-source interface.
+
+        Returns:
+          ``(object_features f32[B, N, D_obj], union_features f32[B, P, D_union])``; zeros where
+          padded.
+        """
+        del train
+        image_size = jnp.asarray(batch.image_size, jnp.float32)[:, None, :]
+        box_encoding = box_ops.encode_boxes(jnp.asarray(batch.boxes, jnp.float32), image_size)
+        object_features = FeatureMLP((self.hidden_dim, self.object_dim), name="object_mlp")(
+            box_encoding
+        )
+        union_features = FeatureMLP((self.hidden_dim, self.union_dim), name="union_mlp")(
+            pair_geometry_features(batch)
+        )
+        object_mask = jnp.asarray(batch.object_mask, bool)[..., None]
+        pair_mask = jnp.asarray(batch.pair_mask, bool)[..., None]
+        return (
+            jnp.where(object_mask, object_features, 0.0),
+            jnp.where(pair_mask, union_features, 0.0),
+        )
+
+
+class PrecomputedFeatures(nn.Module):
+    """Object features from ``batch.object_features``; union features from the pair's features.
+
+    Attributes:
+      union_dim: D_union, size of the union features.
+      hidden_dim: size of the first layer of the union MLP.
+    """
+
+    union_dim: int
+    hidden_dim: int
+
+    @nn.compact
+    def __call__(
+        self, batch: SceneGraphBatch, *, train: bool = False
+    ) -> tuple[jax.Array, jax.Array]:
+        """Reads and derives the features.
+
+        Args:
+          batch: B images, N objects, P pairs, with ``object_features[B, N, D]``.
+          train: unused (no dropout); part of the feature-source interface.
+
+        Returns:
+          ``(object_features f32[B, N, D], union_features f32[B, P, D_union])``; zeros where
+          padded.
+
+        Raises:
+          ConfigError: when the batch carries no object features.
+        """
+        del train
+        if batch.object_features is None:
+            raise ConfigError(
+                "feature_source",
+                "'precomputed' reads batch.object_features, but the batch has none; build the "
+                "loader with make_loader(..., object_features=...) or use 'geometry'",
+            )
+        object_mask = jnp.asarray(batch.object_mask, bool)[..., None]
+        object_features = jnp.where(
+            object_mask, jnp.asarray(batch.object_features, jnp.float32), 0.0
+        )
+        pairs = jnp.asarray(batch.pairs, jnp.int32)
+        pair_inputs = jnp.concatenate(
+            [
+                gather_objects(object_features, pairs[..., 0]),
+                gather_objects(object_features, pairs[..., 1]),
+                pair_geometry_features(batch),
+            ],
+            axis=-1,
+        )
+        union_features = FeatureMLP((self.hidden_dim, self.union_dim), name="union_mlp")(
+            pair_inputs
+        )
+        pair_mask = jnp.asarray(batch.pair_mask, bool)[..., None]
+        return object_features, jnp.where(pair_mask, union_features, 0.0)
+
+
+class RoIFeatures(nn.Module):
+    """Object and union features pooled from pixels by the detector (module docstring).
+
+    Attributes:
+      detector: a :class:`~sgg_jax.detection.detector.DetectorConfig`.
+      union_dim: D_union, size of the union features.
+      hidden_dim: first-layer size of the union MLP.
+      freeze_detector: no gradient reaches the detector (pretrained and fixed, as in SGB).
+    """
+
+    detector: object
+    union_dim: int
+    hidden_dim: int
+    freeze_detector: bool = True
+
+    @nn.compact
+    def __call__(
+        self, batch: SceneGraphBatch, *, train: bool = False, detect: object | None = None
+    ) -> tuple[jax.Array, ...]:
+        """Computes the features (of the batch's boxes, or of the detections with ``detect``).
+
+        Args:
+          batch: B images with ``images[B, H, W, 3]`` (normalised as the detector expects) and
+            boxes in the pixels of those images.
+          train: training mode (SGDet candidate sampling); the frozen detector always runs in
+            inference mode.
+          detect: None, or a :class:`~sgg_jax.relation.sgdet.SGDetConfig`: run the detector on the
+            images and pool the features of the detections and of their pairs (SGDet); in
+            training this draws the ``"dropout"`` rng for the pair sampling.
+
+        Returns:
+          ``(object_features f32[B, N, representation_size], union_features f32[B, P, D_union])``;
+          zeros where padded. With ``detect``: ``(object_features, union_features, batch over
+          the detections, detections)`` (:func:`sgg_jax.relation.sgdet.detection_batch`; the
+          detector's ``boxes``, ``labels``, ``scores``, ``mask``).
+
+        Raises:
+          ConfigError: the batch has no images.
+        """
+        from sgg_jax.detection.detector import FasterRCNN
+
+        if getattr(batch, "images", None) is None:
+            raise ConfigError(
+                "feature_source",
+                "'roi' pools features from pixels and needs batch.images; this batch has none",
+            )
+        detector = FasterRCNN(self.detector, name="detector")
+        maps = detector.features(batch.images)
+        detections = None
+        if detect is not None:
+            from sgg_jax.relation import sgdet
+
+            detections = jax.lax.stop_gradient(detector.detect(maps, batch.image_size))
+            key = self.make_rng("dropout") if train else None
+            batch = sgdet.detection_batch(batch, detections, train=train, config=detect, key=key)
+        boxes = jnp.asarray(batch.boxes, jnp.float32)
+        pairs = jnp.asarray(batch.pairs, jnp.int32)
+        object_mask = jnp.asarray(batch.object_mask, bool)
+        pair_mask = jnp.asarray(batch.pair_mask, bool)
+        object_features = detector.box_features(maps, boxes, object_mask)
+        union = box_ops.union_boxes(
+            gather_objects(boxes, pairs[..., 0]), gather_objects(boxes, pairs[..., 1])
+        )
+        union_roi = detector.box_features(maps, union, pair_mask)
+        if self.freeze_detector:
+            object_features = jax.lax.stop_gradient(object_features)
+            union_roi = jax.lax.stop_gradient(union_roi)
+        union_features = FeatureMLP((self.hidden_dim, self.union_dim), name="union_mlp")(
+            jnp.concatenate([union_roi, pair_geometry_features(batch)], axis=-1)
+        )
+        features = (
+            jnp.where(object_mask[..., None], object_features, 0.0),
+            jnp.where(pair_mask[..., None], union_features, 0.0),
+        )
+        if detect is None:
+            return features
+        return (*features, batch, detections)
+
+
+def relation_trainable_mask(
+    detector: object | None, freeze_detector: bool
+) -> Callable[[Mapping[str, Any]], Any]:
+    """``mask_fn(params) -> bool tree`` of the parameters a relation model's optimizer updates.
+
+    Everything is trainable except, with a ``"roi"`` feature source, the detector under
+    ``features/detector``: all of it with ``freeze_detector`` (SGB trains relation heads on a
+    frozen detector), else its frozen backbone stages
+    (:func:`~sgg_jax.detection.detector.detector_trainable_mask`). Frozen parameters get zero updates,
+    weight decay included.
+    """
+
+    def mask_fn(params):
+        mask = jax.tree.map(lambda _: True, params)
+        features = params.get("features", {}) if isinstance(params, Mapping) else {}
+        if detector is None or "detector" not in features:
+            return mask
+        if freeze_detector:
+            detector_mask = jax.tree.map(lambda _: False, features["detector"])
+        else:
+            from sgg_jax.detection.detector import detector_trainable_mask
+
+            detector_mask = detector_trainable_mask(detector, features["detector"])
+        return {**mask, "features": {**mask["features"], "detector": detector_mask}}
+
+    return mask_fn
+
+
+def make_feature_source(
+    source: str,
+    *,
+    object_dim: int = 256,
+    union_dim: int = 256,
+    hidden_dim: int = 256,
+    name: str | None = None,
+    detector: object | None = None,
+    freeze_detector: bool = True,
+) -> nn.Module:
+    """Builds a feature source by name.
+
+    Args:
+      source: ``"geometry"``, ``"precomputed"`` or ``"roi"`` (needs ``detector`` and images).
+      object_dim: D_obj of the geometry source (the precomputed source keeps the stored size).
+      union_dim: D_union of either source.
+      hidden_dim: first-layer size of the source's MLPs.
+      name: the module's name when built inside a parent module (e.g. ``"features"``).
+      detector: the :class:`~sgg_jax.detection.detector.DetectorConfig` of the ``"roi"`` source.
+      freeze_detector: ``"roi"``: stop gradients into the detector.
+
+    Returns:
+      A module called as ``source(batch, train=...) -> (object_features, union_features)``.
+
+    Raises:
+      ConfigError: naming ``feature_source`` for an unknown name or the option of a bad size.
+    """
+    for option, value in (
+        ("object_dim", object_dim),
+        ("union_dim", union_dim),
+        ("hidden_dim", hidden_dim),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+            raise ConfigError(option, f"must be a positive integer, got {value!r}")
+    if source == "geometry":
+        return GeometryFeatures(
+            object_dim=object_dim, union_dim=union_dim, hidden_dim=hidden_dim, name=name
+        )
+    if source == "precomputed":
+        return PrecomputedFeatures(union_dim=union_dim, hidden_dim=hidden_dim, name=name)
+    if source == "roi":
+        if detector is None:
+            raise ConfigError(
+                "feature_source",
+                "'roi' pools features from pixels with a detector: pass detector=DetectorConfig "
+                "(sgg_jax.detection.detector); use 'geometry' (boxes only) or 'precomputed' (saved "
+                "object features) without one",
+            )
+        return RoIFeatures(
+            detector=detector,
+            union_dim=union_dim,
+            hidden_dim=hidden_dim,
+            freeze_detector=freeze_detector,
+            name=name,
+        )
+    raise ConfigError(
+        "feature_source",
+        f"unknown feature source {source!r}; expected one of {FEATURE_SOURCES}",
+    )
+
+
+def relation_model_features(
+    config: Any, batch: SceneGraphBatch, *, train: bool
+) -> tuple[jax.Array, jax.Array, SceneGraphBatch, dict[str, jax.Array]]:
+    """The feature source of a relation-model config, called inside the model (name ``features``).
+
+    ``config`` has ``feature_source``, ``object_feature_dim``, ``union_feature_dim``,
+    ``feature_hidden_dim``, ``task`` and, for ``"roi"``, ``detector``, ``freeze_detector`` and
+    ``sgdet`` (:class:`~sgg_jax.relation.penet.PENetConfig`,
+    :class:`~sgg_jax.relation.motifs.MotifsConfig`).
+
+    Returns:
+      ``(object_features, union_features, batch, sgdet_outputs)``: in SGDet ``batch`` is the
+      batch over the detections (:func:`sgg_jax.relation.sgdet.detection_batch`) and
+      ``sgdet_outputs`` holds ``boxes`` [B, D, 4], ``object_mask``, ``pairs``, ``pair_mask`` of
+      that batch and the detector's ``detection_labels`` / ``detection_scores`` [B, D]; otherwise
+      the input batch and ``{}``.
+    """
+    source = make_feature_source(
+        config.feature_source,
+        object_dim=config.object_feature_dim,
+        union_dim=config.union_feature_dim,
+        hidden_dim=config.feature_hidden_dim,
+        name="features",
+        detector=getattr(config, "detector", None),
+        freeze_detector=getattr(config, "freeze_detector", True),
+    )
+    if config.task != "sgdet":
+        object_features, union_features = source(batch, train=train)
+        return object_features, union_features, batch, {}
+    object_features, union_features, batch, detections = source(
+        batch, train=train, detect=config.sgdet
+    )
+    mask = jnp.asarray(batch.object_mask, bool)
+    extra = {
+        "boxes": batch.boxes,
+        "object_mask": mask,
+        "pairs": batch.pairs,
+        "pair_mask": batch.pair_mask,
+        "detection_labels": jnp.where(mask, jnp.asarray(detections["labels"], jnp.int32), 0),
+        "detection_scores": jnp.where(mask, jnp.asarray(detections["scores"], jnp.float32), 0.0),
+    }
+    return object_features, union_features, batch, extra

@@ -1,0 +1,197 @@
+"""Tests of the feature sources: gathering, geometry and precomputed features, padding, errors."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sgg_jax import boxes as box_ops
+from sgg_jax.data import pipeline
+from sgg_jax.errors import ConfigError
+from sgg_jax.relation.features import (
+    GeometryFeatures,
+    PrecomputedFeatures,
+    RoIFeatures,
+    gather_objects,
+    make_feature_source,
+    pair_geometry_features,
+)
+from sgg_jax.structures import SceneGraph
+
+FEATURE_DIM = 5
+
+
+def make_graph(rng: np.random.Generator, image_id: str, num_objects: int) -> SceneGraph:
+    corners = rng.uniform(0, 60, size=(num_objects, 2))
+    boxes = np.concatenate([corners, corners + rng.uniform(4, 30, size=(num_objects, 2))], axis=1)
+    relations = np.array([[0, 1, 1], [1, 2 % num_objects, 2]])
+    return SceneGraph(image_id, 100, 80, boxes, rng.integers(1, 4, num_objects), relations)
+
+
+def make_batch(graphs, max_objects, max_pairs, batch_size=None, with_features=True):
+    config = pipeline.PipelineConfig.evaluation(
+        batch_size=batch_size or len(graphs), max_objects=max_objects, max_pairs=max_pairs
+    )
+    examples = []
+    for index, graph in enumerate(graphs):
+        features = None
+        if with_features:
+            features = np.random.default_rng(index).normal(size=(graph.num_objects, FEATURE_DIM))
+        examples.append(
+            pipeline.prepare_example(
+                graph, image_index=index, epoch=0, config=config, object_features=features
+            )
+        )
+    return pipeline.collate(examples, batch_size)
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    rng = np.random.default_rng(0)
+    return [make_graph(rng, "a", 3), make_graph(rng, "b", 4)]
+
+
+def test_gather_objects_picks_rows_per_image():
+    values = jnp.arange(2 * 3 * 2).reshape(2, 3, 2)
+    indices = jnp.array([[2, 0], [1, 1]])
+    gathered = gather_objects(values, indices)
+    np.testing.assert_array_equal(
+        gathered, np.array([[[4, 5], [0, 1]], [[8, 9], [8, 9]]], dtype=np.int32)
+    )
+
+
+def test_pair_geometry_features_match_numpy_per_pair(graphs):
+    batch = make_batch(graphs, max_objects=5, max_pairs=16)
+    geometry = np.asarray(pair_geometry_features(batch))
+    assert geometry.shape == (2, 16, box_ops.PAIR_GEOMETRY_DIM)
+    for row, graph in enumerate(graphs):
+        for slot in range(16):
+            if not batch.pair_mask[row, slot]:
+                np.testing.assert_array_equal(geometry[row, slot], 0.0)
+                continue
+            subject, object_ = batch.pairs[row, slot]
+            expected = box_ops.pair_geometry(
+                graph.boxes[subject],
+                graph.boxes[object_],
+                np.array([graph.height, graph.width], np.float32),
+            )
+            np.testing.assert_allclose(geometry[row, slot], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_geometry_features_shapes_padding_and_values(graphs):
+    batch = make_batch(graphs, max_objects=5, max_pairs=16)
+    source = GeometryFeatures(object_dim=6, union_dim=7, hidden_dim=8)
+    variables = source.init(jax.random.key(0), batch)
+    object_features, union_features = source.apply(variables, batch)
+    assert object_features.shape == (2, 5, 6) and object_features.dtype == jnp.float32
+    assert union_features.shape == (2, 16, 7) and union_features.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(object_features)[~batch.object_mask], 0.0)
+    np.testing.assert_array_equal(np.asarray(union_features)[~batch.pair_mask], 0.0)
+    # The object MLP of the 9-number box encoding, recomputed by hand.
+    params = variables["params"]["object_mlp"]
+    encoding = box_ops.encode_boxes(graphs[0].boxes, np.array([80.0, 100.0], np.float32))
+    hidden = np.maximum(encoding @ params["fc6"]["kernel"] + params["fc6"]["bias"], 0)
+    expected = np.maximum(hidden @ params["fc7"]["kernel"] + params["fc7"]["bias"], 0)
+    np.testing.assert_allclose(object_features[0, :3], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_geometry_features_do_not_depend_on_padding(graphs):
+    small = make_batch(graphs[:1], max_objects=3, max_pairs=6)
+    large = make_batch(graphs[:1], max_objects=7, max_pairs=20, batch_size=3)
+    source = GeometryFeatures(object_dim=6, union_dim=7, hidden_dim=8)
+    variables = source.init(jax.random.key(0), small)
+    small_objects, small_union = source.apply(variables, small)
+    large_objects, large_union = source.apply(variables, large)
+    np.testing.assert_allclose(large_objects[0, :3], small_objects[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(large_union[0, :6], small_union[0], rtol=1e-6, atol=1e-6)
+
+
+def test_precomputed_features_read_the_batch_and_build_union_features(graphs):
+    batch = make_batch(graphs, max_objects=5, max_pairs=16)
+    source = PrecomputedFeatures(union_dim=7, hidden_dim=8)
+    variables = source.init(jax.random.key(0), batch)
+    object_features, union_features = source.apply(variables, batch)
+    np.testing.assert_allclose(object_features, batch.object_features, rtol=0, atol=0)
+    assert union_features.shape == (2, 16, 7)
+    # Union features = MLP([x_subject, x_object, pair geometry]).
+    params = variables["params"]["union_mlp"]
+    subject, object_ = batch.pairs[1, 0]
+    inputs = np.concatenate(
+        [
+            batch.object_features[1, subject],
+            batch.object_features[1, object_],
+            np.asarray(pair_geometry_features(batch))[1, 0],
+        ]
+    )
+    hidden = np.maximum(inputs @ params["fc6"]["kernel"] + params["fc6"]["bias"], 0)
+    expected = np.maximum(hidden @ params["fc7"]["kernel"] + params["fc7"]["bias"], 0)
+    np.testing.assert_allclose(union_features[1, 0], expected, rtol=1e-5, atol=1e-6)
+    # Changing the subject's stored feature changes the pair's union feature.
+    changed = batch.replace(object_features=batch.object_features + 1.0)
+    _, changed_union = source.apply(variables, changed)
+    assert not np.allclose(changed_union[1, 0], union_features[1, 0])
+
+
+def test_precomputed_features_without_features_name_the_option(graphs):
+    batch = make_batch(graphs, max_objects=5, max_pairs=16, with_features=False)
+    source = PrecomputedFeatures(union_dim=7, hidden_dim=8)
+    with pytest.raises(ConfigError, match="feature_source.*object_features"):
+        source.init(jax.random.key(0), batch)
+
+
+def test_make_feature_source_names_and_errors():
+    assert isinstance(make_feature_source("geometry", object_dim=3), GeometryFeatures)
+    assert isinstance(make_feature_source("precomputed"), PrecomputedFeatures)
+    assert isinstance(make_feature_source("geometry"), nn.Module)
+    with pytest.raises(ConfigError, match="'feature_source'.*detector"):
+        make_feature_source("roi")
+    with pytest.raises(ConfigError, match="'feature_source'.*unknown"):
+        make_feature_source("clip")
+    with pytest.raises(ConfigError, match="'union_dim'"):
+        make_feature_source("geometry", union_dim=0)
+
+
+def test_roi_features_pool_pixels_per_object_and_union_box(graphs):
+    from sgg_jax.detection.detector import DetectorConfig, FasterRCNN
+
+    batch = make_batch(graphs, max_objects=5, max_pairs=16, with_features=False)
+    images = np.random.default_rng(0).uniform(-1, 1, size=(2, 96, 128, 3)).astype(np.float32)
+    batch = batch.replace(images=images)
+    config = DetectorConfig.tiny()
+    source = make_feature_source("roi", union_dim=6, hidden_dim=8, detector=config)
+    assert isinstance(source, RoIFeatures)
+    variables = jax.jit(lambda b: source.init(jax.random.key(0), b))(batch)
+    apply = jax.jit(source.apply)
+    object_features, union_features = apply(variables, batch)
+    assert object_features.shape == (2, 5, config.representation_size)
+    assert union_features.shape == (2, 16, 6)
+    mask = np.asarray(batch.object_mask)
+    assert np.all(np.asarray(object_features)[~mask] == 0)
+    assert np.all(np.asarray(union_features)[~np.asarray(batch.pair_mask)] == 0)
+    # Object features are the detector's own box features of the object boxes.
+    detector_variables = {
+        name: collection["detector"]
+        for name, collection in variables.items()
+        if "detector" in collection
+    }
+    detector = FasterRCNN(config)
+    maps = detector.apply(detector_variables, batch.images, method=detector.features)
+    expected = detector.apply(
+        detector_variables, maps, batch.boxes, batch.object_mask, method=detector.box_features
+    )
+    np.testing.assert_allclose(object_features, expected, atol=1e-5)
+    # Pixels change the features; the frozen detector receives no gradient.
+    other = apply(variables, batch.replace(images=images[::-1].copy()))[0]
+    assert not np.allclose(other, object_features)
+
+    def loss(params):
+        objects, unions = source.apply({**variables, "params": params}, batch)
+        return jnp.sum(objects) + jnp.sum(unions)
+
+    grads = jax.jit(jax.grad(loss))(variables["params"])
+    detector_norm = sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grads["detector"]))
+    union_norm = sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grads["union_mlp"]))
+    assert detector_norm == 0.0 and union_norm > 0.0
+    with pytest.raises(ConfigError, match="'feature_source'.*images"):
+        source.init(jax.random.key(0), batch.replace(images=None))
