@@ -60,6 +60,7 @@ the object features; the Scorer's inputs are detached from the base model by def
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -339,6 +340,7 @@ def check_flags() -> None:
 
 
 def _base_config(base: str, vocab, frequency):
+    """The base model's config and the tables its ``with_tables`` puts into fresh variables."""
     from sgg_jax.models.motifs import MotifsConfig
     from sgg_jax.models.penet import PENetConfig
 
@@ -359,13 +361,16 @@ def _base_config(base: str, vocab, frequency):
         )
     kind = {"motifs": MotifsConfig, "penet": PENetConfig}[base]
     make = kind.small if FLAGS.model_size == "small" else kind.official
-    return make(
+    sizes = {"embed_dim": 300} if "predicate_word_vectors" in extra else {}
+    config = make(
         vocab.num_classes,
         vocab.num_predicates,
         task=FLAGS.task,
         feature_source=FLAGS.feature_source,
-        **extra,
+        frequency_bias="frequency_bias" in extra,
+        **sizes,
     )
+    return config, extra
 
 
 def _build_model(base: str, base_config, row: str):
@@ -536,12 +541,14 @@ def confusion_summary(confusion: np.ndarray, predicate_counts: np.ndarray) -> di
 # ----------------------------------------------------------------------------------------------
 
 
-def _run_row(context, base, base_config, row):
+def _run_row(context, base, base_config, row, tables=None):
     """Trains one row (or resumes / reuses it) and evaluates it on test; returns runs by key."""
     from sgg_jax.losses import make_cce_scorer_loss
+    from sgg_jax.models import motifs, penet
     from sgg_jax.train import TrainConfig, train
 
     vocab = context["vocab"]
+    with_tables = {"motifs": motifs.with_tables, "penet": penet.with_tables}[base]
     model = _build_model(base, base_config, row)
     loss_config = _loss_config(base, row, focal_class_weights(vocab.predicate_counts))
     loss_fn = make_cce_scorer_loss(loss_config, base_config)
@@ -591,6 +598,7 @@ def _run_row(context, base, base_config, row):
         eval_fn=eval_fn,
         mesh=mesh,
         config=run_config,
+        init_variables=functools.partial(with_tables, scope="base", **tables) if tables else None,
     )
     train_seconds = time.perf_counter() - start
     variables = state.variables
@@ -655,9 +663,9 @@ def run(splits, vocab) -> dict:
     }
     runs, timings, confusions = {}, {}, {}
     for base in FLAGS.base_models:
-        base_config = _base_config(base, vocab, frequency)
+        base_config, tables = _base_config(base, vocab, frequency)
         for row in FLAGS.rows:
-            row_runs, timing, confusion = _run_row(context, base, base_config, row)
+            row_runs, timing, confusion = _run_row(context, base, base_config, row, tables)
             runs.update(row_runs)
             timings[f"{base}/{row}"] = timing
             if confusion is not None:

@@ -196,6 +196,7 @@ def run_data_stage(splits, vocab) -> dict:
 
 
 def _model_config(vocab, frequency=None, pixels=None):
+    """The PE-Net config and the tables ``penet.with_tables`` puts into its fresh variables."""
     from sgg_jax.models.penet import PENetConfig
 
     vectors = {}
@@ -234,14 +235,21 @@ def _model_config(vocab, frequency=None, pixels=None):
             freeze_detector=FLAGS.freeze_detector,
             sgdet=common.sgdet_config(),
         )
+    names = ("object_word_vectors", "predicate_word_vectors", "frequency_bias")
+    tables = {name: vectors.pop(name) for name in names if name in vectors}
+    for table in (tables.get("object_word_vectors"), tables.get("predicate_word_vectors")):
+        if table is not None:
+            vectors["embed_dim"] = int(np.shape(table)[-1])
     make = PENetConfig.small if FLAGS.model_size == "small" else PENetConfig.official
-    return make(
+    config = make(
         vocab.num_classes,
         vocab.num_predicates,
         task=FLAGS.task,
         feature_source=FLAGS.feature_source,
+        frequency_bias="frequency_bias" in tables,
         **vectors,
     )
+    return config, tables
 
 
 class _Experiment:
@@ -257,7 +265,7 @@ class _Experiment:
             splits["train"], vocab.num_classes, vocab.num_predicates
         )
         self.pixels = common.PixelInputs() if FLAGS.feature_source == "roi" else None
-        self.model_config = _model_config(
+        self.model_config, self.tables = _model_config(
             vocab, self.frequency if FLAGS.frequency_bias else None, self.pixels
         )
         self.model = PENet(self.model_config)
@@ -289,6 +297,14 @@ class _Experiment:
         }
         if self.pixels is not None:
             self.run_config["detector_workdir"] = os.path.abspath(FLAGS.detector_workdir)
+
+    def fresh_variables(self, variables):
+        """Fresh variables with the pretrained detector (feature_source=roi) and the tables."""
+        from sgg_jax.models.penet import with_tables
+
+        if self.pixels is not None:
+            variables = self.pixels.merge_detector(variables)
+        return with_tables(variables, **self.tables)
 
     def scorer(self, variables_fn):
         from sgg_jax.train import shard_batch
@@ -346,8 +362,8 @@ class _Experiment:
                     self.model_config.detector, self.model_config.freeze_detector
                 ),
             )
-            if init_variables is None:
-                init_variables = self.pixels.merge_detector
+        if init_variables is None and (self.tables or self.pixels is not None):
+            init_variables = self.fresh_variables
         state, last = train(
             self.model,
             loss_fn,
