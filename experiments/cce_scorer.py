@@ -361,7 +361,8 @@ def _base_config(base: str, vocab, frequency):
         )
     kind = {"motifs": MotifsConfig, "penet": PENetConfig}[base]
     make = kind.small if FLAGS.model_size == "small" else kind.official
-    sizes = {"embed_dim": 300} if "predicate_word_vectors" in extra else {}
+    vectors = extra.get("predicate_word_vectors")
+    sizes = {} if vectors is None else {"embed_dim": int(np.shape(vectors)[-1])}
     config = make(
         vocab.num_classes,
         vocab.num_predicates,

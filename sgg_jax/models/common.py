@@ -1,6 +1,7 @@
 """Helpers shared by the model configurations and modules.
 
-* :func:`check_table`, :func:`table_leaf_shape`, :func:`replace_leaves`: the pieces of the
+* :func:`word_vector_table`, :func:`frequency_table`, :func:`check_table`,
+  :func:`replace_leaves`: the pieces of the
   models' ``with_tables`` functions, which put large tables (word vectors, frequency statistics)
   into a model's variables. Configs hold only what shapes the graph (scalars, strings, tuples,
   nested configs), so they compare and hash by value with the default dataclass methods and can be
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -81,6 +83,35 @@ def table_leaf_shape(
 def table_leaf(variables: Mapping[str, Any], path: VariablePath) -> np.ndarray:
     """The variable at ``path`` as a host numpy array (it must exist)."""
     return np.asarray(jax.device_get(_leaf(variables, path)))
+
+
+def word_vector_table(
+    variables: Mapping[str, Any], path: VariablePath, field: str, vectors: Any, model: str
+) -> np.ndarray:
+    """``vectors`` checked against the embedding table at ``path``: float32[rows, E], finite.
+
+    Raises:
+      ConfigError: naming ``field``: the shape differs ("must have shape (rows, embed_dim=E)"),
+        NaN / inf, or the variables hold no such table (not ``model``'s variables).
+    """
+    rows, dim = table_leaf_shape(variables, path, field, f"not a {model}'s variables")
+    return check_table(field, vectors, (rows, dim), f"({rows}, embed_dim={dim})")
+
+
+def frequency_table(variables: Mapping[str, Any], path: VariablePath, table: Any) -> np.ndarray:
+    """``table`` float[K+1, K+1, C] (``FrequencyBaseline.log_bias``) flattened to the layout of the
+    frequency-bias variable at ``path``, float32[(K+1)², C].
+
+    Raises:
+      ConfigError: naming ``frequency_bias``: wrong shape, NaN / inf, or no such variable (the
+        model was built with ``frequency_bias=False``).
+    """
+    field = "frequency_bias"
+    cells, columns = table_leaf_shape(
+        variables, path, field, "the model was built with frequency_bias=False"
+    )
+    labels = math.isqrt(cells)
+    return check_table(field, table, (labels, labels, columns)).reshape(cells, columns)
 
 
 def replace_leaves(

@@ -106,7 +106,12 @@ import jax.numpy as jnp
 
 from sgg_jax import boxes as box_ops
 from sgg_jax.errors import check_bool, check_choice
-from sgg_jax.models.common import check_table, replace_leaves, scope_path, table_leaf_shape
+from sgg_jax.models.common import (
+    frequency_table,
+    replace_leaves,
+    scope_path,
+    word_vector_table,
+)
 from sgg_jax.models.features import (
     check_relation_config,
     gather_objects,
@@ -285,21 +290,14 @@ def with_tables(
     scope = scope_path(scope)
     replacements = {}
     if object_word_vectors is not None:
-        field = "object_word_vectors"
         for module in ("object_embedding", "edge_embedding"):
             path = ("params", *scope, module, "embedding")
-            rows, dim = table_leaf_shape(variables, path, field, "not a MotifNet's variables")
-            replacements[path] = check_table(
-                field, object_word_vectors, (rows, dim), f"({rows}, embed_dim={dim})"
+            replacements[path] = word_vector_table(
+                variables, path, "object_word_vectors", object_word_vectors, "MotifNet"
             )
     if frequency_bias is not None:
         path = ("params", *scope, "frequency_bias")
-        cells, columns = table_leaf_shape(
-            variables, path, "frequency_bias", "the model was built with frequency_bias=False"
-        )
-        labels = math.isqrt(cells)
-        table = check_table("frequency_bias", frequency_bias, (labels, labels, columns))
-        replacements[path] = table.reshape(cells, columns)
+        replacements[path] = frequency_table(variables, path, frequency_bias)
     return replace_leaves(variables, replacements)
 
 

@@ -62,11 +62,11 @@ import jax.numpy as jnp
 from sgg_jax import boxes as box_ops
 from sgg_jax.errors import ConfigError, check_finite
 from sgg_jax.models.common import (
-    check_table,
+    frequency_table,
     l2_normalize,
     replace_leaves,
     scope_path,
-    table_leaf_shape,
+    word_vector_table,
 )
 from sgg_jax.models.features import (
     check_relation_config,
@@ -251,16 +251,10 @@ def with_tables(
         if vectors is None:
             continue
         path = ("params", *scope, module, "embedding")
-        rows, dim = table_leaf_shape(variables, path, field, "not a PE-Net's variables")
-        replacements[path] = check_table(field, vectors, (rows, dim), f"({rows}, embed_dim={dim})")
+        replacements[path] = word_vector_table(variables, path, field, vectors, "PE-Net")
     if frequency_bias is not None:
         path = ("frequency", *scope, "log_bias")
-        cells, columns = table_leaf_shape(
-            variables, path, "frequency_bias", "the model was built with frequency_bias=False"
-        )
-        labels = math.isqrt(cells)
-        table = check_table("frequency_bias", frequency_bias, (labels, labels, columns))
-        replacements[path] = table.reshape(cells, columns)
+        replacements[path] = frequency_table(variables, path, frequency_bias)
     return replace_leaves(variables, replacements)
 
 
