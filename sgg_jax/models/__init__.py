@@ -10,4 +10,10 @@ A model is a ``flax.linen`` module applied as
 ``outputs, aux = model.apply(variables, batch, train=..., rngs={"dropout": key})``;
 ``outputs`` holds ``relation_logits[B, P, C]``, ``object_labels[B, N]``, ``object_scores[B, N]`` (and
 ``object_logits[B, N, K+1]`` in SGCls), ``aux`` what losses, evaluators and the memory bank read.
+
+Configs are frozen dataclasses of scalars, strings, tuples and nested configs (hashable, usable as
+static arguments of jitted functions). Large tables are initial values of variables: each model
+family's ``with_tables(variables, object_word_vectors=..., frequency_bias=..., ...)`` puts word
+vectors and frequency tables into freshly initialised variables (pass it as ``init_variables`` of
+:func:`sgg_jax.train.loop.train`).
 """
