@@ -51,6 +51,7 @@ correlations, validation history, noise sweep, timings), ``results.md`` (the tab
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -66,8 +67,8 @@ from sgg_jax.data import captions as captions_lib
 from sgg_jax.data import gqa200, synthetic, vg150, vg_json, word_vectors
 from sgg_jax.errors import ConfigError, DataError, check_int
 from sgg_jax.evaluation import embedding as embedding_eval
+from sgg_jax.projects.sg_embed import sg_gcn, synthetic_captions
 from sgg_jax.projects.sg_embed import similarity as similarity_lib
-from sgg_jax.projects.sg_embed import synthetic_captions
 from sgg_jax.projects.sg_embed import train as sg_embed
 from sgg_jax.projects.sg_embed.sg_gcn import SGGCNConfig
 from sgg_jax.projects.sg_embed.triplet_samplers import BOUNDED_SAMPLERS, SAMPLERS
@@ -483,7 +484,8 @@ def _subset(data: dict[str, Any], split: str) -> tuple[list[SceneGraph], np.ndar
 # ---------------------------------------------------------------------------------------------
 
 
-def model_config(vocab: Vocab) -> SGGCNConfig:
+def model_config(vocab: Vocab) -> tuple[SGGCNConfig, dict[str, np.ndarray]]:
+    """The GCN's config and the word vectors ``sg_gcn.with_tables`` puts into its variables."""
     embed_dim, hidden_dim, num_layers = SIZES[FLAGS.model_size]
     embed_dim = FLAGS.embed_dim or embed_dim
     object_vectors = predicate_vectors = None
@@ -494,15 +496,20 @@ def model_config(vocab: Vocab) -> SGGCNConfig:
             raise ConfigError(
                 "embed_dim", f"is {embed_dim} but --glove has {object_vectors.shape[1]} dimensions"
             )
-    return SGGCNConfig(
+    config = SGGCNConfig(
         num_object_classes=len(vocab.object_names) - 1,
         num_predicates=len(vocab.predicate_names) - 1,
         embed_dim=embed_dim,
         hidden_dim=FLAGS.hidden_dim or hidden_dim,
         num_layers=FLAGS.num_layers or num_layers,
-        object_word_vectors=object_vectors,
-        predicate_word_vectors=predicate_vectors,
     )
+    tables = {}
+    if FLAGS.init_word_vectors:
+        tables = {
+            "object_word_vectors": object_vectors,
+            "predicate_word_vectors": predicate_vectors,
+        }
+    return config, tables
 
 
 def evaluate_embedder(
@@ -662,7 +669,8 @@ def run_grid(data: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
     train_graphs, train_similarity = _subset(data, "train")
     val_graphs, val_similarity = _subset(data, "val")
     test_graphs, test_similarity = _subset(data, "test")
-    config = model_config(vocab)
+    config, tables = model_config(vocab)
+    init_variables = functools.partial(sg_gcn.with_tables, **tables) if tables else None
     max_nodes, max_edges = sg_embed.graph_budgets(data["graphs"])
     eval_seed = parsed["seeds"][0]
 
@@ -696,7 +704,11 @@ def run_grid(data: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
         k: random_baseline[k] for k in CORRELATION_KEYS
     }
     untrained = sg_embed.initial_embedder(
-        config, max_nodes=max_nodes, max_edges=max_edges, seed=eval_seed
+        config,
+        max_nodes=max_nodes,
+        max_edges=max_edges,
+        seed=eval_seed,
+        init_variables=init_variables,
     )
     untrained_eval = evaluate_embedder(untrained, test_graphs, test_similarity, noise_ms, eval_seed)
     results["baselines"]["untrained GCN"] = {
@@ -752,6 +764,7 @@ def run_grid(data: dict[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
                     train_config,
                     eval_fn=validation,
                     eval_every=FLAGS.eval_every,
+                    init_variables=init_variables,
                 )
                 test = evaluate_embedder(
                     trained.embedder, test_graphs, test_similarity, noise_ms, eval_seed

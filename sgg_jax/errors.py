@@ -1,10 +1,20 @@
-"""Error types with one-line messages that name the file, the record and the field.
+"""Error types with one-line messages that name the file, the record and the field, and the checks.
 
 Every reader and validator in sgg_jax raises these instead of letting a malformed input surface as a
 traceback from deep inside numpy, h5py or JAX.
+
+The checks of configuration values live here, once: :func:`check_int`, :func:`check_positive_int`,
+:func:`check_finite`, :func:`check_non_negative`, :func:`check_interval`, :func:`check_choice`,
+:func:`check_bool` (and the predicate :func:`is_finite_number`). Each raises a one-line
+:class:`ConfigError` naming the option and returns the value converted to its plain Python type.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
 
 
 class DataError(ValueError):
@@ -48,10 +58,6 @@ class ConfigError(ValueError):
 
 def is_finite_number(value: object) -> bool:
     """True for a finite int / float (numpy scalars included), False for bools and anything else."""
-    import math
-
-    import numpy as np
-
     return (
         not isinstance(value, bool)
         and isinstance(value, int | float | np.integer | np.floating)
@@ -59,9 +65,72 @@ def is_finite_number(value: object) -> bool:
     )
 
 
-def check_int(option: str, value: object, *, minimum: int) -> None:
-    """Raises :class:`ConfigError` naming ``option`` unless ``value`` is an int ``>= minimum``."""
-    import numpy as np
+def _is_int(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | np.integer)
 
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+
+def check_int(option: str, value: object, *, minimum: int) -> int:
+    """``value`` as an int; raises :class:`ConfigError` naming ``option`` unless it is an int
+    ``>= minimum`` ("must be an integer >= minimum")."""
+    if not _is_int(value) or value < minimum:
         raise ConfigError(option, f"must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_positive_int(option: str, value: object) -> int:
+    """``value`` as an int; raises :class:`ConfigError` unless it is an int ``> 0``."""
+    if not _is_int(value) or value <= 0:
+        raise ConfigError(option, f"must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_finite(option: str, value: object) -> float:
+    """``value`` as a float; raises :class:`ConfigError` unless it is a finite number."""
+    if not is_finite_number(value):
+        raise ConfigError(option, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_non_negative(option: str, value: object) -> float:
+    """``value`` as a float; raises :class:`ConfigError` unless it is a finite number ``>= 0``."""
+    if not is_finite_number(value) or value < 0:
+        raise ConfigError(option, f"must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_interval(option: str, value: object, interval: str) -> float:
+    """``value`` as a float; raises :class:`ConfigError` unless it is a finite number in ``interval``.
+
+    Args:
+      option: the option named by the error.
+      value: the value to check.
+      interval: the interval as written in the message, e.g. ``"[0, 1)"`` or ``"(0, 1]"``: a
+        bracket means the bound is included, a parenthesis that it is not.
+
+    Returns:
+      ``float(value)``.
+    """
+    low_bracket, bounds, high_bracket = interval[0], interval[1:-1], interval[-1]
+    low, high = (float(bound) for bound in bounds.split(","))
+    inside = is_finite_number(value) and (
+        (low <= value if low_bracket == "[" else low < value)
+        and (value <= high if high_bracket == "]" else value < high)
+    )
+    if not inside:
+        raise ConfigError(option, f"must lie in {interval}, got {value!r}")
+    return float(value)
+
+
+def check_choice(option: str, value: object, choices: Sequence[str]) -> str:
+    """``value``; raises :class:`ConfigError` unless it is one of the strings ``choices`` (a tuple
+    or a list, written in the message as given)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(option, f"must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_bool(option: str, value: object) -> bool:
+    """``value`` as a bool; raises :class:`ConfigError` unless it is a bool (numpy's included)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ConfigError(option, f"must be True or False, got {value!r}")
+    return bool(value)

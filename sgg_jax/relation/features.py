@@ -40,7 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgg_jax import boxes as box_ops
-from sgg_jax.errors import ConfigError
+from sgg_jax.errors import (
+    ConfigError,
+    check_bool,
+    check_choice,
+    check_interval,
+    check_positive_int,
+)
 from sgg_jax.structures import SceneGraphBatch
 
 # Sources a relation model builds from its config; "roi" also needs a DetectorConfig and images.
@@ -336,8 +342,7 @@ def make_feature_source(
         ("union_dim", union_dim),
         ("hidden_dim", hidden_dim),
     ):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-            raise ConfigError(option, f"must be a positive integer, got {value!r}")
+        check_positive_int(option, value)
     if source == "geometry":
         return GeometryFeatures(
             object_dim=object_dim, union_dim=union_dim, hidden_dim=hidden_dim, name=name
@@ -363,6 +368,51 @@ def make_feature_source(
         "feature_source",
         f"unknown feature source {source!r}; expected one of {FEATURE_SOURCES}",
     )
+
+
+def check_relation_config(config: Any, int_fields: Sequence[str], tasks: Sequence[str]) -> None:
+    """Validates and normalises, in place, the fields every relation-model config shares.
+
+    For a frozen dataclass with ``task``, ``feature_source``, ``detector``, ``freeze_detector``,
+    ``sgdet``, ``dropout_rate`` and ``frequency_bias`` (PE-Net's and MotifNet's configs): the
+    ``int_fields`` become positive ints, ``task`` one of ``tasks``, ``feature_source`` a known
+    source that fits the task and detector, ``freeze_detector`` and ``frequency_bias`` bools,
+    ``sgdet`` an :class:`~sgg_jax.relation.sgdet.SGDetConfig`, ``dropout_rate`` a float in [0, 1).
+
+    Raises:
+      ConfigError: naming the first invalid field.
+    """
+    from sgg_jax.relation.sgdet import SGDetConfig, check_pixel_task
+
+    def store(field: str, value: Any) -> None:
+        object.__setattr__(config, field, value)
+
+    for field in int_fields:
+        store(field, check_positive_int(field, getattr(config, field)))
+    check_choice("task", config.task, tuple(tasks))
+    if config.feature_source not in FEATURE_SOURCES:
+        make_feature_source(config.feature_source)  # raises the source's own ConfigError
+    check_pixel_task(config.task, config.feature_source, config.detector)
+    store("freeze_detector", check_bool("freeze_detector", config.freeze_detector))
+    store("sgdet", SGDetConfig.from_mapping(config.sgdet))
+    store("dropout_rate", check_interval("dropout_rate", config.dropout_rate, "[0, 1)"))
+    store("frequency_bias", check_table_flag("frequency_bias", config.frequency_bias))
+
+
+def check_table_flag(field: str, value: Any) -> bool:
+    """A config flag that says a table variable exists (its values come from ``with_tables``).
+
+    Raises:
+      ConfigError: naming ``field`` unless ``value`` is a bool; an array gets a message saying
+        where tables go.
+    """
+    if np.ndim(value) > 0:
+        raise ConfigError(
+            field,
+            f"must be True or False, got an array of shape {np.shape(value)}: the config only "
+            "says the table exists; its values go into the variables (the model's with_tables)",
+        )
+    return check_bool(field, value)
 
 
 def relation_model_features(

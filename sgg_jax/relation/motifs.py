@@ -86,34 +86,37 @@ Where this module departs from Scene-Graph-Benchmark, and why:
 * ``pair_fusion="product"`` is a variant of the original code's fusion, which maps the edge
   context to ``2 x pooling_dim`` and multiplies the two halves; here ``h_s ⊙ h_o`` (size H) is
   projected to the pooling size, as ``concat`` does with ``[h_s, h_o]``.
-* ``frequency_bias=None`` builds the model without the bias (SGB always builds it for MotifNet).
-  The table comes in the config as a log table (``FrequencyBaseline.log_bias``, the same field
-  as ``PENetConfig.frequency_bias``) and becomes the parameter ``frequency_bias`` with
+* ``frequency_bias=False`` builds the model without the bias (SGB always builds it for MotifNet).
+  With ``True`` the model holds the parameter ``frequency_bias`` with
   :class:`~sgg_jax.relation.frequency.FrequencyBias`'s layout ([(K+1)², C], row ``s·(K+1)+o``);
-  that module itself is built from a ``FrequencyBaseline`` (counts), which configs do not carry.
+  its initial value, the log table ``FrequencyBaseline.log_bias``, is put in by
+  :func:`with_tables` (configs carry no arrays).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sgg_jax import boxes as box_ops
-from sgg_jax.errors import ConfigError, is_finite_number
-from sgg_jax.nn import config_hash, configs_equal
+from sgg_jax.errors import check_bool, check_choice
+from sgg_jax.nn import (
+    frequency_table,
+    replace_leaves,
+    scope_path,
+    word_vector_table,
+)
 from sgg_jax.relation.features import (
-    FEATURE_SOURCES,
+    check_relation_config,
     gather_objects,
-    make_feature_source,
     relation_model_features,
 )
-from sgg_jax.relation.sgdet import SGDetConfig, check_pixel_task
 from sgg_jax.structures import SceneGraphBatch
 
 TASKS = ("predcls", "sgcls", "sgdet")
@@ -133,16 +136,6 @@ _INT_FIELDS = (
     "num_object_layers",
     "num_edge_layers",
 )
-_SCALAR_FIELDS = (
-    *_INT_FIELDS,
-    "task",
-    "feature_source",
-    "dropout_rate",
-    "pair_fusion",
-    "use_union_features",
-)
-_SCALAR_FIELDS = (*_SCALAR_FIELDS, "detector", "freeze_detector", "sgdet")
-_ARRAY_FIELDS = ("object_word_vectors", "frequency_bias")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,9 +143,12 @@ _ARRAY_FIELDS = ("object_word_vectors", "frequency_bias")
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class MotifsConfig:
     """Sizes and options of MotifNet; invalid values raise :class:`ConfigError` naming the field.
+
+    Only what shapes the model: word vectors and the frequency table are initial values of
+    parameters, put there by :func:`with_tables`. Configs compare and hash by value.
 
     Attributes:
       num_classes: K, object classes without background.
@@ -178,13 +174,12 @@ class MotifsConfig:
         neural-motifs: Linear over ``h_s ⊙ h_o``).
       use_union_features: multiply the pair representation by the union feature (SGB
         ``PREDICT_USE_VISION``).
-      object_word_vectors: optional float32[K+1, E] initial rows of both label embedding tables
-        (row 0 background); N(0, 1) when None.
-      frequency_bias: optional float32[K+1, K+1, C] ``log`` predicate frequencies per (subject
-        class, object class) of the training split (``FrequencyBaseline.log_bias``); the initial
-        value of the trainable parameter ``frequency_bias`` (flattened to [(K+1)², C] like
-        :class:`sgg_jax.relation.frequency.FrequencyBias`), added to the relation logits in
-        training and at inference.
+      frequency_bias: the model holds the trainable parameter ``frequency_bias`` f32[(K+1)², C],
+        ``log`` predicate frequencies per (subject class, object class) of the training split
+        (``FrequencyBaseline.log_bias`` flattened, like
+        :class:`sgg_jax.relation.frequency.FrequencyBias`; its initial value comes from
+        :func:`with_tables`, zeros without it), added to the relation logits in training and at
+        inference.
       detector: the :class:`~sgg_jax.detection.detector.DetectorConfig` of the ``"roi"`` source (its
         variables live under ``features/detector``).
       freeze_detector: ``"roi"``: no gradient and no update reaches the detector (SGB).
@@ -208,61 +203,16 @@ class MotifsConfig:
     dropout_rate: float = 0.2
     pair_fusion: str = "concat"
     use_union_features: bool = True
-    object_word_vectors: np.ndarray | None = None
-    frequency_bias: np.ndarray | None = None
+    frequency_bias: bool = False
     detector: Any = None
     freeze_detector: bool = True
     sgdet: Any = None
 
     def __post_init__(self):
-        for field in _INT_FIELDS:
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-                raise ConfigError(field, f"must be a positive integer, got {value!r}")
-            object.__setattr__(self, field, int(value))
-        if self.task not in TASKS:
-            raise ConfigError("task", f"must be one of {TASKS}, got {self.task!r}")
-        if self.feature_source not in FEATURE_SOURCES:
-            make_feature_source(self.feature_source)  # raises the source's own ConfigError
-        check_pixel_task(self.task, self.feature_source, self.detector)
-        if not isinstance(self.freeze_detector, bool | np.bool_):
-            raise ConfigError("freeze_detector", f"must be a bool, got {self.freeze_detector!r}")
-        object.__setattr__(self, "freeze_detector", bool(self.freeze_detector))
-        object.__setattr__(self, "sgdet", SGDetConfig.from_mapping(self.sgdet))
-        if self.pair_fusion not in PAIR_FUSIONS:
-            raise ConfigError(
-                "pair_fusion", f"must be one of {PAIR_FUSIONS}, got {self.pair_fusion!r}"
-            )
-        if not isinstance(self.use_union_features, bool | np.bool_):
-            raise ConfigError(
-                "use_union_features", f"must be a bool, got {self.use_union_features!r}"
-            )
-        object.__setattr__(self, "use_union_features", bool(self.use_union_features))
-        rate = self.dropout_rate
-        if not is_finite_number(rate) or not 0.0 <= rate < 1.0:
-            raise ConfigError("dropout_rate", f"must lie in [0, 1), got {rate!r}")
-        object.__setattr__(self, "dropout_rate", float(rate))
-        if self.object_word_vectors is not None:
-            vectors = np.array(self.object_word_vectors, dtype=np.float32)
-            rows = self.num_classes + 1
-            if vectors.shape != (rows, self.embed_dim):
-                raise ConfigError(
-                    "object_word_vectors",
-                    f"must have shape ({rows}, embed_dim={self.embed_dim}), got {vectors.shape}",
-                )
-            if not np.all(np.isfinite(vectors)):
-                raise ConfigError("object_word_vectors", "contains NaN or inf")
-            vectors.setflags(write=False)
-            object.__setattr__(self, "object_word_vectors", vectors)
-        if self.frequency_bias is not None:
-            table = np.array(self.frequency_bias, dtype=np.float32)
-            shape = (self.num_classes + 1, self.num_classes + 1, self.num_predicates + 1)
-            if table.shape != shape:
-                raise ConfigError("frequency_bias", f"must have shape {shape}, got {table.shape}")
-            if not np.all(np.isfinite(table)):
-                raise ConfigError("frequency_bias", "contains NaN or inf")
-            table.setflags(write=False)
-            object.__setattr__(self, "frequency_bias", table)
+        check_relation_config(self, _INT_FIELDS, TASKS)
+        check_choice("pair_fusion", self.pair_fusion, PAIR_FUSIONS)
+        use_union = check_bool("use_union_features", self.use_union_features)
+        object.__setattr__(self, "use_union_features", use_union)
 
     @property
     def num_relation_classes(self) -> int:
@@ -285,7 +235,7 @@ class MotifsConfig:
 
     @classmethod
     def small(cls, num_classes: int, num_predicates: int, **overrides: Any) -> MotifsConfig:
-        """A CPU-sized MotifNet: H = 64, pooling 128, E = 64 (or the word vectors' size).
+        """A CPU-sized MotifNet: H = 64, pooling 128, E = 64 (pass ``embed_dim`` for word vectors).
 
         About 0.43M parameters (PredCls; 0.51M SGCls) for 200 classes and 100 predicates, plus
         the 201² x 101 frequency table when given. One Adam step on 8 images x 40 objects x 256
@@ -294,13 +244,10 @@ class MotifsConfig:
         Args:
           num_classes: K.
           num_predicates: number of predicates without background.
-          **overrides: any field, e.g. ``task="sgcls"`` or ``frequency_bias=...``.
+          **overrides: any field, e.g. ``task="sgcls"`` or ``frequency_bias=True``.
         """
-        embed_dim = 64
-        if overrides.get("object_word_vectors") is not None:
-            embed_dim = int(np.shape(overrides["object_word_vectors"])[-1])
         fields = {
-            "embed_dim": embed_dim,
+            "embed_dim": 64,
             "hidden_dim": 64,
             "pooling_dim": 128,
             "object_feature_dim": 128,
@@ -311,13 +258,47 @@ class MotifsConfig:
         }
         return cls(num_classes=num_classes, num_predicates=num_predicates, **fields)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, MotifsConfig):
-            return NotImplemented
-        return configs_equal(self, other, _SCALAR_FIELDS, _ARRAY_FIELDS)
 
-    def __hash__(self) -> int:
-        return config_hash(self, _SCALAR_FIELDS, _ARRAY_FIELDS)
+def with_tables(
+    variables: Mapping[str, Any],
+    *,
+    object_word_vectors: Any = None,
+    frequency_bias: Any = None,
+    scope: str | Sequence[str] = (),
+) -> dict[str, Any]:
+    """MotifNet's variables with word vectors and the frequency table as initial parameters.
+
+    ``object_word_vectors`` replaces both label embedding tables (``object_embedding`` and
+    ``edge_embedding``), ``frequency_bias`` the trainable ``frequency_bias`` parameter; every other
+    variable is unchanged. Pass it, with the tables bound, as ``init_variables`` of
+    :func:`sgg_jax.train.loop.train`.
+
+    Args:
+      variables: the model's variables, e.g. freshly initialised ``{"params": ...}``.
+      object_word_vectors: optional float[K+1, E] (row 0 background).
+      frequency_bias: optional float[K+1, K+1, C] ``FrequencyBaseline.log_bias``; the model must
+        be built with ``frequency_bias=True``.
+      scope: where the MotifNet's variables sit inside each collection, e.g. ``"base"`` for
+        :class:`~sgg_jax.projects.cce_scorer.model.CCEScorerModel`.
+
+    Returns:
+      A new variables dict (the input is not changed).
+
+    Raises:
+      ConfigError: naming the table: wrong shape, NaN / inf, or no such variable in the model.
+    """
+    scope = scope_path(scope)
+    replacements = {}
+    if object_word_vectors is not None:
+        for module in ("object_embedding", "edge_embedding"):
+            path = ("params", *scope, module, "embedding")
+            replacements[path] = word_vector_table(
+                variables, path, "object_word_vectors", object_word_vectors, "MotifNet"
+            )
+    if frequency_bias is not None:
+        path = ("params", *scope, "frequency_bias")
+        replacements[path] = frequency_table(variables, path, frequency_bias)
+    return replace_leaves(variables, replacements)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,22 +413,8 @@ class ContextEncoder(nn.Module):
         return jnp.where(object_mask[..., None], restored, 0.0)
 
 
-def _table_initializer(vectors: np.ndarray | None):
-    """Embedding initialiser: the given word vectors, or N(0, 1) (``nn.Embedding``) when None."""
-    if vectors is None:
-        return nn.initializers.normal(stddev=1.0)
-
-    def initialize(key, shape, dtype=jnp.float32):
-        del key
-        if tuple(shape) != vectors.shape:
-            raise ConfigError(
-                "object_word_vectors", f"expected {tuple(shape)}, got {vectors.shape}"
-            )
-        return jnp.asarray(vectors, dtype)
-
-    return initialize
-
-
+# Label embeddings without word vectors: N(0, 1) like ``nn.Embedding``.
+WORD_EMBEDDING_INIT = nn.initializers.normal(stddev=1.0)
 XAVIER_NORMAL = nn.initializers.xavier_normal()  # SGB layer_init(..., xavier=True)
 
 
@@ -497,7 +464,7 @@ class MotifNet(nn.Module):
         object_embedding = nn.Embed(
             num_labels,
             config.embed_dim,
-            embedding_init=_table_initializer(config.object_word_vectors),
+            embedding_init=WORD_EMBEDDING_INIT,
             name="object_embedding",
         )
         outputs: dict[str, jax.Array] = dict(sgdet_outputs)
@@ -542,7 +509,7 @@ class MotifNet(nn.Module):
         edge_embedding = nn.Embed(
             num_labels,
             config.embed_dim,
-            embedding_init=_table_initializer(config.object_word_vectors),
+            embedding_init=WORD_EMBEDDING_INIT,
             name="edge_embedding",
         )(edge_labels)
         edge_inputs = jnp.concatenate([edge_embedding, object_features, object_context], axis=-1)
@@ -576,10 +543,15 @@ class MotifNet(nn.Module):
             config.num_relation_classes, kernel_init=XAVIER_NORMAL, name="relation_classifier"
         )(relation)
 
-        if config.frequency_bias is not None:
-            # log(fg / Σ fg + ε) per (subject class, object class), trainable (SGB FrequencyBias).
-            initial = config.frequency_bias.reshape(num_labels * num_labels, -1)
-            log_bias = self.param("frequency_bias", lambda key: jnp.asarray(initial))
+        if config.frequency_bias:
+            # log(fg / Σ fg + ε) per (subject class, object class), trainable (SGB FrequencyBias);
+            # the initial table comes from with_tables.
+            log_bias = self.param(
+                "frequency_bias",
+                nn.initializers.zeros,
+                (num_labels * num_labels, config.num_relation_classes),
+                jnp.float32,
+            )
             cells = gather_objects(edge_labels, pairs[..., 0]) * num_labels
             cells = cells + gather_objects(edge_labels, pairs[..., 1])
             relation_logits = relation_logits + log_bias[cells]

@@ -52,24 +52,27 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sgg_jax import boxes as box_ops
-from sgg_jax.errors import ConfigError, is_finite_number
-from sgg_jax.nn import config_hash, configs_equal, l2_normalize
+from sgg_jax.errors import ConfigError, check_finite
+from sgg_jax.nn import (
+    frequency_table,
+    l2_normalize,
+    replace_leaves,
+    scope_path,
+    word_vector_table,
+)
 from sgg_jax.relation.features import (
-    FEATURE_SOURCES,
+    check_relation_config,
     gather_objects,
-    make_feature_source,
     relation_model_features,
 )
-from sgg_jax.relation.sgdet import SGDetConfig, check_pixel_task
 from sgg_jax.structures import SceneGraphBatch
 
 TASKS = ("predcls", "sgcls", "sgdet")
@@ -86,9 +89,6 @@ _INT_FIELDS = (
     "object_classifier_dim",
     "box_embedding_dim",
 )
-_SCALAR_FIELDS = (*_INT_FIELDS, "task", "feature_source", "dropout_rate", "logit_scale_init")
-_SCALAR_FIELDS = (*_SCALAR_FIELDS, "detector", "freeze_detector", "sgdet")
-_ARRAY_FIELDS = ("object_word_vectors", "predicate_word_vectors", "frequency_bias")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,9 +96,12 @@ _ARRAY_FIELDS = ("object_word_vectors", "predicate_word_vectors", "frequency_bia
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class PENetConfig:
     """Sizes and options of PE-Net; invalid values raise :class:`ConfigError` naming the field.
+
+    Only what shapes the model: word vectors and the frequency table are initial values of
+    variables, put there by :func:`with_tables`. Configs compare and hash by value.
 
     Attributes:
       num_classes: K, object classes without background.
@@ -117,13 +120,11 @@ class PENetConfig:
       box_embedding_dim: size of the box embedding the object classifier sees (official 128).
       dropout_rate: dropout probability (official 0.2).
       logit_scale_init: initial ``logit_scale``; logits are ``cos · exp(logit_scale)``.
-      object_word_vectors: optional float32[K+1, E] initial object embeddings (row 0 background).
-      predicate_word_vectors: optional float32[C, E] initial predicate embeddings (row 0
-        background).
-      frequency_bias: optional float32[K+1, K+1, C] ``log`` predicate frequencies per (subject
-        class, object class) from the training split (``FrequencyBaseline.log_bias``), added to
-        the relation logits at inference only and stored in the non-trainable variable collection
-        ``"frequency"``. Off by default, as in the official code: ``VL-Group/PENET``'s
+      frequency_bias: the model holds a float32[(K+1)², C] table of ``log`` predicate frequencies
+        per (subject class, object class) (``FrequencyBaseline.log_bias`` flattened), added to the
+        relation logits at inference only and stored in the non-trainable variable collection
+        ``"frequency"`` (zeros until :func:`with_tables` puts the training split's table there).
+        Off by default, as in the official code: ``VL-Group/PENET``'s
         ``PrototypeEmbeddingNetwork`` (``roi_relation_predictors.py``:28-303) never reads
         ``PREDICT_USE_BIAS``; RA-SGG's copy of it adds the bias at inference when the flag is set
         (``KanghoonYoon/torch-rasgg`` ``roi_relation_predictors.py``:289-290) but every RA-SGG
@@ -149,64 +150,17 @@ class PENetConfig:
     box_embedding_dim: int = 128
     dropout_rate: float = 0.2
     logit_scale_init: float = math.log(1.0 / 0.07)
-    object_word_vectors: np.ndarray | None = None
-    predicate_word_vectors: np.ndarray | None = None
-    frequency_bias: np.ndarray | None = None
+    frequency_bias: bool = False
     detector: Any = None
     freeze_detector: bool = True
     sgdet: Any = None
 
     def __post_init__(self):
-        for field in _INT_FIELDS:
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-                raise ConfigError(field, f"must be a positive integer, got {value!r}")
-            object.__setattr__(self, field, int(value))
+        check_relation_config(self, _INT_FIELDS, TASKS)
         if self.hidden_dim < 2:
             raise ConfigError("hidden_dim", f"must be >= 2 (W_s uses H/2), got {self.hidden_dim}")
-        if self.task not in TASKS:
-            raise ConfigError("task", f"must be one of {TASKS}, got {self.task!r}")
-        if self.feature_source not in FEATURE_SOURCES:
-            make_feature_source(self.feature_source)  # raises the source's own ConfigError
-        check_pixel_task(self.task, self.feature_source, self.detector)
-        if not isinstance(self.freeze_detector, bool | np.bool_):
-            raise ConfigError("freeze_detector", f"must be a bool, got {self.freeze_detector!r}")
-        object.__setattr__(self, "freeze_detector", bool(self.freeze_detector))
-        object.__setattr__(self, "sgdet", SGDetConfig.from_mapping(self.sgdet))
-        rate = self.dropout_rate
-        if not is_finite_number(rate) or not 0.0 <= rate < 1.0:
-            raise ConfigError("dropout_rate", f"must lie in [0, 1), got {rate!r}")
-        scale = self.logit_scale_init
-        if not is_finite_number(scale):
-            raise ConfigError("logit_scale_init", f"must be a finite number, got {scale!r}")
-        object.__setattr__(self, "dropout_rate", float(rate))
-        object.__setattr__(self, "logit_scale_init", float(scale))
-        for field, rows in (
-            ("object_word_vectors", self.num_classes + 1),
-            ("predicate_word_vectors", self.num_predicates + 1),
-        ):
-            vectors = getattr(self, field)
-            if vectors is None:
-                continue
-            vectors = np.array(vectors, dtype=np.float32)
-            if vectors.shape != (rows, self.embed_dim):
-                raise ConfigError(
-                    field,
-                    f"must have shape ({rows}, embed_dim={self.embed_dim}), got {vectors.shape}",
-                )
-            if not np.all(np.isfinite(vectors)):
-                raise ConfigError(field, "contains NaN or inf")
-            vectors.setflags(write=False)
-            object.__setattr__(self, field, vectors)
-        if self.frequency_bias is not None:
-            table = np.array(self.frequency_bias, dtype=np.float32)
-            shape = (self.num_classes + 1, self.num_classes + 1, self.num_predicates + 1)
-            if table.shape != shape:
-                raise ConfigError("frequency_bias", f"must have shape {shape}, got {table.shape}")
-            if not np.all(np.isfinite(table)):
-                raise ConfigError("frequency_bias", "contains NaN or inf")
-            table.setflags(write=False)
-            object.__setattr__(self, "frequency_bias", table)
+        scale = check_finite("logit_scale_init", self.logit_scale_init)
+        object.__setattr__(self, "logit_scale_init", scale)
 
     @property
     def num_relation_classes(self) -> int:
@@ -228,13 +182,13 @@ class PENetConfig:
         Args:
           num_classes: K.
           num_predicates: number of predicates without background.
-          **overrides: any other field (``task``, ``feature_source``, word vectors, ...).
+          **overrides: any other field (``task``, ``feature_source``, ``frequency_bias``, ...).
         """
         return cls(num_classes=num_classes, num_predicates=num_predicates, **overrides)
 
     @classmethod
     def small(cls, num_classes: int, num_predicates: int, **overrides: Any) -> PENetConfig:
-        """A CPU-sized PE-Net: H = 128, E = 64 (or the given word vectors' size), 128-d features.
+        """A CPU-sized PE-Net: H = 128, E = 64 (pass ``embed_dim`` for word vectors), 128-d features.
 
         About 0.42M parameters for 200 classes and 100 predicates; one training step on a batch
         of 8 images x 256 pairs took 40-70 ms on a 2-core CPU, so an epoch of GQA-200-mini
@@ -243,14 +197,10 @@ class PENetConfig:
         Args:
           num_classes: K.
           num_predicates: number of predicates without background.
-          **overrides: any field, e.g. ``task="sgcls"`` or ``object_word_vectors=...``.
+          **overrides: any field, e.g. ``task="sgcls"`` or ``embed_dim=300``.
         """
-        embed_dim = 64
-        for field in ("object_word_vectors", "predicate_word_vectors"):
-            if overrides.get(field) is not None:
-                embed_dim = int(np.shape(overrides[field])[-1])
         fields = {
-            "embed_dim": embed_dim,
+            "embed_dim": 64,
             "hidden_dim": 128,
             "object_feature_dim": 128,
             "union_feature_dim": 128,
@@ -261,13 +211,51 @@ class PENetConfig:
         }
         return cls(num_classes=num_classes, num_predicates=num_predicates, **fields)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, PENetConfig):
-            return NotImplemented
-        return configs_equal(self, other, _SCALAR_FIELDS, _ARRAY_FIELDS)
 
-    def __hash__(self) -> int:
-        return config_hash(self, _SCALAR_FIELDS, _ARRAY_FIELDS)
+def with_tables(
+    variables: Mapping[str, Any],
+    *,
+    object_word_vectors: Any = None,
+    predicate_word_vectors: Any = None,
+    frequency_bias: Any = None,
+    scope: str | Sequence[str] = (),
+) -> dict[str, Any]:
+    """PE-Net's variables with word vectors and the frequency table put in place.
+
+    The tables given replace the initial values of ``params/object_embedding/embedding``,
+    ``params/predicate_embedding/embedding`` (trainable) and ``frequency/log_bias`` (not trained,
+    inference only); every other variable is unchanged. Pass it, with the tables bound, as
+    ``init_variables`` of :func:`sgg_jax.train.loop.train`.
+
+    Args:
+      variables: the model's variables, e.g. freshly initialised ``{"params": ..., ...}``.
+      object_word_vectors: optional float[K+1, E] (row 0 background).
+      predicate_word_vectors: optional float[C, E] (row 0 background).
+      frequency_bias: optional float[K+1, K+1, C] ``FrequencyBaseline.log_bias``; the model must
+        be built with ``frequency_bias=True``.
+      scope: where the PE-Net's variables sit inside each collection, e.g. ``"base"`` for
+        :class:`~sgg_jax.projects.cce_scorer.model.CCEScorerModel`.
+
+    Returns:
+      A new variables dict (the input is not changed).
+
+    Raises:
+      ConfigError: naming the table: wrong shape, NaN / inf, or no such variable in the model.
+    """
+    scope = scope_path(scope)
+    replacements = {}
+    for field, vectors, module in (
+        ("object_word_vectors", object_word_vectors, "object_embedding"),
+        ("predicate_word_vectors", predicate_word_vectors, "predicate_embedding"),
+    ):
+        if vectors is None:
+            continue
+        path = ("params", *scope, module, "embedding")
+        replacements[path] = word_vector_table(variables, path, field, vectors, "PE-Net")
+    if frequency_bias is not None:
+        path = ("frequency", *scope, "log_bias")
+        replacements[path] = frequency_table(variables, path, frequency_bias)
+    return replace_leaves(variables, replacements)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -397,18 +385,8 @@ class ObjectClassifier(nn.Module):
         return nn.Dense(self.num_labels, name="logits")(hidden)
 
 
-def _table_initializer(vectors: np.ndarray | None):
-    """Embedding initialiser: the given word vectors, or N(0, 1) when None."""
-    if vectors is None:
-        return nn.initializers.normal(stddev=1.0)
-
-    def initialize(key, shape, dtype=jnp.float32):
-        del key
-        if tuple(shape) != vectors.shape:
-            raise ConfigError("word_vectors", f"expected {tuple(shape)}, got {vectors.shape}")
-        return jnp.asarray(vectors, dtype)
-
-    return initialize
+# Word embeddings without word vectors: N(0, 1) like ``nn.Embedding`` and the official fallback.
+WORD_EMBEDDING_INIT = nn.initializers.normal(stddev=1.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -486,7 +464,7 @@ class PENet(nn.Module):
         object_embedding = nn.Embed(
             config.num_classes + 1,
             config.embed_dim,
-            embedding_init=_table_initializer(config.object_word_vectors),
+            embedding_init=WORD_EMBEDDING_INIT,
             name="object_embedding",
         )
         class_embedding = object_embedding(object_labels)  # t_s / t_o per object
@@ -520,7 +498,7 @@ class PENet(nn.Module):
         predicate_embedding = nn.Embed(
             config.num_relation_classes,
             config.embed_dim,
-            embedding_init=_table_initializer(config.predicate_word_vectors),
+            embedding_init=WORD_EMBEDDING_INIT,
             name="predicate_embedding",
         )(jnp.arange(config.num_relation_classes))
         prototypes = MLP((hidden_dim // 2, hidden_dim), name="predicate_word_mlp")(
@@ -543,12 +521,14 @@ class PENet(nn.Module):
             "bph,ch->bpc", l2_normalize(relation_projection), l2_normalize(prototype_projection)
         ) * jnp.exp(logit_scale)
         unbiased_relation_logits = relation_logits
-        if config.frequency_bias is not None:
+        if config.frequency_bias:
             num_labels = config.num_classes + 1
             log_bias = self.variable(
                 "frequency",
                 "log_bias",
-                lambda: jnp.asarray(config.frequency_bias.reshape(num_labels * num_labels, -1)),
+                jnp.zeros,
+                (num_labels * num_labels, config.num_relation_classes),
+                jnp.float32,
             ).value
             if not train:  # official PE-Net: the bias is used at inference only
                 cells = gather_objects(object_labels, pairs[..., 0]) * num_labels

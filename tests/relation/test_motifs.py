@@ -18,7 +18,13 @@ import pytest
 from sgg_jax.errors import ConfigError
 from sgg_jax.relation.frequency import FrequencyBaseline
 from sgg_jax.relation.losses import cross_entropy
-from sgg_jax.relation.motifs import BiLSTM, MotifNet, MotifsConfig, left_to_right_order
+from sgg_jax.relation.motifs import (
+    BiLSTM,
+    MotifNet,
+    MotifsConfig,
+    left_to_right_order,
+    with_tables,
+)
 from sgg_jax.structures import SceneGraph, SceneGraphBatch
 
 NUM_CLASSES = 5
@@ -141,11 +147,9 @@ def frequency():
 @pytest.fixture(scope="module")
 def models(batch, frequency):
     """Per task: the module, one jitted apply, and the shared variables."""
-    configs = {
-        task: tiny_config(task=task, frequency_bias=frequency.log_bias)
-        for task in ("predcls", "sgcls")
-    }
-    variables = fast_jit(MotifNet(configs["sgcls"]).init)(rbg_key(0), batch)
+    configs = {task: tiny_config(task=task, frequency_bias=True) for task in ("predcls", "sgcls")}
+    fresh = fast_jit(MotifNet(configs["sgcls"]).init)(rbg_key(0), batch)
+    variables = with_tables(jax.device_get(fresh), frequency_bias=frequency.log_bias)
     predcls_model = MotifNet(configs["predcls"])
     sgcls_model = MotifNet(configs["sgcls"])
 
@@ -182,9 +186,10 @@ def test_config_presets_and_validation():
     assert official.num_relation_classes == 51 and official.pair_fusion == "concat"
     small = MotifsConfig.small(150, 50)
     assert small.hidden_dim < 128 and small.pooling_dim <= 128
-    assert MotifsConfig.small(150, 50, object_word_vectors=np.ones((151, 20))).embed_dim == 20
+    assert MotifsConfig.small(150, 50, embed_dim=20).embed_dim == 20
     assert small == MotifsConfig.small(150, 50) and hash(small) == hash(MotifsConfig.small(150, 50))
     assert small != small.replace(task="sgcls")
+    assert small != small.replace(frequency_bias=True)
     bad = [
         ({"task": "sgdet"}, "'task'"),
         ({"feature_source": "clip"}, "'feature_source'"),
@@ -193,13 +198,43 @@ def test_config_presets_and_validation():
         ({"dropout_rate": 1.0}, "'dropout_rate'"),
         ({"pair_fusion": "sum"}, "'pair_fusion'"),
         ({"use_union_features": "yes"}, "'use_union_features'"),
-        ({"object_word_vectors": np.ones((150, 64))}, "'object_word_vectors'.*151"),
-        ({"frequency_bias": np.ones((151, 151, 50))}, "'frequency_bias'"),
-        ({"frequency_bias": np.full((151, 151, 51), np.nan)}, "'frequency_bias'.*NaN"),
+        ({"frequency_bias": np.ones((151, 151, 51))}, "'frequency_bias'.*with_tables"),
+        ({"frequency_bias": "yes"}, "'frequency_bias'"),
     ]
     for overrides, message in bad:
         with pytest.raises(ConfigError, match=message):
             MotifsConfig.small(150, 50, **overrides)
+
+
+def test_with_tables_fills_both_label_embeddings_and_the_bias(batch, models, frequency):
+    """The tables replace exactly their leaves; wrong shapes and NaN name the field."""
+    fresh = jax.device_get(
+        fast_jit(MotifNet(tiny_config(frequency_bias=True)).init)(rbg_key(0), batch)
+    )
+    vectors = np.random.default_rng(3).normal(size=(NUM_LABELS, 8)).astype(np.float32)
+    variables = with_tables(fresh, object_word_vectors=vectors, frequency_bias=frequency.log_bias)
+    params = variables["params"]
+    for name in ("object_embedding", "edge_embedding"):
+        np.testing.assert_array_equal(params[name]["embedding"], vectors)
+        assert not np.array_equal(fresh["params"][name]["embedding"], vectors)  # input intact
+    np.testing.assert_array_equal(
+        params["frequency_bias"], frequency.log_bias.reshape(NUM_LABELS**2, -1)
+    )
+    np.testing.assert_array_equal(fresh["params"]["frequency_bias"], 0.0)
+    for name in ("box_layer0", "relation_classifier", "object_context"):
+        chex.assert_trees_all_equal(params[name], fresh["params"][name])
+    bad = [
+        ({"object_word_vectors": vectors[1:]}, f"'object_word_vectors'.*{NUM_LABELS}"),
+        ({"object_word_vectors": np.full_like(vectors, np.nan)}, "'object_word_vectors'.*NaN"),
+        ({"frequency_bias": frequency.log_bias[..., :-1]}, "'frequency_bias'.*shape"),
+        ({"frequency_bias": np.full_like(frequency.log_bias, np.inf)}, "'frequency_bias'.*NaN"),
+    ]
+    for tables, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            with_tables(fresh, **tables)
+    no_bias = jax.eval_shape(MotifNet(tiny_config()).init, rbg_key(0), batch)
+    with pytest.raises(ConfigError, match="'frequency_bias'.*frequency_bias=False"):
+        with_tables(no_bias, frequency_bias=frequency.log_bias)
 
 
 def test_parameter_layout_of_the_options(batch, models):

@@ -8,12 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sgg_jax.data import pipeline
 from sgg_jax.errors import ConfigError
 from sgg_jax.relation.losses import PENET_TERMS, make_penet_loss
-from sgg_jax.relation.penet import PENet, PENetConfig
+from sgg_jax.relation.penet import PENet, PENetConfig, with_tables
 from sgg_jax.structures import SceneGraph
 
 NUM_CLASSES = 6
@@ -117,19 +118,19 @@ def test_config_sizes_and_validation():
     assert official.num_relation_classes == 51
     small = PENetConfig.small(200, 100)
     assert (small.hidden_dim, small.embed_dim) == (128, 64)
-    vectors = np.ones((201, 50), np.float32)
-    assert PENetConfig.small(200, 100, object_word_vectors=vectors).embed_dim == 50
+    assert PENetConfig.small(200, 100, embed_dim=50).embed_dim == 50
     assert small == PENetConfig.small(200, 100) and hash(small) == hash(PENetConfig.small(200, 100))
     assert small != small.replace(task="sgcls")
+    assert small != small.replace(frequency_bias=True)
     bad = [
         ({"task": "sgdet"}, "'task'"),
         ({"feature_source": "roi"}, "'detector'.*DetectorConfig"),
         ({"feature_source": "clip"}, "'feature_source'"),
         ({"hidden_dim": 0}, "'hidden_dim'"),
-        ({"dropout_rate": 1.0}, "'dropout_rate'"),
+        ({"dropout_rate": 1.0}, "'dropout_rate': must lie in \\[0, 1\\), got 1.0"),
         ({"logit_scale_init": float("nan")}, "'logit_scale_init'"),
-        ({"object_word_vectors": np.ones((200, 64))}, "'object_word_vectors'.*201"),
-        ({"predicate_word_vectors": np.full((101, 64), np.inf)}, "'predicate_word_vectors'"),
+        ({"freeze_detector": "yes"}, "'freeze_detector'"),
+        ({"frequency_bias": np.zeros((201, 201, 101))}, "'frequency_bias'.*with_tables"),
     ]
     for overrides, message in bad:
         with pytest.raises(ConfigError, match=message):
@@ -323,12 +324,19 @@ def test_word_vectors_initialise_the_embedding_tables(batch, compiled):
     rng = np.random.default_rng(5)
     object_vectors = rng.normal(size=(NUM_CLASSES + 1, 8)).astype(np.float32)
     predicate_vectors = rng.normal(size=(NUM_PREDICATES + 1, 8)).astype(np.float32)
-    config = tiny_config(
-        object_word_vectors=object_vectors, predicate_word_vectors=predicate_vectors
+    fresh = compiled["predcls"].variables
+    variables = with_tables(
+        fresh, object_word_vectors=object_vectors, predicate_word_vectors=predicate_vectors
     )
-    params = init(PENet(config), batch)["params"]
+    params = variables["params"]
     np.testing.assert_array_equal(params["object_embedding"]["embedding"], object_vectors)
     np.testing.assert_array_equal(params["predicate_embedding"]["embedding"], predicate_vectors)
+    # Every other leaf is the fresh one, and the input is not changed.
+    flat, flat_fresh = (traverse_util.flatten_dict(v["params"]) for v in (variables, fresh))
+    for path, leaf in flat.items():
+        if path[0] not in ("object_embedding", "predicate_embedding"):
+            assert leaf is flat_fresh[path], path
+    assert not np.array_equal(fresh["params"]["object_embedding"]["embedding"], object_vectors)
     table = np.asarray(compiled["predcls"].variables["params"]["object_embedding"]["embedding"])
     assert table.shape == (NUM_CLASSES + 1, 8) and 0.5 < table.std() < 1.6
 
@@ -373,9 +381,15 @@ def test_frequency_bias_is_added_at_inference_only(batch, compiled):
         np.float32
     )
     plain = compiled["predcls"]
-    biased = Compiled(tiny_config(frequency_bias=table), batch)
+    biased = Compiled(tiny_config(frequency_bias=True), batch)
     assert "frequency" in biased.variables
-    variables = {**plain.variables, "frequency": biased.variables["frequency"]}
+    np.testing.assert_array_equal(biased.variables["frequency"]["log_bias"], 0.0)
+    # The fresh parameters do not depend on the flag (flax draws them per module path).
+    chex.assert_trees_all_equal(biased.variables["params"], plain.variables["params"])
+    variables = with_tables(biased.variables, frequency_bias=table)
+    np.testing.assert_array_equal(
+        variables["frequency"]["log_bias"], table.reshape((NUM_CLASSES + 1) ** 2, -1)
+    )
     with_bias, _ = biased(batch, variables=variables)
     without, _ = plain(batch)
     labels = np.asarray(batch.labels)
@@ -395,4 +409,6 @@ def test_frequency_bias_is_added_at_inference_only(batch, compiled):
         rtol=1e-6,
     )
     with pytest.raises(ConfigError, match="option 'frequency_bias'"):
-        tiny_config(frequency_bias=table[:, :, :2])
+        with_tables(biased.variables, frequency_bias=table[:, :, :2])
+    with pytest.raises(ConfigError, match="option 'frequency_bias'.*frequency_bias=False"):
+        with_tables(plain.variables, frequency_bias=table)

@@ -17,6 +17,7 @@ from the same model pass (one pass of :func:`sgg_jax.experiment.relation.evaluat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -264,6 +265,7 @@ class CCEScorerExperimentConfig:
 
 
 def _base_config(config: CCEScorerExperimentConfig, base: str, vocab, frequency):
+    """The base model's config and the tables its ``with_tables`` puts into fresh variables."""
     from sgg_jax.relation.motifs import MotifsConfig
     from sgg_jax.relation.penet import PENetConfig
 
@@ -276,13 +278,17 @@ def _base_config(config: CCEScorerExperimentConfig, base: str, vocab, frequency)
         )
     kind = {"motifs": MotifsConfig, "penet": PENetConfig}[base]
     make = kind.small if config.model_size == "small" else kind.official
-    return make(
+    vectors = extra.get("predicate_word_vectors")
+    sizes = {} if vectors is None else {"embed_dim": int(np.shape(vectors)[-1])}
+    base_config = make(
         vocab.num_classes,
         vocab.num_predicates,
         task=config.data.task,
         feature_source=config.data.feature_source,
-        **extra,
+        frequency_bias="frequency_bias" in extra,
+        **sizes,
     )
+    return base_config, extra
 
 
 def _build_model(config: CCEScorerExperimentConfig, base: str, base_config, row: str):
@@ -381,12 +387,16 @@ def confusion_summary(confusion: np.ndarray, predicate_counts: np.ndarray) -> di
 # ----------------------------------------------------------------------------------------------
 
 
-def _run_row(config: CCEScorerExperimentConfig, workdir: str, context, base, base_config, row):
+def _run_row(
+    config: CCEScorerExperimentConfig, workdir: str, context, base, base_config, row, tables=None
+):
     """Trains one row (or resumes / reuses it) and evaluates it on test; returns runs by key."""
     from sgg_jax.projects.cce_scorer.losses import make_cce_scorer_loss
+    from sgg_jax.relation import motifs, penet
     from sgg_jax.train import TrainConfig, train
 
     data, vocab = config.data, context["vocab"]
+    with_tables = {"motifs": motifs.with_tables, "penet": penet.with_tables}[base]
     model = _build_model(config, base, base_config, row)
     loss_config = config.loss_config(
         base, row, config.focal_class_weights_of(vocab.predicate_counts)
@@ -448,6 +458,7 @@ def _run_row(config: CCEScorerExperimentConfig, workdir: str, context, base, bas
         eval_fn=eval_fn,
         mesh=mesh,
         config=run_config,
+        init_variables=functools.partial(with_tables, scope="base", **tables) if tables else None,
     )
     train_seconds = time.perf_counter() - start
     variables = state.variables
@@ -523,9 +534,11 @@ def run_rows(config: CCEScorerExperimentConfig, workdir: str, splits, vocab) -> 
     }
     runs, timings, confusions = {}, {}, {}
     for base in config.base_models:
-        base_config = _base_config(config, base, vocab, frequency)
+        base_config, tables = _base_config(config, base, vocab, frequency)
         for row in config.rows:
-            row_runs, timing, confusion = _run_row(config, workdir, context, base, base_config, row)
+            row_runs, timing, confusion = _run_row(
+                config, workdir, context, base, base_config, row, tables
+            )
             runs.update(row_runs)
             timings[f"{base}/{row}"] = timing
             if confusion is not None:

@@ -23,7 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sgg_jax.errors import ConfigError, is_finite_number
+from sgg_jax.errors import (
+    ConfigError,
+    check_bool,
+    check_choice,
+    check_non_negative,
+)
 from sgg_jax.masked import masked_mean
 from sgg_jax.relation.losses import LossFn, cross_entropy, make_penet_loss, targets_of
 
@@ -39,18 +44,6 @@ from sgg_jax.relation.losses import LossFn, cross_entropy, make_penet_loss, targ
 CCE_VARIANTS = ("official", "paper")
 CCE_BACKGROUND_MODES = ("skip", "include")
 CCE_NEGATIVE_POOLS = ("foreground", "any")
-
-
-def _check_non_negative(option: str, value: object) -> float:
-    if not is_finite_number(value) or value < 0:
-        raise ConfigError(option, f"must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _check_choice(option: str, value: object, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(option, f"must be one of {list(choices)}, got {value!r}")
-    return value
 
 
 def hardest_negative(
@@ -78,7 +71,7 @@ def hardest_negative(
     Returns:
       int32[...] ŷ; 0 where no class is left (``"foreground"``, C = 2 and y = 1).
     """
-    _check_choice("cce_negatives", negatives, CCE_NEGATIVE_POOLS)
+    check_choice("cce_negatives", negatives, list(CCE_NEGATIVE_POOLS))
     logits = jnp.asarray(logits, jnp.float32)
     classes = jnp.arange(logits.shape[-1])
     candidates = classes != jnp.asarray(labels, jnp.int32)[..., None]
@@ -132,8 +125,8 @@ def cce(
       ConfigError: for a negative or non-finite ``margin``, or an unknown ``background`` or
         ``negatives``.
     """
-    margin = _check_non_negative("margin", margin)
-    _check_choice("background", background, CCE_BACKGROUND_MODES)
+    margin = check_non_negative("margin", margin)
+    check_choice("background", background, list(CCE_BACKGROUND_MODES))
     logits = jnp.asarray(logits, jnp.float32)
     mask = jnp.asarray(mask, bool)
     labels = jnp.where(mask, jnp.asarray(labels, jnp.int32), 0)
@@ -180,7 +173,7 @@ def focal(
     Raises:
       ConfigError: for a negative or non-finite ``gamma`` or a ``weight`` of the wrong shape.
     """
-    gamma = _check_non_negative("gamma", gamma)
+    gamma = check_non_negative("gamma", gamma)
     logits = jnp.asarray(logits, jnp.float32)
     num_classes = logits.shape[-1]
     mask = jnp.asarray(mask, bool)
@@ -265,17 +258,17 @@ def cce_scorer_total(
     Raises:
       ConfigError: naming ``lambda_cce`` or ``lambda_bce`` when negative or not finite.
     """
-    lambda_cce = _check_non_negative("lambda_cce", lambda_cce)
-    lambda_bce = _check_non_negative("lambda_bce", lambda_bce)
+    lambda_cce = check_non_negative("lambda_cce", lambda_cce)
+    lambda_bce = check_non_negative("lambda_bce", lambda_bce)
     return other_loss + lambda_cce * cce_loss + lambda_bce * bce_loss
 
 
 def _variant_background(variant: str, background: str | None) -> str:
     """The CCE background mode of a variant: official ``"include"``, paper ``"skip"`` by default."""
-    _check_choice("cce_variant", variant, CCE_VARIANTS)
+    check_choice("cce_variant", variant, list(CCE_VARIANTS))
     if background is None:
         return "include" if variant == "official" else "skip"
-    _check_choice("background", background, CCE_BACKGROUND_MODES)
+    check_choice("background", background, list(CCE_BACKGROUND_MODES))
     if variant == "official" and background == "skip":
         raise ConfigError(
             "background",
@@ -403,14 +396,12 @@ class CCEScorerLossConfig:
     class_weights: tuple[float, ...] | None = None
 
     def __post_init__(self):
-        if self.base not in CCE_SCORER_BASES:
-            raise ConfigError("base", f"must be one of {CCE_SCORER_BASES}, got {self.base!r}")
+        check_choice("base", self.base, CCE_SCORER_BASES)
         for option in ("use_cce", "use_scorer", "use_focal"):
-            if not isinstance(getattr(self, option), bool):
-                raise ConfigError(option, f"must be True or False, got {getattr(self, option)!r}")
+            object.__setattr__(self, option, check_bool(option, getattr(self, option)))
         for option in ("lambda_cce", "lambda_bce", "lambda_focal", "margin", "gamma"):
-            object.__setattr__(self, option, _check_non_negative(option, getattr(self, option)))
-        _check_choice("cce_negatives", self.cce_negatives, CCE_NEGATIVE_POOLS)
+            object.__setattr__(self, option, check_non_negative(option, getattr(self, option)))
+        check_choice("cce_negatives", self.cce_negatives, list(CCE_NEGATIVE_POOLS))
         object.__setattr__(
             self, "background", _variant_background(self.cce_variant, self.background)
         )

@@ -50,7 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sgg_jax.errors import ConfigError, check_int
+from sgg_jax.errors import check_bool, check_int
 from sgg_jax.masked import masked_mean
 
 
@@ -70,11 +70,8 @@ class ScorerConfig:
 
     def __post_init__(self):
         for field in ("hidden_dim", "attention_dim"):
-            value = getattr(self, field)
-            check_int(field, value, minimum=1)
-            object.__setattr__(self, field, int(value))
-        if not isinstance(self.use_attention, bool):
-            raise ConfigError("use_attention", f"must be True or False, got {self.use_attention!r}")
+            object.__setattr__(self, field, check_int(field, getattr(self, field), minimum=1))
+        object.__setattr__(self, "use_attention", check_bool("use_attention", self.use_attention))
 
     def replace(self, **changes: Any) -> ScorerConfig:
         return dataclasses.replace(self, **changes)

@@ -340,6 +340,7 @@ def run_data_stage(config: RASGGExperimentConfig, workdir: str, splits, vocab) -
 
 
 def _model_config(config: RASGGExperimentConfig, vocab, frequency=None, pixels=None):
+    """The PE-Net config and the tables ``penet.with_tables`` puts into its fresh variables."""
     from sgg_jax.relation.penet import PENetConfig
 
     vectors = {}
@@ -369,14 +370,21 @@ def _model_config(config: RASGGExperimentConfig, vocab, frequency=None, pixels=N
             freeze_detector=config.data.freeze_detector,
             sgdet=relation.sgdet_config(config.data),
         )
+    names = ("object_word_vectors", "predicate_word_vectors", "frequency_bias")
+    tables = {name: vectors.pop(name) for name in names if name in vectors}
+    for table in (tables.get("object_word_vectors"), tables.get("predicate_word_vectors")):
+        if table is not None:
+            vectors["embed_dim"] = int(np.shape(table)[-1])
     make = PENetConfig.small if config.model_size == "small" else PENetConfig.official
-    return make(
+    model_config = make(
         vocab.num_classes,
         vocab.num_predicates,
         task=config.data.task,
         feature_source=config.data.feature_source,
+        frequency_bias="frequency_bias" in tables,
         **vectors,
     )
+    return model_config, tables
 
 
 class _Experiment:
@@ -394,7 +402,7 @@ class _Experiment:
             splits["train"], vocab.num_classes, vocab.num_predicates
         )
         self.pixels = relation.PixelInputs(data) if data.feature_source == "roi" else None
-        self.model_config = _model_config(
+        self.model_config, self.tables = _model_config(
             config, vocab, self.frequency if config.frequency_bias else None, self.pixels
         )
         self.model = PENet(self.model_config)
@@ -426,6 +434,14 @@ class _Experiment:
         }
         if self.pixels is not None:
             self.run_config["detector_workdir"] = os.path.abspath(data.detector_workdir)
+
+    def fresh_variables(self, variables):
+        """Fresh variables with the pretrained detector (feature_source=roi) and the tables."""
+        from sgg_jax.relation.penet import with_tables
+
+        if self.pixels is not None:
+            variables = self.pixels.merge_detector(variables)
+        return with_tables(variables, **self.tables)
 
     def scorer(self, variables_fn):
         from sgg_jax.train import shard_batch
@@ -485,8 +501,8 @@ class _Experiment:
                     self.model_config.detector, self.model_config.freeze_detector
                 ),
             )
-            if init_variables is None:
-                init_variables = self.pixels.merge_detector
+        if init_variables is None and (self.tables or self.pixels is not None):
+            init_variables = self.fresh_variables
         state, last = train(
             self.model,
             loss_fn,

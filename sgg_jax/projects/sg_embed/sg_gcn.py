@@ -53,7 +53,7 @@ Where this module departs from sg2im, and why:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -61,9 +61,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgg_jax.errors import ConfigError, is_finite_number
+from sgg_jax.errors import ConfigError, check_interval, check_positive_int
 from sgg_jax.masked import masked_mean
-from sgg_jax.nn import config_hash, configs_equal, l2_normalize
+from sgg_jax.nn import (
+    check_table,
+    l2_normalize,
+    replace_leaves,
+    scope_path,
+    table_leaf,
+    table_leaf_shape,
+)
 from sgg_jax.projects.sg_embed.graph_batch import GraphBatch
 
 BATCH_NORM_EPSILON = 1e-5  # PyTorch's nn.BatchNorm1d default, as in sg2im
@@ -71,8 +78,6 @@ BATCH_NORM_EPSILON = 1e-5  # PyTorch's nn.BatchNorm1d default, as in sg2im
 KAIMING_NORMAL = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 _INT_FIELDS = ("num_object_classes", "num_predicates", "embed_dim", "hidden_dim", "num_layers")
-_SCALAR_FIELDS = (*_INT_FIELDS, "batch_norm_momentum")
-_ARRAY_FIELDS = ("object_word_vectors", "predicate_word_vectors")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,9 +85,12 @@ _ARRAY_FIELDS = ("object_word_vectors", "predicate_word_vectors")
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class SGGCNConfig:
     """Sizes of the scene-graph GCN; invalid values raise :class:`ConfigError` naming the field.
+
+    Word vectors are initial values of the embedding parameters, put there by :func:`with_tables`;
+    configs hold only sizes and compare and hash by value.
 
     Attributes:
       num_object_classes: C, object classes without background; the node vocabulary has C + 2
@@ -93,11 +101,6 @@ class SGGCNConfig:
       hidden_dim: H, hidden size of the MLPs and size of the messages.
       num_layers: number of graph triple convolution layers.
       batch_norm_momentum: flax BatchNorm momentum (0.9 = PyTorch's 0.1).
-      object_word_vectors: optional float32[C + 1, D] (row 0 background, as
-        :func:`sgg_jax.data.word_vectors.name_vectors` returns for ``Vocab.object_names``); rows
-        1..C initialise the object embeddings, row 0 is not used.
-      predicate_word_vectors: optional float32[P + 1, D] (row 0 background); rows 1..P initialise
-        the predicate embeddings, row 0 is not used.
     """
 
     num_object_classes: int
@@ -106,40 +109,12 @@ class SGGCNConfig:
     hidden_dim: int = 512
     num_layers: int = 5
     batch_norm_momentum: float = 0.9
-    object_word_vectors: np.ndarray | None = None
-    predicate_word_vectors: np.ndarray | None = None
 
     def __post_init__(self):
         for field in _INT_FIELDS:
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-                raise ConfigError(field, f"must be a positive integer, got {value!r}")
-            object.__setattr__(self, field, int(value))
-        momentum = self.batch_norm_momentum
-        if not is_finite_number(momentum) or not 0.0 <= momentum < 1.0:
-            raise ConfigError("batch_norm_momentum", f"must lie in [0, 1), got {momentum!r}")
-        object.__setattr__(self, "batch_norm_momentum", float(momentum))
-        for field, rows in (
-            ("object_word_vectors", self.num_object_classes + 1),
-            ("predicate_word_vectors", self.num_predicates + 1),
-        ):
-            vectors = getattr(self, field)
-            if vectors is None:
-                continue
-            try:
-                vectors = np.array(vectors, dtype=np.float32)
-            except (TypeError, ValueError) as error:
-                raise ConfigError(field, f"must be a float array: {error}") from None
-            if vectors.shape != (rows, self.embed_dim):
-                raise ConfigError(
-                    field,
-                    f"must have shape ({rows}, embed_dim={self.embed_dim}) with row 0 for "
-                    f"background, got {vectors.shape}",
-                )
-            if not np.all(np.isfinite(vectors)):
-                raise ConfigError(field, "contains NaN or inf")
-            vectors.setflags(write=False)
-            object.__setattr__(self, field, vectors)
+            object.__setattr__(self, field, check_positive_int(field, getattr(self, field)))
+        momentum = check_interval("batch_norm_momentum", self.batch_norm_momentum, "[0, 1)")
+        object.__setattr__(self, "batch_norm_momentum", momentum)
 
     @property
     def num_node_labels(self) -> int:
@@ -159,13 +134,57 @@ class SGGCNConfig:
     def replace(self, **changes: Any) -> SGGCNConfig:
         return dataclasses.replace(self, **changes)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, SGGCNConfig):
-            return NotImplemented
-        return configs_equal(self, other, _SCALAR_FIELDS, _ARRAY_FIELDS)
 
-    def __hash__(self) -> int:
-        return config_hash(self, _SCALAR_FIELDS, _ARRAY_FIELDS)
+def with_tables(
+    variables: Mapping[str, Any],
+    *,
+    object_word_vectors: Any = None,
+    predicate_word_vectors: Any = None,
+    scope: str | Sequence[str] = (),
+) -> dict[str, Any]:
+    """The GCN's freshly initialised variables with word vectors in the embedding tables.
+
+    A table of K + 2 rows (background, K names, one added name) takes the word vectors of the K
+    names in rows 1..K; its other two rows keep their fresh N(0, 1) draw scaled by ``s``, the
+    standard deviation of the K word vectors (1 when they are constant), so they are N(0, s²).
+
+    Args:
+      variables: freshly initialised ``{"params": ..., "batch_stats": ...}`` (the scaling
+        assumes the fresh N(0, 1) rows).
+      object_word_vectors: optional float[C + 1, D] (row 0 background, not used; as
+        :func:`sgg_jax.data.word_vectors.name_vectors` returns for ``Vocab.object_names``).
+      predicate_word_vectors: optional float[P + 1, D] (row 0 background, not used).
+      scope: where the GCN's variables sit inside each collection.
+
+    Returns:
+      A new variables dict (the input is not changed).
+
+    Raises:
+      ConfigError: naming the table: wrong shape, NaN / inf, or not a GCN's variables.
+    """
+    scope = scope_path(scope)
+    replacements = {}
+    for field, vectors, module in (
+        ("object_word_vectors", object_word_vectors, "object_embedding"),
+        ("predicate_word_vectors", predicate_word_vectors, "predicate_embedding"),
+    ):
+        if vectors is None:
+            continue
+        path = ("params", *scope, module, "embedding")
+        rows, dim = table_leaf_shape(variables, path, field, "not a scene-graph GCN's variables")
+        vectors = check_table(
+            field,
+            vectors,
+            (rows - 1, dim),
+            f"({rows - 1}, embed_dim={dim}) with row 0 for background",
+        )
+        known = vectors[1:]
+        spread = float(known.std()) if known.size > 1 else 0.0
+        spread = spread if spread > 0 else 1.0
+        table = np.float32(spread) * table_leaf(variables, path).astype(np.float32)
+        table[1 : rows - 1] = known
+        replacements[path] = table
+    return replace_leaves(variables, replacements)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,26 +362,8 @@ class GraphTripleConv(nn.Module):
         return new_node_states, new_edge_states
 
 
-def _table_initializer(vectors: np.ndarray | None):
-    """Embedding initialiser: N(0, 1), or word vectors in rows 1..K and N(0, s²) in the others.
-
-    ``vectors`` is float32[K + 1, D] with row 0 for background (not used); the table has K + 2
-    rows (background, K names, one added name). ``s`` is the standard deviation of rows 1..K (1 when
-    they are constant).
-    """
-    if vectors is None:
-        return nn.initializers.normal(stddev=1.0)
-    known = vectors[1:]
-    spread = float(known.std()) if known.size > 1 else 0.0
-    spread = spread if spread > 0 else 1.0
-
-    def initialize(key, shape, dtype=jnp.float32):
-        if tuple(shape) != (known.shape[0] + 2, known.shape[1]):
-            raise ConfigError("word_vectors", f"expected {known.shape[0] + 2} rows, got {shape}")
-        table = spread * jax.random.normal(key, shape, dtype)
-        return table.at[1 : known.shape[0] + 1].set(jnp.asarray(known, dtype))
-
-    return initialize
+# Node and edge embeddings without word vectors: N(0, 1).
+WORD_EMBEDDING_INIT = nn.initializers.normal(stddev=1.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,13 +423,13 @@ class SceneGraphGCN(nn.Module):
         object_table = nn.Embed(
             config.num_node_labels,
             config.embed_dim,
-            embedding_init=_table_initializer(config.object_word_vectors),
+            embedding_init=WORD_EMBEDDING_INIT,
             name="object_embedding",
         )
         predicate_table = nn.Embed(
             config.num_edge_labels,
             config.embed_dim,
-            embedding_init=_table_initializer(config.predicate_word_vectors),
+            embedding_init=WORD_EMBEDDING_INIT,
             name="predicate_embedding",
         )
         node_states = jnp.where(node_mask[..., None], object_table(node_labels), 0.0)

@@ -390,6 +390,7 @@ def train_embedding(
     log: Callable[[str], None] | None = None,
     workdir: str | os.PathLike | None = None,
     checkpoint_every: int = 0,
+    init_variables: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> EmbedTrainResult:
     """Trains a scene-graph GCN on ``graphs`` supervised by ``similarity`` (module docstring).
 
@@ -410,6 +411,8 @@ def train_embedding(
         resumes from its newest checkpoint. None = nothing written.
       checkpoint_every: with a workdir, save every this many steps (and at the end); 0 = only at
         the end.
+      init_variables: optional function of the freshly initialised variables returning the
+        initial ones, e.g. ``functools.partial(sg_gcn.with_tables, object_word_vectors=...)``.
 
     Returns:
       :class:`EmbedTrainResult` (``losses`` and ``history`` of the epochs trained by this call; an
@@ -460,6 +463,8 @@ def train_embedding(
     first = _stack_rows(padded, np.arange(min(slots, num)).tolist() + [-1] * max(0, slots - num))
     first = jax.tree.map(np.asarray, first)
     variables = model.init(jax.random.key(config.seed), first, train=False)
+    if init_variables is not None:
+        variables = init_variables(variables)
     params = variables["params"]
     state = mesh_lib.replicate(
         TrainState(
@@ -547,8 +552,10 @@ def initial_embedder(
     max_edges: int,
     seed: int = 0,
     batch_size: int = 64,
+    init_variables: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> Embedder:
-    """An :class:`Embedder` of the untrained GCN (initial parameters and BatchNorm statistics)."""
+    """An :class:`Embedder` of the untrained GCN (initial parameters and BatchNorm statistics);
+    ``init_variables`` as in :func:`train_embedding`."""
     model = SceneGraphGCN(model_config)
     empty = pad_scene_graphs(
         [],
@@ -559,6 +566,8 @@ def initial_embedder(
         batch_size=1,
     )
     variables = model.init(jax.random.key(seed), empty, train=False)
+    if init_variables is not None:
+        variables = init_variables(variables)
     return Embedder(
         model, variables, max_nodes=max_nodes, max_edges=max_edges, batch_size=batch_size
     )
@@ -675,7 +684,13 @@ def load_embedder(path: str | os.PathLike) -> Embedder:
     """Loads :func:`save_embedder`'s folder as an :class:`Embedder` (uses the model code)."""
     path = os.path.abspath(os.fspath(path))
     document, variables = _read_embedder_files(path)
-    model = SceneGraphGCN(SGGCNConfig(**document["model"]))
+    try:
+        model_config = SGGCNConfig(**document["model"])
+    except TypeError as error:  # e.g. a field the config no longer has (word vectors: variables)
+        raise DataError(
+            str(error), path=os.path.join(path, EMBEDDER_CONFIG), field="model"
+        ) from None
+    model = SceneGraphGCN(model_config)
     return Embedder(
         model,
         variables,

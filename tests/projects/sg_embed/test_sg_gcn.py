@@ -8,7 +8,12 @@ import pytest
 
 from sgg_jax.errors import ConfigError, DataError
 from sgg_jax.projects.sg_embed.graph_batch import GraphBatch, pad_scene_graphs
-from sgg_jax.projects.sg_embed.sg_gcn import SceneGraphGCN, SGGCNConfig, mean_of_messages
+from sgg_jax.projects.sg_embed.sg_gcn import (
+    SceneGraphGCN,
+    SGGCNConfig,
+    mean_of_messages,
+    with_tables,
+)
 from sgg_jax.structures import SceneGraph
 
 NUM_CLASSES = 6  # C: image node label 7
@@ -211,10 +216,20 @@ def test_config_defaults_and_validation():
     ]:
         with pytest.raises(ConfigError, match=f"'{field}'"):
             tiny_config(**{field: value})
+
+
+def test_with_tables_rejects_wrong_tables_naming_the_field(model, variables):
     with pytest.raises(ConfigError, match="'object_word_vectors'.*shape"):
-        tiny_config(object_word_vectors=np.zeros((NUM_CLASSES, EMBED_DIM)))
+        with_tables(variables, object_word_vectors=np.zeros((NUM_CLASSES, EMBED_DIM)))
     with pytest.raises(ConfigError, match="'predicate_word_vectors'.*NaN"):
-        tiny_config(predicate_word_vectors=np.full((NUM_PREDICATES + 1, EMBED_DIM), np.nan))
+        with_tables(
+            variables,
+            predicate_word_vectors=np.full((NUM_PREDICATES + 1, EMBED_DIM), np.nan),
+        )
+    with pytest.raises(ConfigError, match="'object_word_vectors'.*float array"):
+        with_tables(variables, object_word_vectors=[["a"] * EMBED_DIM] * (NUM_CLASSES + 1))
+    with pytest.raises(ConfigError, match="'object_word_vectors'.*scene-graph GCN"):
+        with_tables({"params": {}}, object_word_vectors=np.zeros((NUM_CLASSES + 1, EMBED_DIM)))
 
 
 def test_model_rejects_a_batch_padded_for_another_vocabulary(model, variables):
@@ -352,13 +367,27 @@ def test_word_vectors_land_in_the_embedding_tables(graphs):
     rng = np.random.default_rng(4)
     object_vectors = rng.normal(0, 0.4, (NUM_CLASSES + 1, EMBED_DIM)).astype(np.float32)
     predicate_vectors = rng.normal(0, 0.4, (NUM_PREDICATES + 1, EMBED_DIM)).astype(np.float32)
-    config = tiny_config(
-        num_layers=1, object_word_vectors=object_vectors, predicate_word_vectors=predicate_vectors
-    )
+    config = tiny_config(num_layers=1)
     batch = pad(graphs, 10, 24)
-    init = jax.jit(SceneGraphGCN(config).init)
+    fresh_init = jax.jit(SceneGraphGCN(config).init)
+
+    def init(key, batch):
+        return with_tables(
+            fresh_init(key, batch),
+            object_word_vectors=object_vectors,
+            predicate_word_vectors=predicate_vectors,
+        )
+
     params = init(jax.random.key(5), batch)["params"]
     other = init(jax.random.key(6), batch)["params"]
+    fresh = fresh_init(jax.random.key(5), batch)
+    before = np.array(fresh["params"]["object_embedding"]["embedding"])
+    filled = with_tables(fresh, object_word_vectors=object_vectors)["params"]
+    np.testing.assert_array_equal(fresh["params"]["object_embedding"]["embedding"], before)
+    assert filled["layer0"] is fresh["params"]["layer0"]  # untouched subtrees are shared
+    # Rows without a word vector: the fresh N(0, 1) draw times the word vectors' spread.
+    spread = np.float32(object_vectors[1:].std())
+    np.testing.assert_array_equal(filled["object_embedding"]["embedding"][0], spread * before[0])
     for name, vectors in [
         ("object_embedding", object_vectors),
         ("predicate_embedding", predicate_vectors),

@@ -1,13 +1,17 @@
 """Scene-graph embedding training (sgg_jax.projects.sg_embed.train): batches, determinism, learning, bad input."""
 
+import functools
+import json
+import os
+
 import numpy as np
 import pytest
 
 from sgg_jax.data import synthetic, word_vectors
 from sgg_jax.errors import ConfigError, DataError
 from sgg_jax.evaluation import embedding as embedding_eval
+from sgg_jax.projects.sg_embed import sg_gcn, synthetic_captions
 from sgg_jax.projects.sg_embed import similarity as similarity_lib
-from sgg_jax.projects.sg_embed import synthetic_captions
 from sgg_jax.projects.sg_embed import train as sg_embed
 from sgg_jax.projects.sg_embed.graph_batch import pad_scene_graphs
 from sgg_jax.projects.sg_embed.sg_gcn import SGGCNConfig
@@ -230,6 +234,16 @@ def test_saved_embedder_round_trip_and_model_free_function(data, tmp_path):
     variables_dir = tmp_path / "embedder" / sg_embed.EMBEDDER_PARAMS
     assert str(error.value).startswith(f"{variables_dir}: unreadable saved variables")
     assert "\n" not in str(error.value)
+    # A config field that is no longer one (word vectors live in the variables): one line naming
+    # the file and the field, not a traceback and not a silently different model.
+    config_path = os.path.join(path, sg_embed.EMBEDDER_CONFIG)
+    with open(config_path) as handle:
+        document = json.load(handle)
+    document["model"]["object_word_vectors"] = [[0.0] * model_config.embed_dim]
+    with open(config_path, "w") as handle:
+        json.dump(document, handle)
+    with pytest.raises(DataError, match=r"embedder.json: field 'model': .*'object_word_vectors'"):
+        sg_embed.load_embedder(path)
 
 
 class _Killed(Exception):
@@ -299,3 +313,21 @@ def test_killed_embedder_run_resumes_to_the_same_parameters(data, tmp_path, monk
         np.testing.assert_array_equal(a, b)
     # The resumed call trained steps 3..6: the last step of epoch 1 alone, then all of epoch 2.
     assert len(resumed.losses) == 2 and resumed.losses[1] == reference.losses[1]
+
+
+def test_init_variables_put_word_vectors_into_the_initial_embedder(data):
+    graphs, _, model_config, max_nodes, max_edges = data[:5]
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(model_config.num_object_classes + 1, model_config.embed_dim))
+    fill = functools.partial(sg_gcn.with_tables, object_word_vectors=vectors)
+    plain = sg_embed.initial_embedder(model_config, max_nodes=max_nodes, max_edges=max_edges)
+    filled = sg_embed.initial_embedder(
+        model_config, max_nodes=max_nodes, max_edges=max_edges, init_variables=fill
+    )
+    table = np.asarray(filled.variables["params"]["object_embedding"]["embedding"])
+    np.testing.assert_array_equal(table[1:-1], vectors[1:].astype(np.float32))
+    np.testing.assert_array_equal(
+        filled.variables["params"]["layer0"]["node_mlp"]["dense0"]["kernel"],
+        plain.variables["params"]["layer0"]["node_mlp"]["dense0"]["kernel"],
+    )
+    assert not np.allclose(filled(graphs[:4]), plain(graphs[:4]))
