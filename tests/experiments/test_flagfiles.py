@@ -1,4 +1,5 @@
-"""Every relation flagfile parses (base flagfiles included) into its experiment's config.
+"""Every relation and scene-graph-embedding flagfile parses (base flagfiles included) into its
+experiment's config.
 
 Flagfiles share ``base_*.flags`` through nested ``--flagfile=`` lines; a flag a base does not know,
 a missing base or a bad value fails here, in-process, instead of at the start of a long run.
@@ -6,8 +7,8 @@ a missing base or a bad value fails here, in-process, instead of at the start of
 
 import pytest
 
-from experiments import cce_scorer, ra_sgg
-from tests.experiments import ROOT, config_of
+from experiments import cce_scorer, ra_sgg, sg_embed
+from tests.experiments import ROOT, config_error, config_of, parse_flags
 
 FLAGS_DIR = ROOT / "experiments" / "flags"
 RELATION = sorted(
@@ -19,6 +20,16 @@ RELATION = sorted(
 NEEDS = {"vg150": "vg150_h5", "gqa200": "gqa200_train", "synthetic_pixels": "detector_workdir"}
 # Known bad flagfiles, with the flag they get wrong (none today).
 BROKEN: dict[str, str] = {}
+SG_EMBED = sorted(path.name for path in FLAGS_DIR.glob("sg_embed*.flags"))
+# sg_embed datasets that are not bundled: the flags a run must be given (placeholder paths here).
+SG_EMBED_NEEDS = {
+    "vg_json": (
+        "--vg_relationships=/data/vg/relationships.json",
+        "--vg_image_data=/data/vg/image_data.json",
+        "--coco_captions=/data/coco/captions_train2017.json",
+        "--glove=/data/glove/glove.6B.300d.txt",
+    )
+}
 
 
 @pytest.mark.parametrize(
@@ -40,6 +51,18 @@ def test_relation_flagfile_builds_its_config(name):
         assert error.option in NEEDS.values(), (name, str(error))
         return
     assert config.data.dataset not in NEEDS
+
+
+@pytest.mark.parametrize("name", SG_EMBED)
+def test_sg_embed_flagfile_builds_its_config(name):
+    flagfile = f"--flagfile=experiments/flags/{name}"
+    needed = SG_EMBED_NEEDS.get(parse_flags(sg_embed, flagfile).dataset, ())
+    if needed:
+        # Not bundled: the error names a file the run must be given; with them it builds.
+        error = config_error(sg_embed, flagfile)
+        assert any(arg.startswith(f"--{error.option}=") for arg in needed), (name, str(error))
+    config = config_of(sg_embed, flagfile, *needed)
+    assert config.method == "grid" and config.grid.objectives and config.grid.samplers
 
 
 def test_every_base_flagfile_is_included_and_only_holds_flags():

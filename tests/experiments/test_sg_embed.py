@@ -1,4 +1,9 @@
-"""python -m experiments.sg_embed end to end (subprocess): outputs, real captions, bad input."""
+"""python -m experiments.sg_embed: end to end (subprocess) and its config and data errors (in-process).
+
+The flags are parsed by a fresh ``FlagValues`` and turned into the experiment's config as the main
+does; errors found while reading data come from :func:`sgg_jax.projects.sg_embed.experiment.run`.
+One subprocess test checks the main's one-line error and exit status 2.
+"""
 
 import json
 import math
@@ -8,9 +13,13 @@ import sys
 import numpy as np
 import pytest
 
+from experiments import sg_embed
 from sgg_jax.data import captions as captions_lib
 from sgg_jax.data import gqa200
-from tests.experiments import ROOT
+from sgg_jax.errors import ConfigError, DataError
+from sgg_jax.projects.sg_embed import experiment
+from sgg_jax.projects.sg_embed.experiment import SGEmbedExperimentConfig
+from tests.experiments import ROOT, config_error, config_of, error_line, parse_flags
 
 TINY = (
     "--embed_dim=16",
@@ -119,12 +128,18 @@ def test_real_gqa200_images_with_captions_and_partial_captions(tmp_path):
     assert results["grid"]["ranking/reject"]["runs"][0]["test"]["correlations"]["num_images"] == 11
 
 
+def _data_error(config: SGEmbedExperimentConfig, workdir) -> DataError:
+    """The DataError the experiment raises while reading the data of ``config``."""
+    with pytest.raises(DataError) as caught:
+        experiment.run(config, str(workdir))
+    return caught.value
+
+
 def test_split_without_any_caption_is_an_error(tmp_path):
     path = tmp_path / "captions.json"
     path.write_text(json.dumps({"captions": {"no-such-image": ["a cat on a mat"]}}))
-    line = _error_line(
-        run_sg_embed("--dataset=gqa200_captions", f"--captions={path}", f"--workdir={tmp_path}")
-    )
+    config = config_of(sg_embed, "--dataset=gqa200_captions", f"--captions={path}")
+    line = error_line(_data_error(config, tmp_path))
     assert "no GQA-200 image has a caption" in line and str(path) in line
 
 
@@ -138,14 +153,10 @@ def test_split_without_any_caption_is_an_error(tmp_path):
 def test_similarity_matrix_of_the_wrong_shape_is_an_error(tmp_path, matrix, message):
     path = tmp_path / "similarity.npy"
     np.save(path, matrix)
-    line = _error_line(
-        run_sg_embed(
-            "--dataset=synthetic",
-            "--synthetic_images=30",
-            f"--similarity_npy={path}",
-            f"--workdir={tmp_path}",
-        )
+    config = config_of(
+        sg_embed, "--dataset=synthetic", "--synthetic_images=30", f"--similarity_npy={path}"
     )
+    line = error_line(_data_error(config, tmp_path))
     assert str(path) in line
     assert any(part in line for part in message.split("|"))
 
@@ -186,9 +197,11 @@ def test_user_similarity_matrix_replaces_captions(tmp_path):
         ("--nonormalise_captions", "normalise_captions"),
     ],
 )
-def test_bad_flags_fail_before_loading_data(tmp_path, flag, option):
-    line = _error_line(run_sg_embed(flag, f"--workdir={tmp_path}"))
-    assert f"option '{option}'" in line
+def test_bad_flags_fail_before_loading_data(flag, option):
+    # The config is checked when built: nothing has been read yet.
+    error = config_error(sg_embed, flag)
+    assert error.option == option
+    assert error_line(error).startswith(f"error: option '{option}': ")
 
 
 @pytest.mark.parametrize(
@@ -211,10 +224,10 @@ def test_bad_flags_fail_before_loading_data(tmp_path, flag, option):
         ),
     ],
 )
-def test_invalid_similarity_flag_combinations(tmp_path, flags, option, message):
+def test_invalid_similarity_flag_combinations(flags, option, message):
     # The .npy does not exist: the ConfigError comes before any file is read.
-    line = _error_line(run_sg_embed(*flags, f"--workdir={tmp_path}"))
-    assert f"option '{option}'" in line and message in line
+    error = config_error(sg_embed, *flags)
+    assert error.option == option and message in str(error)
 
 
 def test_user_similarity_outside_minus_one_one(tmp_path):
@@ -222,33 +235,85 @@ def test_user_similarity_outside_minus_one_one(tmp_path):
     raw = np.arange(900, dtype=np.float32).reshape(30, 30) / 100  # 0 .. 8.99
     np.save(path, raw)
     common = ("--dataset=synthetic", "--synthetic_images=30", f"--similarity_npy={path}")
-    line = _error_line(run_sg_embed(*common, f"--workdir={tmp_path}"))
+    line = error_line(_data_error(config_of(sg_embed, *common), tmp_path))
     assert line.startswith(f"error: {path}: ") and "lie outside [-1, 1]" in line
     # Explicitly unbounded: accepted (the order-only samplers; --method=data reads it and stops).
     workdir = tmp_path / "unbounded"
-    result = run_sg_embed(
+    config = config_of(
+        sg_embed,
         *common,
         "--similarity_npy_unbounded",
         "--samplers=random,extreme",
         "--method=data",
-        f"--workdir={workdir}",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    returned = experiment.run(config, str(workdir))
     summary = json.loads((workdir / "data_summary.json").read_text())
+    assert summary == returned
     assert summary["similarity"] == f"user matrix {path}" and summary["num_images"] == 30
+    assert len((workdir / "images.txt").read_text().splitlines()) == 30
+    assert not (workdir / "results.json").exists()
 
 
 def test_vg_coco_flagfile_passes_the_flag_checks(tmp_path):
-    # The data is not bundled: with absent files the run gets past every flag check and stops at
-    # the first file it reads, naming it.
+    # The data is not bundled: with absent files the config builds (every flag check passes) and
+    # the run stops at the first file it reads, naming it.
     missing = tmp_path / "missing"
-    result = run_sg_embed(
+    config = config_of(
+        sg_embed,
         "--flagfile=experiments/flags/sg_embed_vg_coco.flags",
         f"--vg_relationships={missing}/relationships.json",
         f"--vg_image_data={missing}/image_data.json",
         f"--coco_captions={missing}/captions_train2017.json",
         f"--glove={missing}/glove.txt",
-        f"--workdir={tmp_path}/out",
     )
-    line = _error_line(result)
+    assert config.source.dataset == "vg_json" and config.model.init_word_vectors
+    line = error_line(_data_error(config, tmp_path / "out"))
     assert "option '" not in line and str(missing) in line and "file not found" in line
+
+
+def test_default_flags_build_the_default_config():
+    flag_values = parse_flags(sg_embed)
+    config = sg_embed.config_from_flags(flag_values)
+    assert config == SGEmbedExperimentConfig()
+    # results.json's config.flags: every flag of the main, as parsed.
+    assert config.flag_values(flag_values.workdir) == {
+        name: flag_values[name].value for name in sorted(flag_values)
+    }
+
+
+def test_flag_values_round_trip_non_default_flags():
+    args = (
+        "--dataset=gqa200_captions",
+        "--split_fractions=0.8,0,0.2",
+        "--seeds=0,1,2",
+        "--noise_ms=1,5",
+        "--objectives=triplet",
+        "--samplers=random",
+        "--nonormalise_captions",
+        "--learning_rate=1e-3",
+    )
+    flag_values = parse_flags(sg_embed, *args)
+    config = sg_embed.config_from_flags(flag_values)
+    assert config.split.split_fractions == (0.8, 0.0, 0.2)
+    assert config.grid.seeds == (0, 1, 2) and config.evaluation.noise_ms == (1, 5)
+    assert config.flag_values("/w") == {
+        **{name: flag_values[name].value for name in sorted(flag_values)},
+        "workdir": "/w",
+    }
+
+
+def test_library_config_errors_name_the_flag():
+    with pytest.raises(ConfigError, match="option 'seeds': must not be empty"):
+        SGEmbedExperimentConfig(grid=experiment.GridConfig(seeds=()))
+    with pytest.raises(ConfigError, match="option 'method'"):
+        SGEmbedExperimentConfig(method="train")
+    with pytest.raises(ConfigError, match=r"option 'split_fractions': must be numbers"):
+        config_of(sg_embed, "--split_fractions=0.7,x,0.1")
+
+
+def test_bad_flag_is_one_error_line_with_exit_status_2(tmp_path):
+    # The main prints the config's error on one line and exits with 2 before any data is read.
+    workdir = tmp_path / "out"
+    line = _error_line(run_sg_embed("--learning_rate=-1", f"--workdir={workdir}"))
+    assert line.startswith("error: option 'learning_rate': ")
+    assert not workdir.exists()
