@@ -15,10 +15,11 @@ import jax
 import numpy as np
 import pytest
 
-from sgg_jax.data import graph_batch, pipeline
+from sgg_jax.data import pipeline
 from sgg_jax.detection.detector import DetectorConfig
 from sgg_jax.errors import ConfigError
-from sgg_jax.relation import motifs, penet, sg_gcn
+from sgg_jax.projects.sg_embed import graph_batch, sg_gcn
+from sgg_jax.relation import motifs, penet
 from sgg_jax.relation.sgdet import SGDetConfig
 from sgg_jax.structures import SceneGraph
 

@@ -236,6 +236,7 @@ def test_saved_embedder_round_trip_and_model_free_function(data, tmp_path):
     assert "\n" not in str(error.value)
     # A config field that is no longer one (word vectors live in the variables): one line naming
     # the file and the field, not a traceback and not a silently different model.
+    path = sg_embed.save_embedder(trained.embedder, tmp_path / "embedder_with_old_config")
     config_path = os.path.join(path, sg_embed.EMBEDDER_CONFIG)
     with open(config_path) as handle:
         document = json.load(handle)
