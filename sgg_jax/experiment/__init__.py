@@ -9,6 +9,7 @@ model pass (optional object-count buckets) and the predict function behind expor
 Layer: above ``train`` and ``evaluation`` (it combines them), below the projects. Each paper's
 experiment — its frozen config and ``run(config, workdir)`` — lives in the paper's project:
 :mod:`sgg_jax.projects.ra_sgg.experiment` (RA-SGG and its PE-Net phase 1) and
-:mod:`sgg_jax.projects.cce_scorer.experiment` (CCE + Scorer). The command lines in
+:mod:`sgg_jax.projects.cce_scorer.experiment` (CCE + Scorer); detector pretraining's is
+:mod:`sgg_jax.projects.detector.experiment`. The command lines in
 ``experiments/`` only define absl flags, build those configs and call ``run``.
 """
