@@ -2,608 +2,159 @@
 
 ``python -m experiments.detector --flagfile=experiments/flags/detector_synthetic.flags``
 
-The SGDet pipeline of Scene-Graph-Benchmark (Tang et al., CVPR 2020) starts from a Faster R-CNN
-pretrained on the scene-graph images and judged by its box mAP@0.5. This experiment runs that stage
-end to end on a CPU:
+Synthetic scene graphs (VG150 class frequencies, the ``--num_classes`` most frequent classes)
+rendered to ``--image_size`` pixels, a Faster R-CNN of ``--preset`` trained from scratch with the
+library trainer, and its test box mAP@0.5 next to two pixel-blind chance baselines;
+``results.json``, ``results.md``, ``plots/`` and checkpoints (a rerun resumes) in ``--workdir``.
 
-1. Data (:mod:`sgg_jax.data.pixel_dataset`, the recipe the relation experiments' ``--dataset=
-   synthetic_pixels`` reuses): synthetic scene graphs (:mod:`sgg_jax.data.synthetic`, VG150 class
-   frequencies), split 70 / 10 / 20 into train / val / test. ``--num_classes=K`` keeps only the
-   objects of the K most frequent classes of the train split (relabelled ``1..K`` by descending frequency; the other
-   objects and the relations touching them are removed *before* rendering, so they are not painted
-   either) and ``--min_object_size`` drops objects whose rendered box is smaller than that many
-   pixels on a side. Images left without an object are dropped. The long tail of the 150 VG classes
-   (hundreds of classes with a handful of boxes) cannot be learnt in minutes on a CPU; K = 20-50
-   still covers most boxes.
-2. Pixels: every graph is rendered (:mod:`sgg_jax.data.synthetic_pixels`, one appearance per
-   class) as a ``--image_size`` square PNG into ``<workdir>/images``. The folder is a cache: when
-   its ``manifest.json`` matches the data and render options, the PNGs are read instead.
-3. Model: :class:`~sgg_jax.detection.detector.FasterRCNN` of ``--preset`` (default ``tiny``: a
-   one-block-per-stage ResNet FPN; ``--backbone_scale`` multiplies its widths, ``--fpn_channels``,
-   ``--representation_size`` and ``--num_proposals`` override the preset) trained from random
-   initialisation (``freeze_at=0``: nothing is pretrained, so nothing is frozen by default; the
-   optimizer is still masked with :func:`~sgg_jax.detection.detector.detector_trainable_mask`).
-   Pixels enter as ``(rgb / 255 - ImageNet mean) / ImageNet std``.
-4. Training: the library trainer (:func:`sgg_jax.train.loop.fit`) with the optimizer of
-   :func:`sgg_jax.train.optim.make_optimizer` (Adam(W) or SGD, ``schedule="cosine"``: linear
-   warm-up and cosine decay, global-norm clipping) on one device; batches shuffled per epoch
-   (:class:`sgg_jax.train.loaders.EpochBatches`), checkpoints in ``<workdir>/checkpoints`` (a
-   rerun resumes from them), losses every ``--log_every`` updates to stdout, ``metrics.jsonl``
-   and TensorBoard.
-5. Evaluation on test: VOC box mAP@0.5 (:func:`~sgg_jax.evaluation.detection.detection_map`) next
-   to two chance baselines with as many detections per image as the detector may return:
-
-   * ``chance: random boxes`` — boxes copied from random training objects (their size and
-     position), random classes drawn from the training class frequencies, uniform scores: a
-     detector that knows the box and class statistics but looks at no pixel.
-   * ``chance: GT boxes, random labels`` — the test ground-truth boxes themselves, each with a
-     class drawn from the training class frequencies and a uniform score: perfect localisation,
-     chance classification (an upper bound for any pixel-blind classifier of perfect boxes).
-
-   ``results.json`` (the project schema, metric ``mAP@0.5`` plus ``coco/mAP@[.5:.95]``),
-   ``results.md`` and ``plots/detections_*.png`` (test images with the detections drawn by
-   :func:`sgg_jax.evaluation.viz.draw_scene_graph`, next to their ground truth) are written to ``--workdir``.
-
-Bad flags are reported as one ``error: ...`` line on stderr with exit status 2, before any data is
-generated or anything is compiled.
+This file holds the flags only: :func:`config_from_flags` turns them into a
+:class:`sgg_jax.projects.detector.experiment.DetectorExperimentConfig` (a bad value is one line on
+stderr naming the flag, exit status 2, before any data is generated or anything is compiled) and
+:func:`sgg_jax.projects.detector.experiment.run` does the work (its module docstring describes
+every stage).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import sys
-import time
 
-import numpy as np
 from absl import app, flags, logging
 
 from sgg_jax.errors import ConfigError, DataError
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "/tmp/sgg_jax/detector", "Output directory.")
-flags.DEFINE_integer("seed", 0, "Seed of the data, the initialisation and the sampling.")
-# data
-flags.DEFINE_integer("synthetic_images", 1500, "Synthetic images generated (all splits).")
-flags.DEFINE_integer(
-    "num_classes", 20, "Keep the objects of the K most frequent train classes (0 = all 150)."
-)
-flags.DEFINE_integer("image_size", 128, "Side of the rendered square images in pixels.")
-flags.DEFINE_float(
-    "min_object_size", 6.0, "Drop objects whose rendered box is smaller on a side (pixels)."
-)
-flags.DEFINE_integer("max_objects", 12, "Object budget per image (extra objects are dropped).")
-# model
-flags.DEFINE_string("preset", "tiny", "DetectorConfig preset: tiny, resnet50_fpn, ...")
-flags.DEFINE_integer("backbone_scale", 2, "tiny preset only: multiply the backbone widths by this.")
-flags.DEFINE_integer("fpn_channels", None, "Override the preset's FPN channels.")
-flags.DEFINE_integer("representation_size", None, "Override the preset's fc6 / fc7 width.")
-flags.DEFINE_integer("num_proposals", None, "Override the RPN proposals per image (train = test).")
-flags.DEFINE_integer(
-    "freeze_at", 0, "Frozen backbone stages (0: train everything, no pretraining)."
-)
-# optimisation
-flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer.")
-flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.")
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("weight_decay", 1e-4, "Weight decay.")
-flags.DEFINE_integer("warmup_steps", 50, "Linear warm-up updates.")
-flags.DEFINE_float("clip_norm", 10.0, "Global-norm gradient clipping (0 = off).")
-flags.DEFINE_integer("batch_size", 8, "Images per update.")
-flags.DEFINE_integer("num_steps", 600, "Training updates.")
-flags.DEFINE_integer("checkpoint_every", 200, "Checkpoint every N updates (and at the end).")
-flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.")
-flags.DEFINE_integer("log_every", 25, "Log the losses every N updates.")
-# evaluation
-flags.DEFINE_bool(
-    "fast_compile",
-    False,
-    "Compile with XLA's backend optimisations off (much faster compiles, slower steps: smoke runs).",
-)
-flags.DEFINE_integer("eval_batch_size", 16, "Images per evaluation batch.")
-flags.DEFINE_integer("eval_images", 0, "Evaluate on the first N test images (0 = all).")
-flags.DEFINE_integer("detections_per_image", 20, "Detections kept per test image.")
-flags.DEFINE_float("score_thresh", 0.05, "Detections need a class probability above this.")
-flags.DEFINE_integer("num_plots", 4, "Test images drawn with their detections.")
-flags.DEFINE_float("plot_score_thresh", 0.3, "Only detections above this score are drawn.")
-
-# ----------------------------------------------------------------------------------------------
-# Flags -> configs (validated before any data or compile)
-# ----------------------------------------------------------------------------------------------
+from sgg_jax.projects.detector import experiment as detector
+from sgg_jax.projects.detector.experiment import DetectorExperimentConfig
 
 
-def _check_flags() -> None:
-    def positive(name):
-        value = getattr(FLAGS, name)
-        if value is None or value <= 0 or (isinstance(value, float) and not math.isfinite(value)):
-            raise ConfigError(name, f"must be positive, got {value}")
-
-    for name in ("synthetic_images", "image_size", "max_objects", "batch_size", "num_steps"):
-        positive(name)
-    for name in ("learning_rate", "log_every", "eval_batch_size", "backbone_scale"):
-        positive(name)
-    positive("keep_checkpoints")
-    for name in ("num_classes", "warmup_steps", "checkpoint_every", "eval_images", "num_plots"):
-        if getattr(FLAGS, name) < 0:
-            raise ConfigError(name, f"must be >= 0, got {getattr(FLAGS, name)}")
-    for name in ("weight_decay", "clip_norm", "min_object_size", "momentum"):
-        value = getattr(FLAGS, name)
-        if not math.isfinite(value) or value < 0:
-            raise ConfigError(name, f"must be a finite number >= 0, got {value}")
-    if FLAGS.num_classes > 150:
-        raise ConfigError("num_classes", f"must be <= 150 (VG150 classes), got {FLAGS.num_classes}")
-    if FLAGS.image_size < 32:
-        raise ConfigError("image_size", f"must be >= 32, got {FLAGS.image_size}")
-    if FLAGS.synthetic_images < 10:
-        raise ConfigError("synthetic_images", f"must be >= 10, got {FLAGS.synthetic_images}")
-
-
-def _detector_config(num_classes: int):
-    """The DetectorConfig of the flags (raises ConfigError naming the bad option)."""
-    from sgg_jax.detection.backbone import BackboneConfig
-    from sgg_jax.detection.detector import DETECTOR_PRESETS, DetectorConfig
-
-    if FLAGS.preset not in DETECTOR_PRESETS:
-        raise ConfigError("preset", f"must be one of {DETECTOR_PRESETS}, got {FLAGS.preset!r}")
-    base = DetectorConfig.preset(FLAGS.preset)
-    backbone = base.backbone.replace(freeze_at=FLAGS.freeze_at)
-    if FLAGS.preset == "tiny":
-        scale = FLAGS.backbone_scale
-        backbone = BackboneConfig.tiny(
-            width_per_group=4 * scale,
-            stem_channels=4 * scale,
-            res2_out_channels=16 * scale,
-            freeze_at=FLAGS.freeze_at,
-        )
-    overrides = {
-        "backbone": backbone,
-        "num_classes": num_classes + 1,
-        "score_thresh": FLAGS.score_thresh,
-        "detections_per_image": FLAGS.detections_per_image,
-    }
-    if FLAGS.fpn_channels is not None:
-        overrides["fpn_channels"] = FLAGS.fpn_channels
-    if FLAGS.representation_size is not None:
-        overrides["representation_size"] = FLAGS.representation_size
-    if FLAGS.num_proposals is not None:
-        n = FLAGS.num_proposals
-        overrides.update(
-            rpn_pre_nms_top_n_train=2 * n,
-            rpn_pre_nms_top_n_test=2 * n,
-            rpn_post_nms_top_n_train=n,
-            rpn_post_nms_top_n_test=n,
-            rpn_fpn_post_nms_top_n_train=n,
-            rpn_fpn_post_nms_top_n_test=n,
-        )
-    return base.replace(**overrides)
-
-
-# ----------------------------------------------------------------------------------------------
-# Data
-# ----------------------------------------------------------------------------------------------
-
-
-def _gt_arrays(graphs, max_objects: int):
-    """Padded host arrays: boxes [N, G, 4], labels [N, G], mask [N, G], image sizes [N, 2]."""
-    n = len(graphs)
-    boxes = np.zeros((n, max_objects, 4), np.float32)
-    labels = np.zeros((n, max_objects), np.int32)
-    for i, graph in enumerate(graphs):
-        k = min(graph.num_objects, max_objects)
-        boxes[i, :k] = graph.boxes[:k]
-        labels[i, :k] = graph.labels[:k]
-    sizes = np.array([[g.height, g.width] for g in graphs], np.float32)
-    return boxes, labels, labels > 0, sizes
-
-
-def load_data(seed: int):
-    """Generates, filters and renders the synthetic splits -> (data dict, object names, info)."""
-    from sgg_jax.data.image_io import load_image
-    from sgg_jax.data.pixel_dataset import PixelDatasetConfig, pixel_splits
-
-    recipe = PixelDatasetConfig(
-        num_images=FLAGS.synthetic_images,
-        seed=seed,
-        num_classes=FLAGS.num_classes,
-        image_size=FLAGS.image_size,
-        min_object_size=FLAGS.min_object_size,
-        max_objects=FLAGS.max_objects,
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Declares every flag of the experiment on ``flag_values``."""
+    flags.DEFINE_string(
+        "workdir", "/tmp/sgg_jax/detector", "Output directory.", flag_values=flag_values
     )
-    rendered, vocab, info = pixel_splits(recipe, os.path.join(FLAGS.workdir, "images"))
-    data = {}
-    for split, graphs in rendered.items():
-        pixels = np.stack([load_image(g.image_path) for g in graphs])
-        boxes, labels, mask, sizes = _gt_arrays(graphs, FLAGS.max_objects)
-        data[split] = dict(graphs=graphs, pixels=pixels, boxes=boxes, labels=labels, mask=mask)
-        data[split]["sizes"] = sizes
-    return data, vocab.object_names, info
-
-
-# ----------------------------------------------------------------------------------------------
-# Model, optimizer, steps
-# ----------------------------------------------------------------------------------------------
-
-
-def optim_config():
-    """The :class:`~sgg_jax.train.optim.OptimConfig` of the flags (cosine schedule)."""
-    from sgg_jax.train.optim import OptimConfig
-
-    return OptimConfig(
-        optimizer=FLAGS.optimizer,
-        learning_rate=FLAGS.learning_rate,
-        schedule="cosine",
-        momentum=FLAGS.momentum,
-        weight_decay=FLAGS.weight_decay,
-        # At least one warm-up update (from 0.1 x the rate), at most num_steps - 1.
-        warmup_steps=max(1, min(FLAGS.warmup_steps, FLAGS.num_steps - 1)),
-        warmup_factor=0.1,
-        cosine_end_factor=0.01,
-        clip_norm=FLAGS.clip_norm,
+    flags.DEFINE_integer(
+        "seed", 0, "Seed of the data, the initialisation and the sampling.", flag_values=flag_values
+    )
+    # data
+    flags.DEFINE_integer(
+        "synthetic_images",
+        1500,
+        "Synthetic images generated (all splits).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "num_classes",
+        20,
+        "Keep the objects of the K most frequent train classes (0 = all 150).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "image_size", 128, "Side of the rendered square images in pixels.", flag_values=flag_values
+    )
+    flags.DEFINE_float(
+        "min_object_size",
+        6.0,
+        "Drop objects whose rendered box is smaller on a side (pixels).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "max_objects",
+        12,
+        "Object budget per image (extra objects are dropped).",
+        flag_values=flag_values,
+    )
+    # model
+    flags.DEFINE_string(
+        "preset", "tiny", "DetectorConfig preset: tiny, resnet50_fpn, ...", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "backbone_scale",
+        2,
+        "tiny preset only: multiply the backbone widths by this.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "fpn_channels", None, "Override the preset's FPN channels.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "representation_size",
+        None,
+        "Override the preset's fc6 / fc7 width.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "num_proposals",
+        None,
+        "Override the RPN proposals per image (train = test).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "freeze_at",
+        0,
+        "Frozen backbone stages (0: train everything, no pretraining).",
+        flag_values=flag_values,
+    )
+    # optimisation
+    flags.DEFINE_enum("optimizer", "adamw", ["adamw", "sgd"], "Optimizer.", flag_values=flag_values)
+    flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.", flag_values=flag_values)
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.", flag_values=flag_values)
+    flags.DEFINE_float("weight_decay", 1e-4, "Weight decay.", flag_values=flag_values)
+    flags.DEFINE_integer("warmup_steps", 50, "Linear warm-up updates.", flag_values=flag_values)
+    flags.DEFINE_float(
+        "clip_norm", 10.0, "Global-norm gradient clipping (0 = off).", flag_values=flag_values
+    )
+    flags.DEFINE_integer("batch_size", 8, "Images per update.", flag_values=flag_values)
+    flags.DEFINE_integer("num_steps", 600, "Training updates.", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "checkpoint_every",
+        200,
+        "Checkpoint every N updates (and at the end).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer("keep_checkpoints", 2, "Newest checkpoints kept.", flag_values=flag_values)
+    flags.DEFINE_integer(
+        "log_every", 25, "Log the losses every N updates.", flag_values=flag_values
+    )
+    # evaluation
+    flags.DEFINE_bool(
+        "fast_compile",
+        False,
+        "Compile with XLA's backend optimisations off (much faster compiles, slower steps: smoke runs).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "eval_batch_size", 16, "Images per evaluation batch.", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "eval_images", 0, "Evaluate on the first N test images (0 = all).", flag_values=flag_values
+    )
+    flags.DEFINE_integer(
+        "detections_per_image", 20, "Detections kept per test image.", flag_values=flag_values
+    )
+    flags.DEFINE_float(
+        "score_thresh",
+        0.05,
+        "Detections need a class probability above this.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "num_plots", 4, "Test images drawn with their detections.", flag_values=flag_values
+    )
+    flags.DEFINE_float(
+        "plot_score_thresh",
+        0.3,
+        "Only detections above this score are drawn.",
+        flag_values=flag_values,
     )
 
 
-def build(config, example_shape):
-    """Model, initial TrainState on one device, the jitted train step and inference function.
-
-    Returns:
-      ``(model, state, train_step, detect, counts, mesh)``.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from sgg_jax.detection.detector import FasterRCNN, detector_trainable_mask
-    from sgg_jax.train import loop
-    from sgg_jax.train import mesh as mesh_lib
-    from sgg_jax.train.optim import freeze, make_optimizer
-    from sgg_jax.train.state import TrainState
-
-    model = FasterRCNN(config)
-    init_key, train_key = jax.random.split(jax.random.key(FLAGS.seed))
-    images = jnp.zeros(example_shape, jnp.float32)
-    sizes = jnp.full((example_shape[0], 2), example_shape[1], jnp.float32)
-    options = {}
-    if FLAGS.fast_compile:
-        options["compiler_options"] = {
-            "xla_backend_optimization_level": 0,
-            "xla_llvm_disable_expensive_passes": True,
+def config_from_flags(flag_values: flags.FlagValues) -> DetectorExperimentConfig:
+    """The experiment config of parsed flags; raises ConfigError naming the first bad flag."""
+    return DetectorExperimentConfig(
+        **{
+            field.name: flag_values[field.name].value
+            for field in dataclasses.fields(DetectorExperimentConfig)
         }
-    init = jax.jit(lambda k: model.init(k, images, sizes, train=False), **options)
-    variables = dict(init(init_key))
-    params = variables.pop("params")
-    optimizer, schedule = make_optimizer(optim_config(), FLAGS.num_steps)
-    mask = detector_trainable_mask(config, params)
-    optimizer = freeze(optimizer, lambda _: mask)
-    # One device: the batch is not split over a mesh.
-    mesh = mesh_lib.make_mesh(jax.devices()[:1])
-    state = mesh_lib.replicate(
-        TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=optimizer.init(params),
-            collections=variables,
-            rng=train_key,
-        ),
-        mesh,
     )
-
-    def detector_loss(params, collections, batch, dropout_key):
-        outputs = model.apply(
-            {"params": params, **collections},
-            batch["images"],
-            batch["sizes"],
-            train=True,
-            gt_boxes=batch["boxes"],
-            gt_labels=batch["labels"],
-            gt_mask=batch["mask"],
-            rng=dropout_key,
-        )
-        losses = dict(outputs["losses"])
-        total = losses.pop("total")
-        return total, (losses, {})
-
-    train_step = loop.make_step(
-        detector_loss,
-        optimizer,
-        mesh=mesh,
-        learning_rate_fn=schedule,
-        compiler_options=options.get("compiler_options"),
-    )
-
-    def detect(variables, images, sizes):
-        return model.apply(variables, images, sizes, train=False)["detections"]
-
-    def num_params(tree):
-        return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-    counts = {
-        "params": num_params(params),
-        "trainable": int(
-            sum(
-                np.prod(p.shape)
-                for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
-                if m
-            )
-        ),
-    }
-    return model, state, train_step, jax.jit(detect, **options), counts, mesh
-
-
-def train_batches(train):
-    """The training images as :class:`~sgg_jax.train.loaders.EpochBatches` of dict batches."""
-    from sgg_jax.data.images import normalise_pixels
-    from sgg_jax.train.loaders import EpochBatches
-
-    def select(index):
-        return {
-            "images": normalise_pixels(train["pixels"][index]),
-            "sizes": train["sizes"][index],
-            "boxes": train["boxes"][index],
-            "labels": train["labels"][index],
-            "mask": train["mask"][index],
-        }
-
-    return EpochBatches(len(train["graphs"]), FLAGS.batch_size, select, FLAGS.seed)
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------
-
-
-def run_detector(detect, variables, split, limit: int = 0):
-    """Detections of every image of ``split`` as host (boxes, labels, scores) tuples."""
-    from sgg_jax.data.images import normalise_pixels
-
-    n = len(split["graphs"]) if not limit else min(limit, len(split["graphs"]))
-    batch = FLAGS.eval_batch_size
-    results = []
-    for start in range(0, n, batch):
-        index = np.arange(start, start + batch)
-        valid = index < n
-        index = np.where(valid, index, 0)  # pad the last batch with image 0: one program
-        out = detect(variables, normalise_pixels(split["pixels"][index]), split["sizes"][index])
-        out = {k: np.asarray(v) for k, v in out.items()}
-        for row in np.flatnonzero(valid):
-            keep = out["mask"][row]
-            results.append(
-                (out["boxes"][row][keep], out["labels"][row][keep], out["scores"][row][keep])
-            )
-    return results
-
-
-def chance_detections(data, num_detections: int, num_classes: int, rng: np.random.Generator):
-    """The two pixel-blind baselines of the module docstring (per test image)."""
-    train = data["train"]
-    train_boxes = train["boxes"][train["mask"]]
-    train_labels = train["labels"][train["mask"]]
-    prior = np.bincount(train_labels, minlength=num_classes + 1)[1:].astype(np.float64)
-    prior /= prior.sum()
-    random_boxes, gt_boxes = [], []
-    for graph in data["test"]["graphs"]:
-        picks = rng.integers(0, len(train_boxes), num_detections)
-        random_boxes.append(
-            (
-                train_boxes[picks],
-                rng.choice(num_classes, num_detections, p=prior) + 1,
-                rng.uniform(size=num_detections),
-            )
-        )
-        n = graph.num_objects
-        gt_boxes.append((graph.boxes, rng.choice(num_classes, n, p=prior) + 1, rng.uniform(size=n)))
-    return {"chance: random boxes": random_boxes, "chance: GT boxes, random labels": gt_boxes}
-
-
-def _map_row(graphs, detections, num_classes):
-    from sgg_jax.evaluation.detection import detection_map
-
-    result = detection_map(graphs, detections, num_classes, coco=True)
-    return {
-        "mAP@0.5": result["mAP@0.5"],
-        "coco/mAP@[.5:.95]": result["coco/mAP@[.5:.95]"],
-        "coco/mAP@0.75": result["coco/mAP@0.75"],
-        "detections_per_image": float(np.mean([len(d[1]) for d in detections])),
-        "AP_per_class": result["AP_per_class"],
-    }
-
-
-def draw_examples(data, detections, names, out_dir: str) -> list[str]:
-    from sgg_jax.evaluation.viz import draw_scene_graph
-
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    test = data["test"]
-    for i in range(min(FLAGS.num_plots, len(detections))):
-        boxes, labels, scores = detections[i]
-        keep = scores >= FLAGS.plot_score_thresh
-        graph = test["graphs"][i]
-        det = draw_scene_graph(
-            test["pixels"][i],
-            boxes[keep],
-            labels[keep],
-            names,
-            scores=scores[keep],
-            scale=4,
-            legend_width=0,
-        )
-        truth = draw_scene_graph(
-            test["pixels"][i], graph.boxes, graph.labels, names, scale=4, legend_width=0
-        )
-        gap = np.full((det.shape[0], 8, 3), 255, np.uint8)
-        path = os.path.join(out_dir, f"detections_{i}.png")
-        from sgg_jax.data.image_io import write_png
-
-        write_png(path, np.concatenate([det, gap, truth], axis=1))
-        paths.append(path)
-    return paths
-
-
-# ----------------------------------------------------------------------------------------------
-# Main
-# ----------------------------------------------------------------------------------------------
-
-
-def run() -> dict:
-    import jax
-
-    from sgg_jax.train.checkpoint import jsonable, write_json
-    from sgg_jax.train.loop import TrainConfig, fit
-
-    wall_start = time.perf_counter()
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    data, names, data_info = load_data(FLAGS.seed)
-    num_classes = len(names) - 1
-    config = _detector_config(num_classes)
-    train = data["train"]
-    if len(train["graphs"]) < FLAGS.batch_size:
-        raise ConfigError(
-            "batch_size", f"is larger than the {len(train['graphs'])} training images left"
-        )
-    size = FLAGS.image_size
-    model, state, train_step, detect, counts, mesh = build(
-        config, (FLAGS.batch_size, size, size, 3)
-    )
-    print(
-        f"FasterRCNN ({FLAGS.preset}, backbone scale {FLAGS.backbone_scale}): {counts['params']:,} "
-        f"parameters ({counts['trainable']:,} trainable), {num_classes} classes + background, "
-        f"{config.num_proposals_train} proposals, {config.roi_batch_size_per_image} RoIs / image"
-    )
-    run_config = {
-        "flags": {f.name: f.value for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])},
-        "detector": jsonable(dataclasses.asdict(config)),
-        "optim": jsonable(optim_config()),
-    }
-    timing = {"first_step": None, "compile_s": 0.0}
-    train_start = time.perf_counter()
-
-    def on_step(step, state, metrics, eval_metrics):
-        del state, metrics, eval_metrics
-        if timing["first_step"] is None:
-            timing["first_step"] = step
-            timing["compile_s"] = time.perf_counter() - train_start
-            if step > 1:
-                print(f"resumed from checkpoint {step - 1}")
-
-    def on_log(step, metrics):
-        rate = metrics["perf/steps_per_sec"]
-        print(
-            f"step {step:5d}/{FLAGS.num_steps} "
-            + " ".join(f"{k} {v:.3f}" for k, v in _loss_terms(metrics).items())
-            + f" | {rate:.2f} steps/s ({rate * FLAGS.batch_size:.1f} img/s)",
-            flush=True,
-        )
-
-    state, final_metrics = fit(
-        state,
-        train_step,
-        train_batches(train),
-        workdir=FLAGS.workdir,
-        train_config=TrainConfig(
-            num_steps=FLAGS.num_steps,
-            seed=FLAGS.seed,
-            checkpoint_every=FLAGS.checkpoint_every,
-            max_to_keep=FLAGS.keep_checkpoints,
-            log_every=FLAGS.log_every,
-            progress=False,
-        ),
-        mesh=mesh,
-        config=run_config,
-        throughput=("images", lambda batch: len(batch["images"])),
-        on_log=on_log,
-        on_step=on_step,
-    )
-    last = _loss_terms(final_metrics)
-    train_s = time.perf_counter() - train_start
-    compile_s = timing["compile_s"]
-    start_step = FLAGS.num_steps if timing["first_step"] is None else timing["first_step"] - 1
-    if timing["first_step"] is not None:
-        print(f"training: {train_s:.0f} s ({compile_s:.0f} s of it compiling the train step)")
-
-    # -- evaluation ------------------------------------------------------------------------------
-    eval_start = time.perf_counter()
-    test = data["test"]
-    if FLAGS.eval_images:
-        limit = min(FLAGS.eval_images, len(test["graphs"]))
-        test = {k: v[:limit] for k, v in test.items()}
-        data = {**data, "test": test}
-    detections = run_detector(detect, state.variables, test)
-    eval_s = time.perf_counter() - eval_start
-    runs = {f"Faster R-CNN ({FLAGS.preset})": _map_row(test["graphs"], detections, num_classes)}
-    baselines = chance_detections(
-        data, config.detections_per_image, num_classes, np.random.default_rng([FLAGS.seed, 1])
-    )
-    for label, chance in baselines.items():
-        runs[label] = _map_row(test["graphs"], chance, num_classes)
-    plots = draw_examples(data, detections, names, os.path.join(FLAGS.workdir, "plots"))
-    wall_s = time.perf_counter() - wall_start
-    results = {
-        "experiment": "detector",
-        "dataset": "synthetic",
-        "task": "detection",
-        "seed": FLAGS.seed,
-        "runs": {
-            label: {k: v for k, v in row.items() if k != "AP_per_class"}
-            for label, row in runs.items()
-        },
-        "AP_per_class": {label: row["AP_per_class"] for label, row in runs.items()},
-        "data": data_info,
-        "model": {"preset": FLAGS.preset, **counts},
-        "timing": {
-            "wall_s": wall_s,
-            "train_s": train_s,
-            "train_compile_s": compile_s,
-            "eval_s": eval_s,
-            "steps": FLAGS.num_steps - start_step,
-            "load_average_1m": os.getloadavg()[0],
-            "cpu_count": os.cpu_count(),
-            "backend": jax.default_backend(),
-        },
-        "last_train_metrics": last,
-        "plots": plots,
-    }
-    write_json(os.path.join(FLAGS.workdir, "results.json"), results)
-    _write_markdown(results, os.path.join(FLAGS.workdir, "results.md"))
-    print()
-    print(open(os.path.join(FLAGS.workdir, "results.md")).read())
-    return results
-
-
-def _loss_terms(metrics: dict) -> dict:
-    """The detector's losses (``total`` and each term) and ``grad_norm`` of trainer metrics."""
-    terms = {name[len("loss/") :]: value for name, value in metrics.items() if name[:5] == "loss/"}
-    if "loss" in metrics:
-        terms["total"] = metrics["loss"]
-    if "grad_norm" in metrics:
-        terms["grad_norm"] = metrics["grad_norm"]
-    return dict(sorted(terms.items()))
-
-
-def _write_markdown(results: dict, path: str) -> None:
-    lines = [
-        f"# Detector pretraining on synthetic pixels (seed {results['seed']})",
-        "",
-        f"{results['data']['images']['test']} test images, {results['data']['boxes']['test']} boxes,"
-        f" {len(results['data']['classes'])} classes; wall time {results['timing']['wall_s']:.0f} s"
-        f" (training {results['timing']['train_s']:.0f} s, load average "
-        f"{results['timing']['load_average_1m']:.1f} on {results['timing']['cpu_count']} cores).",
-        "",
-        "| run | mAP@0.5 | mAP@[.5:.95] | mAP@0.75 | detections / image |",
-        "|---|---|---|---|---|",
-    ]
-    for label, row in results["runs"].items():
-        lines.append(
-            f"| {label} | {100 * row['mAP@0.5']:.1f} | {100 * row['coco/mAP@[.5:.95]']:.1f} | "
-            f"{100 * row['coco/mAP@0.75']:.1f} | {row['detections_per_image']:.1f} |"
-        )
-    lines += [
-        "",
-        "Chance rows: random training boxes with classes drawn from the training class frequencies;"
-        " the test ground-truth boxes with such random classes. Plots: "
-        + ", ".join(os.path.basename(p) for p in results["plots"])
-        + " (left: detections above the plot threshold, right: ground truth).",
-    ]
-    with open(path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
 
 
 def main(argv):
@@ -612,10 +163,8 @@ def main(argv):
         print(f"error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
         return 2
     try:
-        _check_flags()
-        num = FLAGS.num_classes or 150
-        _detector_config(num)  # validates the model flags before any data or compile
-        run()
+        config = config_from_flags(flags.FLAGS)
+        detector.run(config, flags.FLAGS.workdir)
     except (DataError, ConfigError, FloatingPointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -623,4 +172,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags(flags.FLAGS)
     app.run(main)

@@ -5,13 +5,14 @@ pieces are covered by the model tests and experiments/flags/penet_synthetic_sgcl
 
 import json
 import math
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from experiments import detector
+from sgg_jax.projects.detector.experiment import DetectorExperimentConfig
+from tests.experiments import ROOT, config_error, config_of, error_line, parse_flags
 
 
 def _run(*flags, timeout=240):
@@ -115,28 +116,59 @@ def test_run_killed_after_a_checkpoint_resumes_to_the_same_parameters(detector_w
     assert records(resumed) == records(detector_workdir)
 
 
-@pytest.mark.parametrize(
-    "flag, message",
-    [
-        ("--learning_rate=-0.1", "error: option 'learning_rate': must be positive, got -0.1"),
-        (
-            "--preset=resnet9000",
-            "error: option 'preset': must be one of ('tiny', 'resnet50_fpn', 'resnext101_fpn', "
-            "'vgg16'), got 'resnet9000'",
-        ),
-        (
-            "--num_classes=151",
-            "error: option 'num_classes': must be <= 150 (VG150 classes), got 151",
-        ),
-    ],
-)
-def test_bad_flags_exit_2_in_one_line(tmp_path, flag, message):
+# Bad flags, checked in-process: the config raises a ConfigError naming the flag, with the line the
+# main prints (``error: <message>``); the main's exit status and stderr are checked once below.
+BAD_FLAGS = [
+    ("--learning_rate=-0.1", "learning_rate", "must be positive, got -0.1"),
+    (
+        "--preset=resnet9000",
+        "preset",
+        "must be one of ('tiny', 'resnet50_fpn', 'resnext101_fpn', 'vgg16'), got 'resnet9000'",
+    ),
+    ("--num_classes=151", "num_classes", "must be <= 150 (VG150 classes), got 151"),
+    ("--num_classes=-1", "num_classes", "must be >= 0, got -1"),
+    ("--image_size=16", "image_size", "must be >= 32, got 16"),
+    ("--synthetic_images=5", "synthetic_images", "must be >= 10, got 5"),
+    ("--batch_size=0", "batch_size", "must be positive, got 0"),
+    ("--keep_checkpoints=0", "keep_checkpoints", "must be positive, got 0"),
+    ("--weight_decay=nan", "weight_decay", "must be a finite number >= 0, got nan"),
+    ("--clip_norm=-1", "clip_norm", "must be a finite number >= 0, got -1.0"),
+    # The detector and optimizer configs check their own fields, also before any data.
+    ("--fpn_channels=0", "fpn_channels", "must be a positive integer, got 0"),
+    ("--score_thresh=2", "score_thresh", "must be a number in [0, 1], got 2.0"),
+    ("--momentum=1.0", "momentum", "must be in [0, 1), got 1.0"),
+]
+
+
+@pytest.mark.parametrize("flag, option, message", BAD_FLAGS)
+def test_bad_flag_is_a_config_error_naming_it(flag, option, message):
+    error = config_error(detector, "--flagfile=experiments/flags/detector_smoke.flags", flag)
+    assert error.option == option
+    assert error_line(error) == f"error: option '{option}': {message}"
+
+
+def test_smoke_flagfile_config_lists_every_flag_in_order():
+    config = config_of(detector, "--flagfile=experiments/flags/detector_smoke.flags")
+    assert isinstance(config, DetectorExperimentConfig)
+    assert (config.num_classes, config.image_size, config.num_steps) == (5, 64, 6)
+    assert config.fast_compile and config.detections_per_image == 6
+    # config.json's "flags" (read back by the relation experiments' --detector_workdir): the
+    # workdir, then every other flag in definition order.
+    flag_values = parse_flags(detector)
+    names = [flag.name for flag in flag_values.flags_by_module_dict()[detector.__name__]]
+    assert list(config.flag_values("/w")) == names
+    assert config.flag_values("/w")["workdir"] == "/w"
+
+
+def test_bad_flag_exits_2_in_one_line_before_any_data(tmp_path):
     result = _run(
-        "--flagfile=experiments/flags/detector_smoke.flags", f"--workdir={tmp_path}", flag
+        "--flagfile=experiments/flags/detector_smoke.flags",
+        f"--workdir={tmp_path}",
+        "--learning_rate=-0.1",
     )
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
-    assert lines == [message]
+    assert lines == ["error: option 'learning_rate': must be positive, got -0.1"]
     assert not (tmp_path / "images").exists()  # nothing generated, nothing compiled
 
 

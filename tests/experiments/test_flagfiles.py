@@ -1,5 +1,5 @@
-"""Every relation and scene-graph-embedding flagfile parses (base flagfiles included) into its
-experiment's config.
+"""Every relation, scene-graph-embedding and detector flagfile parses (base flagfiles included)
+into its experiment's config.
 
 Flagfiles share ``base_*.flags`` through nested ``--flagfile=`` lines; a flag a base does not know,
 a missing base or a bad value fails here, in-process, instead of at the start of a long run.
@@ -7,7 +7,7 @@ a missing base or a bad value fails here, in-process, instead of at the start of
 
 import pytest
 
-from experiments import cce_scorer, ra_sgg, sg_embed
+from experiments import cce_scorer, detector, ra_sgg, sg_embed
 from tests.experiments import ROOT, config_error, config_of, parse_flags
 
 FLAGS_DIR = ROOT / "experiments" / "flags"
@@ -16,6 +16,7 @@ RELATION = sorted(
     for path in FLAGS_DIR.glob("*.flags")
     if not path.name.startswith(("base_", "detector", "sg_embed"))
 )
+DETECTOR = sorted(path.name for path in FLAGS_DIR.glob("detector*.flags"))
 # Flagfiles whose data is not bundled: the file a run must be given, named by the error.
 NEEDS = {"vg150": "vg150_h5", "gqa200": "gqa200_train", "synthetic_pixels": "detector_workdir"}
 # Known bad flagfiles, with the flag they get wrong (none today).
@@ -63,6 +64,19 @@ def test_sg_embed_flagfile_builds_its_config(name):
         assert any(arg.startswith(f"--{error.option}=") for arg in needed), (name, str(error))
     config = config_of(sg_embed, flagfile, *needed)
     assert config.method == "grid" and config.grid.objectives and config.grid.samplers
+
+
+@pytest.mark.parametrize("name", DETECTOR)
+def test_detector_flagfile_builds_its_config(name):
+    from sgg_jax.projects.detector.experiment import DetectorExperimentConfig
+
+    config = config_of(detector, f"--flagfile=experiments/flags/{name}")
+    assert isinstance(config, DetectorExperimentConfig)
+    # Every flag the file sets reaches the config (none is ignored or misspelt into a default).
+    for line in (FLAGS_DIR / name).read_text().splitlines():
+        if line.startswith("--") and not line.startswith(("--workdir=", "--flagfile=")):
+            flag = line[2:].split("=", 1)[0]
+            assert flag in {field for field in config.flag_values("")}, (name, flag)
 
 
 def test_every_base_flagfile_is_included_and_only_holds_flags():

@@ -10,6 +10,7 @@ from absl import flags
 from PIL import Image
 
 from experiments import predict
+from tests.experiments import config_error, config_of
 
 S = 64  # the export's image side
 OBJECT_NAMES = ["__background__", "man", "horse", "hat"]
@@ -19,13 +20,11 @@ THRESH = 0.3
 
 
 def _main(*args):
-    """Runs the CLI in-process: absl flags parsed from scratch, then ``predict.main``."""
-    flags.FLAGS.unparse_flags()
-    try:
-        argv = flags.FLAGS(["predict", *args])
-        return predict.main(argv)
-    finally:
-        flags.FLAGS.unparse_flags()
+    """Runs the CLI in-process: a fresh ``FlagValues`` with its flags, then ``predict.main``."""
+    flag_values = flags.FlagValues()
+    predict.define_flags(flag_values)
+    argv = flag_values(["predict", *args])
+    return predict.main(argv, flag_values)
 
 
 def _png(path):
@@ -328,3 +327,43 @@ def test_bad_flag_exits_2(export_dir, images, tmp_path, capsys):
     )
     assert code == 2
     assert capsys.readouterr().err.strip() == "error: option 'top_k': must be >= 0, got -1"
+
+
+@pytest.mark.parametrize(
+    "args, option, message",
+    [
+        (("--images=a.png", "--out=o"), "export_dir", "is required"),
+        (("--export_dir=e", "--out=o"), "images", "at least one image file is required"),
+        (("--export_dir=e", "--images=a.png"), "out", "is required"),
+        (
+            ("--export_dir=e", "--images=a.png", "--out=o", "--top_k=-1"),
+            "top_k",
+            "must be >= 0, got -1",
+        ),
+        (
+            ("--export_dir=e", "--images=a.png", "--out=o", "--score_thresh=nan"),
+            "score_thresh",
+            "must be a finite number, got nan",
+        ),
+        (
+            ("--export_dir=e", "--images=a.png", "--out=o", "--batch_size=0"),
+            "batch_size",
+            "must be >= 1, got 0",
+        ),
+    ],
+)
+def test_bad_flag_is_a_config_error_naming_it(args, option, message):
+    error = config_error(predict, *args)
+    assert error.option == option
+    assert str(error) == f"option '{option}': {message}"
+
+
+def test_positional_words_after_images_are_more_images():
+    from sgg_jax.experiment.predict import PredictConfig
+
+    flag_values = flags.FlagValues()
+    predict.define_flags(flag_values)
+    argv = flag_values(["predict", "--export_dir=e", "--out=o", "--images", "a.png", "b.jpg"])
+    config = predict.config_from_flags(flag_values, argv[1:])
+    assert config == PredictConfig(export_dir="e", images=("a.png", "b.jpg"), out="o")
+    assert config_of(predict, "--export_dir=e", "--out=o", "--images=a.png,b.jpg") == config
