@@ -65,12 +65,10 @@ naming the flag, exit status 2, before any data is read) and
 from __future__ import annotations
 
 import dataclasses
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from experiments import common
-from sgg_jax.errors import ConfigError, DataError
+from experiments import cli, common
 from sgg_jax.projects.cce_scorer import experiment as cce_scorer
 from sgg_jax.projects.cce_scorer.experiment import (
     BASE_MODELS,
@@ -279,21 +277,15 @@ def config_from_flags(flag_values: flags.FlagValues) -> CCEScorerExperimentConfi
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)  # keep orbax's per-save INFO lines off the console
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
-        return 2
-    try:
+    def body():
         config = config_from_flags(flags.FLAGS)
         if flags.FLAGS.distributed:
             from sgg_jax.train import initialize_distributed
 
             initialize_distributed(True)
         cce_scorer.run(config, flags.FLAGS.workdir)
-    except (DataError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cli.run_command(argv, body)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,10 @@ every stage).
 from __future__ import annotations
 
 import dataclasses
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from sgg_jax.errors import ConfigError, DataError
+from experiments import cli
 from sgg_jax.projects.detector import experiment as detector
 from sgg_jax.projects.detector.experiment import DetectorExperimentConfig
 
@@ -158,17 +157,11 @@ def config_from_flags(flag_values: flags.FlagValues) -> DetectorExperimentConfig
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
-        return 2
-    try:
-        config = config_from_flags(flags.FLAGS)
-        detector.run(config, flags.FLAGS.workdir)
-    except (DataError, ConfigError, FloatingPointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run_command(
+        argv,
+        lambda: detector.run(config_from_flags(flags.FLAGS), flags.FLAGS.workdir),
+        extra_errors=(FloatingPointError,),
+    )
 
 
 if __name__ == "__main__":

@@ -19,12 +19,11 @@ folder or the flag, before anything is written.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from sgg_jax.errors import ConfigError, DataError
+from experiments import cli
 from sgg_jax.experiment import predict
 from sgg_jax.experiment.predict import PredictConfig
 
@@ -70,17 +69,12 @@ def config_from_flags(flag_values: flags.FlagValues, extra_images: Sequence[str]
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
-    logging.set_verbosity(logging.WARNING)
     # ``--images a.jpg b.jpg``: the words after the flag's value arrive as positional arguments.
-    if len(argv) > 1 and not flag_values.images:
-        print(f"error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
-        return 2
-    try:
-        predict.run(config_from_flags(flag_values, argv[1:]))
-    except (DataError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run_command(
+        argv,
+        lambda: predict.run(config_from_flags(flag_values, argv[1:])),
+        positional_ok=bool(flag_values.images),
+    )
 
 
 if __name__ == "__main__":

@@ -29,12 +29,10 @@ the work.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from experiments import common
-from sgg_jax.errors import ConfigError, DataError
+from experiments import cli, common
 from sgg_jax.projects.ra_sgg import experiment as ra_sgg
 from sgg_jax.projects.ra_sgg.experiment import Phase2Config, RASGGExperimentConfig
 
@@ -260,21 +258,15 @@ def config_from_flags(flag_values: flags.FlagValues) -> RASGGExperimentConfig:
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)  # keep orbax's per-save INFO lines off the console
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
-        return 2
-    try:
+    def body():
         config = config_from_flags(flags.FLAGS)
         if flags.FLAGS.distributed:
             from sgg_jax.train import initialize_distributed
 
             initialize_distributed(True)
         ra_sgg.run(config, flags.FLAGS.workdir)
-    except (DataError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cli.run_command(argv, body)
 
 
 if __name__ == "__main__":

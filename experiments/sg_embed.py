@@ -57,11 +57,10 @@ stderr naming the flag, exit status 2, before any data is read) and
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 from absl import app, flags
 
-from sgg_jax.errors import ConfigError, DataError
+from experiments import cli
 from sgg_jax.projects.sg_embed import experiment as sg_embed
 from sgg_jax.projects.sg_embed.experiment import (
     EvalConfig,
@@ -369,16 +368,11 @@ def config_from_flags(flag_values: flags.FlagValues) -> SGEmbedExperimentConfig:
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
-        return 2
-    try:
-        config = config_from_flags(flags.FLAGS)
-        sg_embed.run(config, flags.FLAGS.workdir)
-    except (DataError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run_command(
+        argv,
+        lambda: sg_embed.run(config_from_flags(flags.FLAGS), flags.FLAGS.workdir),
+        quiet_logs=False,
+    )
 
 
 if __name__ == "__main__":
