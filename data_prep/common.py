@@ -63,22 +63,13 @@ HELP_ARGS = ("-h", "--help", "-?", "--helpshort", "--helpfull")
 
 
 def features() -> tfds.features.FeaturesDict:
-    """The TFDS features of one scene graph record.
+    """The TFDS features of one scene graph record (defined once, on the read side).
 
     Returns:
-      FeaturesDict with the keys of :data:`sgg_jax.data.tfds_source.FEATURE_KEYS`.
+      :func:`sgg_jax.data.tfds_source.features`: a FeaturesDict with the keys of
+      :data:`sgg_jax.data.tfds_source.FEATURE_KEYS`.
     """
-    return tfds.features.FeaturesDict(
-        {
-            "image_id": tfds.features.Text(),
-            "width": np.int32,
-            "height": np.int32,
-            "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
-            "labels": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-            "relations": tfds.features.Tensor(shape=(None, 3), dtype=np.int32),
-            "image_path": tfds.features.Text(),
-        }
-    )
+    return tfds_source.features()
 
 
 def encode_example(graph: SceneGraph) -> dict[str, Any]:

@@ -38,6 +38,8 @@ def load_json(path: str | os.PathLike) -> Any:
             f"not valid JSON (truncated or corrupt): {exc.msg} at line {exc.lineno} column {exc.colno}",
             path=path,
         ) from None
+    except RecursionError:
+        raise DataError("not valid JSON: nested too deeply", path=path) from None
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot be read: {type(exc).__name__}: {exc}", path=path) from None
 
@@ -53,6 +55,56 @@ def require(mapping: Any, key: str, path: str, record: str | None = None) -> Any
     return mapping[key]
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK"
+PICKLED_DATA = "holds Python objects (pickled data), which are never loaded"
+
+
+def _reason(exc: BaseException) -> str:
+    """numpy's message for an unreadable file, without its advice to enable unpickling."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return PICKLED_DATA if "pickle" in message.lower() else message
+
+
+def load_numpy(path: str | os.PathLike, suffix: str, *, prefix: str | None = None) -> Any:
+    """``np.load(path, allow_pickle=False)`` after checking the file is what ``suffix`` says.
+
+    A file that does not start with the NumPy header (``.npy``) or the zip signature (``.npz``) is
+    rejected before numpy reads it, so a text file never gets numpy's advice to unpickle it.
+
+    Args:
+      path: the file.
+      suffix: ``".npy"`` (an array is returned) or ``".npz"`` (an open ``NpzFile``; close it).
+      prefix: leads the error message; default ``"not a readable <suffix> file"``.
+
+    Raises:
+      DataError: naming the file when it is missing, unreadable, of the other kind, not a NumPy
+        file at all, or holds pickled objects.
+    """
+    path = os.fspath(path)
+    prefix = f"not a readable {suffix} file" if prefix is None else prefix
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_NPY_MAGIC))
+    except FileNotFoundError:
+        raise DataError("file not found", path=path) from None
+    except OSError as exc:
+        raise DataError(f"{prefix}: {type(exc).__name__}", path=path) from None
+    is_npy, is_npz = head == _NPY_MAGIC, head.startswith(_ZIP_MAGIC)
+    if suffix == ".npy" and is_npz:
+        raise DataError("expected a .npy array, got an .npz archive", path=path)
+    if suffix == ".npz" and is_npy:
+        raise DataError("expected an .npz archive, got a .npy array", path=path)
+    if suffix == ".npy" and not is_npy:
+        raise DataError(f"{prefix}: not a .npy array (no NumPy header)", path=path)
+    if suffix == ".npz" and not is_npz:
+        raise DataError(f"{prefix}: not an .npz archive (no zip signature)", path=path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{prefix}: {_reason(exc)}", path=path) from None
+
+
 def load_npz(path: str | os.PathLike, keys: Sequence[str]) -> dict[str, np.ndarray]:
     """Reads the arrays ``keys`` of an ``.npz`` file (no pickles).
 
@@ -60,18 +112,23 @@ def load_npz(path: str | os.PathLike, keys: Sequence[str]) -> dict[str, np.ndarr
       DataError: the file is missing, not a readable ``.npz``, or lacks one of ``keys``.
     """
     path = os.fspath(path)
+    archive = load_numpy(path, ".npz")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with archive:
             missing = [key for key in keys if key not in archive.files]
             if missing:
                 raise DataError("missing array", path=path, field=missing[0])
-            return {key: archive[key] for key in keys}
-    except FileNotFoundError:
-        raise DataError("file not found", path=path) from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"not a readable .npz file: {exc}", path=path) from None
+            arrays = {}
+            for key in keys:
+                try:
+                    arrays[key] = archive[key]
+                except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+                    raise DataError(
+                        f"not a readable .npz file: {_reason(exc)}", path=path, field=key
+                    ) from None
+            return arrays
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"not a readable .npz file: {_reason(exc)}", path=path) from None
 
 
 def check_offsets(

@@ -71,18 +71,23 @@ def read_vocab(id_info_path: str | os.PathLike) -> Vocab:
             raise DataError(
                 f"index 0 must be '__background__', got {names[0]!r}", path=path, field=key
             )
+        if len(set(names)) != len(names):
+            duplicate = next(name for name in names if names.count(name) > 1)
+            raise DataError(f"name {duplicate!r} appears twice", path=path, field=key)
         vocab_lists[key] = names
     counts = {}
     for key, names_key in (("obj_count", "ind_to_classes"), ("rel_count", "ind_to_predicates")):
         by_name = info.get(key, {}) if isinstance(info, dict) else {}
         if not isinstance(by_name, dict):
             raise DataError("expected an object of counts keyed by name", path=path, field=key)
-        try:
-            counts[key] = np.array(
-                [int(by_name.get(name, 0)) for name in vocab_lists[names_key]], np.int64
-            )
-        except (TypeError, ValueError):
-            raise DataError("counts must be integers", path=path, field=key) from None
+        for name, count in by_name.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise DataError(
+                    f"count of {name!r} is not a non-negative integer: {count!r}"[:200],
+                    path=path,
+                    field=key,
+                )
+        counts[key] = np.array([by_name.get(name, 0) for name in vocab_lists[names_key]], np.int64)
         counts[key][0] = 0
     return Vocab(
         object_names=tuple(vocab_lists["ind_to_classes"]),
@@ -140,9 +145,37 @@ def read(
 
     report = ReadReport() if report is None else report
     graphs = []
-    for filename, info, boxes, labels, relations in zip(*columns.values(), strict=True):
-        filename = str(filename)
+    seen: set[str] = set()
+    for position, (filename, info, boxes, labels, relations) in enumerate(
+        zip(*columns.values(), strict=True)
+    ):
+        if not isinstance(filename, str) or not filename:
+            raise DataError(
+                f"expected a non-empty file name, got {filename!r}"[:200],
+                path=path,
+                record=f"#{position}",
+                field="filenames_all",
+            )
         image_id = os.path.splitext(os.path.basename(filename))[0]
+        if not image_id:
+            raise DataError(
+                f"no image id in the file name {filename!r}",
+                path=path,
+                record=f"#{position}",
+                field="filenames_all",
+            )
+        if image_id in seen:
+            raise DataError(
+                "image id appears twice", path=path, record=image_id, field="filenames_all"
+            )
+        seen.add(image_id)
+        if not isinstance(relations, list):
+            raise DataError(
+                f"expected a list, got {type(relations).__name__}",
+                path=path,
+                record=image_id,
+                field="relationships_all",
+            )
         if filter_empty_rels and not relations:
             report.dropped_images_without_relations += 1
             continue

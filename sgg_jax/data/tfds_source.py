@@ -13,8 +13,14 @@ The record format is defined here, once, and :mod:`data_prep.common` writes it:
 * ``image_path``: text, ``""`` when the graph has none.
 
 The vocabulary (names and train-split counts) lives in the dataset's metadata
-(``<data_dir>/<name>/<version>/metadata.json``) under :data:`VOCAB_METADATA_KEY`. Records are read
-with ``DatasetBuilder.as_data_source`` (array_record random access), decoded by TFDS's numpy path.
+(``<data_dir>/<name>/<version>/metadata.json``) under :data:`VOCAB_METADATA_KEY`.
+
+Reading never runs code named by a data file. TFDS's own read path (``builder_from_directory``)
+imports the module that ``features.json`` names in ``pythonClassName``; this module does not use
+it. The features are built from :func:`features` (our definition), a ``features.json`` that
+differs from it is rejected, the splits and shard files come from ``dataset_info.json`` read as
+plain JSON, and the array_record files are read with ``array_record`` and decoded by TFDS's numpy
+path with our features.
 """
 
 from __future__ import annotations
@@ -34,7 +40,43 @@ from sgg_jax.structures import SceneGraph, Vocab
 FEATURE_KEYS = ("image_id", "width", "height", "boxes", "labels", "relations", "image_path")
 VOCAB_METADATA_KEY = "vocab"
 METADATA_FILENAME = "metadata.json"
+FEATURES_FILENAME = "features.json"
+INFO_FILENAME = "dataset_info.json"
+FILE_FORMAT = "array_record"
 _VERSION_PATTERN = re.compile(r"^\d+\.\d+\.\d+$")
+_SPLIT_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")
+_FILEPATH_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+
+
+def features() -> Any:
+    """The TFDS features of one scene graph record (the record format of the module docstring).
+
+    :mod:`data_prep` writes its datasets with these features; :func:`open_source` decodes records
+    with them and accepts only a ``features.json`` equal to their serialisation.
+
+    Returns:
+      ``tfds.features.FeaturesDict`` with the keys of :data:`FEATURE_KEYS`.
+    """
+    import tensorflow_datasets as tfds  # imported here: only the TFDS paths need it
+
+    return tfds.features.FeaturesDict(
+        {
+            "image_id": tfds.features.Text(),
+            "width": np.int32,
+            "height": np.int32,
+            "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+            "labels": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+            "relations": tfds.features.Tensor(shape=(None, 3), dtype=np.int32),
+            "image_path": tfds.features.Text(),
+        }
+    )
+
+
+def features_json() -> dict[str, Any]:
+    """The JSON value TFDS writes to ``features.json`` for :func:`features`."""
+    from google.protobuf import json_format
+
+    return json.loads(json.dumps(json_format.MessageToDict(features().to_proto())))
 
 
 def vocab_to_metadata(vocab: Vocab) -> dict[str, Any]:
@@ -157,21 +199,67 @@ class SceneGraphSource(collections.abc.Sequence):
     ``len(source)`` is the number of images, ``source[i]`` decodes record ``i`` (negative indices
     count from the end; a slice returns a list), and ``source.__getitems__(keys)`` reads many
     records in one call (grain uses it when present). Records are in the order they were written,
-    i.e. the order of the raw file. The source pickles (for grain worker processes).
+    i.e. the order of the raw file. The source pickles (for grain worker processes): the open
+    files and the features are rebuilt on first use.
     """
 
-    def __init__(self, records: Any, *, path: str, split: str):
-        """Wraps a TFDS data source.
+    def __init__(self, files: Sequence[str], *, path: str, split: str, num_records: int):
+        """Opens the shard files of one split.
 
         Args:
-          records: ``DatasetBuilder.as_data_source(split)``.
+          files: the split's array_record shard files, in order.
           path: the dataset folder ``<data_dir>/<name>/<version>``.
           split: the split name.
+          num_records: the record count ``dataset_info.json`` gives for the split.
+
+        Raises:
+          DataError: a shard file is missing or unreadable, or the files hold another number of
+            records than ``num_records``.
         """
-        self._records = records
-        self._length = len(records)
+        self._files = tuple(files)
         self.path = path
         self.split = split
+        self._records: Any = None
+        self._features: Any = None
+        self._length = len(self._reader())
+        if self._length != num_records:
+            raise DataError(
+                f"split {split!r} holds {self._length} records, {INFO_FILENAME} says {num_records}",
+                path=path,
+                field="shardLengths",
+            )
+
+    def _reader(self) -> Any:
+        if self._records is None:
+            from array_record.python import array_record_data_source
+
+            for file in self._files:
+                if not os.path.isfile(file):
+                    raise DataError("shard file not found", path=file)
+            try:
+                self._records = array_record_data_source.ArrayRecordDataSource(list(self._files))
+            except Exception as exc:  # array_record raises assorted types for a corrupt file
+                raise DataError(
+                    f"not a readable array_record file: {type(exc).__name__}", path=self.path
+                ) from None
+        return self._records
+
+    def _decode(self, raw: bytes, index: int) -> SceneGraph:
+        if self._features is None:
+            self._features = features()
+        try:
+            example = self._features.deserialize_example_np(raw)
+        except Exception as exc:  # a corrupt record surfaces as assorted protobuf / numpy errors
+            raise DataError(
+                f"cannot be decoded: {type(exc).__name__}",
+                path=self.path,
+                record=f"#{index}",
+                record_kind="record",
+            ) from None
+        return decode_example(example, path=self.path, index=index)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_records": None, "_features": None}
 
     def __len__(self) -> int:
         return self._length
@@ -191,22 +279,33 @@ class SceneGraphSource(collections.abc.Sequence):
         if isinstance(key, slice):
             return self.__getitems__(range(*key.indices(self._length)))
         index = self._index(key)
-        return decode_example(self._records[index], path=self.path, index=index)
+        return self._decode(self._reader()[index], index)
 
     def __getitems__(self, keys: Sequence[int]) -> list[SceneGraph]:
         indices = [self._index(key) for key in keys]
         if not indices:
             return []
-        examples = self._records.__getitems__(indices)
-        return [
-            decode_example(example, path=self.path, index=index)
-            for index, example in zip(indices, examples, strict=True)
-        ]
+        raws = self._reader().__getitems__(indices)
+        return [self._decode(raw, index) for index, raw in zip(indices, raws, strict=True)]
 
     def __iter__(self) -> Iterator[SceneGraph]:
         chunk = 256
         for start in range(0, self._length, chunk):
             yield from self.__getitems__(range(start, min(start + chunk, self._length)))
+
+    def check_unique_image_ids(self) -> None:
+        """Reads every record once; raises :class:`DataError` naming the split's folder and the
+        first image id that two records share."""
+        seen: set[str] = set()
+        for graph in self:
+            if graph.image_id in seen:
+                raise DataError(
+                    f"image id appears twice in split {self.split!r}",
+                    path=self.path,
+                    record=graph.image_id,
+                    field="image_id",
+                )
+            seen.add(graph.image_id)
 
     def __repr__(self) -> str:
         return f"SceneGraphSource({self.path!r}, split={self.split!r}, records={self._length})"
@@ -275,42 +374,123 @@ def read_vocab(data_dir: str | os.PathLike, name: str) -> Vocab:
     return vocab_from_metadata(metadata, path=path)
 
 
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise DataError("file not found", path=path) from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DataError(f"cannot be read: {type(exc).__name__}", path=path) from None
+
+
+def check_features(folder: str) -> None:
+    """Checks that ``<folder>/features.json`` is the serialisation of :func:`features`.
+
+    The file is only compared, never interpreted: no class or module it names is imported.
+
+    Raises:
+      DataError: naming ``features.json`` when it is missing, unreadable or differs.
+    """
+    path = os.path.join(folder, FEATURES_FILENAME)
+    if _read_json(path) != features_json():
+        raise DataError(
+            "differs from the scene-graph record features sgg_jax writes "
+            "(sgg_jax.data.tfds_source.features); refusing to read the dataset",
+            path=path,
+        )
+
+
+def _split_files(folder: str, info: Any, split: str) -> tuple[list[str], int]:
+    """The shard files of ``split`` and its record count, from ``dataset_info.json``."""
+    path = os.path.join(folder, INFO_FILENAME)
+    if not isinstance(info, dict):
+        raise DataError(f"expected a JSON object, got {type(info).__name__}", path=path)
+    file_format = info.get("fileFormat")
+    if file_format != FILE_FORMAT:
+        raise DataError(
+            f"stored as {file_format}, expected {FILE_FORMAT}", path=folder, field="file_format"
+        )
+    name = info.get("name")
+    if not isinstance(name, str) or not _SPLIT_PATTERN.match(name):
+        raise DataError(f"invalid dataset name {name!r}", path=path, field="name")
+    entries = info.get("splits")
+    if not isinstance(entries, list):
+        raise DataError("expected a list of splits", path=path, field="splits")
+    splits = {}
+    for position, entry in enumerate(entries):
+        entry_name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(entry_name, str) or not _SPLIT_PATTERN.match(entry_name):
+            raise DataError(
+                f"invalid split name {entry_name!r}", path=path, field=f"splits[{position}].name"
+            )
+        if entry_name in splits:
+            raise DataError(f"split {entry_name!r} appears twice", path=path, field="splits")
+        splits[entry_name] = entry
+    if split not in splits:
+        raise ConfigError("split", f"{folder} has splits {sorted(splits)}, not {split!r}")
+    entry = splits[split]
+    template = entry.get("filepathTemplate", _FILEPATH_TEMPLATE)
+    if template != _FILEPATH_TEMPLATE:
+        raise DataError(
+            f"unsupported shard file template {template!r}",
+            path=path,
+            field=f"splits.{split}.filepathTemplate",
+        )
+    raw_lengths = entry.get("shardLengths", [])
+    lengths = [] if isinstance(raw_lengths, list) else None
+    for count in raw_lengths if lengths is not None else ():
+        # TFDS writes the counts (int64 in its proto) as decimal strings.
+        if isinstance(count, str) and count.isascii() and count.isdigit():
+            lengths.append(int(count))
+        elif isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+            lengths.append(count)
+        else:
+            lengths = None
+            break
+    if lengths is None:
+        raise DataError(
+            "expected a list of non-negative record counts",
+            path=path,
+            field=f"splits.{split}.shardLengths",
+        )
+    total = len(lengths)
+    files = [
+        os.path.join(folder, f"{name}-{split}.{FILE_FORMAT}-{k:05d}-of-{total:05d}")
+        for k in range(total)
+    ]
+    return files, sum(lengths)
+
+
 def open_source(
-    data_dir: str | os.PathLike, name: str, split: str
+    data_dir: str | os.PathLike, name: str, split: str, *, check_unique_ids: bool = True
 ) -> tuple[SceneGraphSource, Vocab]:
     """Opens one split of a dataset written by :mod:`data_prep` for random access.
+
+    Nothing the dataset folder names is imported: ``features.json`` must equal our features
+    (:func:`check_features`), ``dataset_info.json`` is read as plain JSON.
 
     Args:
       data_dir: the folder given to ``data_prep`` as ``--out``.
       name: ``"gqa200"`` / ``"vg150"``, optionally ``"<name>:<version>"``.
       split: a split of the dataset (``"train"``, ``"val"``, ``"test"``, ...).
+      check_unique_ids: read every record's image id once and reject a split in which two
+        records share one.
 
     Returns:
       ``(source, vocab)``: ``source[i]`` is the i-th scene graph of the split, in file order.
 
     Raises:
-      DataError: the dataset is missing, not stored as array_record, or its metadata is invalid.
+      DataError: the dataset is missing, not stored as array_record, its features differ from
+        ours, its metadata is invalid, or two of its records share an image id.
       ConfigError: the dataset has no split ``split``.
     """
-    import tensorflow_datasets as tfds  # imported here: only the read path needs it
-
     folder = dataset_dir(data_dir, name)
     vocab = read_vocab(data_dir, name)
-    try:
-        builder = tfds.builder_from_directory(folder)
-    except Exception as exc:  # TFDS raises assorted types for an unreadable dataset_info.json.
-        raise DataError(
-            f"not a readable TFDS dataset: {type(exc).__name__}: {exc}".splitlines()[0], path=folder
-        ) from None
-    available = sorted(builder.info.splits.keys())
-    if split not in available:
-        raise ConfigError("split", f"{folder} has splits {available}, not {split!r}")
-    file_format = builder.info.file_format
-    if file_format is None or file_format.value != "array_record":
-        raise DataError(
-            f"stored as {getattr(file_format, 'value', file_format)}, expected array_record",
-            path=folder,
-            field="file_format",
-        )
-    records = builder.as_data_source(split)
-    return SceneGraphSource(records, path=folder, split=split), vocab
+    check_features(folder)
+    info = _read_json(os.path.join(folder, INFO_FILENAME))
+    files, num_records = _split_files(folder, info, split)
+    source = SceneGraphSource(files, path=folder, split=split, num_records=num_records)
+    if check_unique_ids:
+        source.check_unique_image_ids()
+    return source, vocab

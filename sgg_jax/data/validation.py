@@ -43,6 +43,8 @@ class ReadReport:
     dropped_duplicate_relations: int = 0
     dropped_images_without_relations: int = 0
     dropped_images_without_boxes: int = 0
+    zero_area_boxes: int = 0
+    zero_area_images: list[str] = dataclasses.field(default_factory=list)
 
     def add_graph(self, graph: SceneGraph) -> None:
         self.images += 1
@@ -54,17 +56,48 @@ class ReadReport:
         changed = {
             k: v
             for k, v in dataclasses.asdict(self).items()
-            if k not in ("images", "boxes", "relations") and v
+            if k not in ("images", "boxes", "relations", "zero_area_images") and v
         }
+        if self.zero_area_images:
+            shown = ", ".join(self.zero_area_images[:10])
+            more = len(self.zero_area_images) - 10
+            changed["zero_area_boxes"] = (
+                f"{self.zero_area_boxes} (images {shown}{f' and {more} more' if more > 0 else ''})"
+            )
         if changed:
             details = ", ".join(f"{k}={v}" for k, v in changed.items())
             logging.warning("%s: read %d images; %s", path, self.images, details)
 
 
-def _numeric(value, dtype, path, image_id, field) -> np.ndarray:
+def _is_number(value: object) -> bool:
+    return not isinstance(value, bool | np.bool_) and isinstance(
+        value, int | float | np.integer | np.floating
+    )
+
+
+def _numeric(value, dtype, path, image_id, field, ndim) -> np.ndarray:
+    """``value`` as an array of ``dtype``; raises a DataError for a bool, string or other non-number
+    entry instead of converting it (numpy turns ``True`` into 1 and ``"5"`` into 5)."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iuf":
+            raise DataError(
+                f"not numeric (dtype {value.dtype})", path=path, record=image_id, field=field
+            )
+    else:
+        items = [value]
+        for _ in range(ndim):
+            if not all(isinstance(item, list | tuple) for item in items):
+                break  # a shape error: the conversion below reports it
+            items = [entry for item in items for entry in item]
+        else:
+            for item in items:
+                if not _is_number(item):
+                    raise DataError(
+                        f"not a number: {item!r}"[:200], path=path, record=image_id, field=field
+                    )
     try:
         return np.asarray(value, dtype=dtype)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise DataError(
             f"not numeric ({type(exc).__name__})", path=path, record=image_id, field=field
         ) from None
@@ -125,21 +158,19 @@ def build_graph(
         return DataError(message, path=path, record=image_id, field=names[field])
 
     for field, value in (("width", width), ("height", height)):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise fail(field, f"not a number: {value!r}") from None
-        if not np.isfinite(number) or number <= 0:
-            raise fail(field, f"must be a positive finite number, got {value!r}")
+        if not _is_number(value):
+            raise fail(field, f"not a number: {value!r}"[:200])
+        if not np.isfinite(value) or value <= 0 or value != int(value):
+            raise fail(field, f"must be a positive integer, got {value!r}")
     width, height = int(width), int(height)
 
-    boxes = _numeric(boxes, np.float64, path, image_id, names["boxes"])
+    boxes = _numeric(boxes, np.float64, path, image_id, names["boxes"], 2)
     if boxes.size == 0:
         boxes = boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise fail("boxes", f"expected shape [N, 4], got {list(boxes.shape)}")
-    labels = _numeric(labels, np.float64, path, image_id, names["labels"]).reshape(-1)
-    relations = _numeric(relations, np.float64, path, image_id, names["relations"])
+    labels = _numeric(labels, np.float64, path, image_id, names["labels"], 1).reshape(-1)
+    relations = _numeric(relations, np.float64, path, image_id, names["relations"], 2)
     if relations.size == 0:
         relations = relations.reshape(0, 3)
     if relations.ndim != 2 or relations.shape[1] != 3:
@@ -211,8 +242,12 @@ def build_graph(
         fixed[:, [1, 3]] = np.clip(fixed[:, [1, 3]], 0, height)
         boxes = boxes.copy()
         boxes[repair] = fixed
+    zero_area = repair & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
     if report is not None:
         report.repaired_boxes += int(repair.sum())
+        if zero_area.any():
+            report.zero_area_boxes += int(zero_area.sum())
+            report.zero_area_images.append(str(image_id))
         report.self_relations += int(is_self.sum())
     if drop_self_relations and is_self.any():
         relations = relations[~is_self]

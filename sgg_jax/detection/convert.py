@@ -78,6 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from sgg_jax.data.fileio import load_npz, load_numpy
 from sgg_jax.detection.backbone import BackboneConfig, build_backbone, vgg_layer_names
 from sgg_jax.detection.detector import DetectorConfig
 from sgg_jax.errors import ConfigError, DataError
@@ -741,10 +742,12 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise DataError("file not found", path=path)
     if suffix == ".npz":
+        with load_numpy(path, ".npz") as archive:
+            keys = list(archive.files)
+        arrays = load_npz(path, keys)
         try:
-            with np.load(path, allow_pickle=False) as archive:
-                return {key: np.asarray(archive[key], dtype=np.float32) for key in archive.files}
-        except (OSError, ValueError) as error:
+            return {key: np.asarray(array, dtype=np.float32) for key, array in arrays.items()}
+        except (TypeError, ValueError) as error:
             raise DataError(f"not a readable .npz file ({error})", path=path) from None
     try:
         import torch

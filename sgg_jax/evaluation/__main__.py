@@ -56,7 +56,23 @@ def define_flags() -> None:
 
 
 def load_groundtruth(spec: str):
-    """Ground-truth graphs and vocabulary named by ``--groundtruth`` (see the module docstring)."""
+    """Ground-truth graphs and vocabulary named by ``--groundtruth`` (see the module docstring).
+
+    Raises:
+      DataError: two ground-truth images share an image id (naming ``spec`` and the id).
+    """
+    graphs, vocab = _load_groundtruth(spec)
+    seen = set()
+    for graph in graphs:
+        if graph.image_id in seen:
+            raise DataError(
+                "image id appears twice in the ground truth", path=spec, record=graph.image_id
+            )
+        seen.add(graph.image_id)
+    return graphs, vocab
+
+
+def _load_groundtruth(spec: str):
     from sgg_jax.data import datasets, gqa200, tfds_source, vg150
 
     if os.path.isdir(spec):
@@ -90,7 +106,12 @@ def align(groundtruths, image_ids: Sequence[str], predictions, predictions_path:
     position = {}
     for index, image_id in enumerate(image_ids):
         if image_id in position:
-            raise DataError("image id appears twice", path=predictions_path, record=image_id)
+            raise DataError(
+                "image id appears twice in the predictions",
+                path=predictions_path,
+                record=image_id,
+                field="image_ids",
+            )
         position[image_id] = index
     if len(image_ids) != len(groundtruths):
         raise DataError(

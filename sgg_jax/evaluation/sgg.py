@@ -677,6 +677,7 @@ def _iterate_chunks(
 ) -> Iterator[list[tuple[int, SceneGraph, Prediction]]]:
     """Groups the evaluated images into chunks of at most ``chunk_size`` predicted pairs."""
     items, pairs_in_chunk = [], 0
+    first_index: dict[str, int] = {}
     for index in range(len(groundtruths)):
         graph = groundtruths[index]
         if not isinstance(graph, SceneGraph):
@@ -685,6 +686,14 @@ def _iterate_chunks(
                 record=f"index {index}",
                 field="groundtruths",
             )
+        if graph.image_id in first_index:
+            raise DataError(
+                f"image id also at index {first_index[graph.image_id]}: one prediction would be "
+                "scored against two ground truths",
+                record=_record(index, graph.image_id),
+                field="groundtruths",
+            )
+        first_index[graph.image_id] = index
         if graph.num_relations == 0:
             counts["num_images_skipped_no_gt"] += 1
             continue

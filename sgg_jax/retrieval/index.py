@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgg_jax.data.fileio import load_json, require
+from sgg_jax.data.fileio import load_json, load_numpy, require
 from sgg_jax.errors import ConfigError, DataError
 
 MANIFEST = "manifest.json"
@@ -356,10 +356,9 @@ class Index(abc.ABC):
         except (TypeError, ConfigError) as exc:
             raise DataError(str(exc), path=manifest_path, field="parameters") from None
         ids_path = os.path.join(path, "ids.npy")
-        try:
-            ids = np.load(ids_path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot be read: {exc}", path=ids_path) from None
+        if not os.path.isfile(ids_path):
+            raise DataError("cannot be read: file not found", path=ids_path)
+        ids = load_numpy(ids_path, ".npy", prefix="cannot be read")
         if ids.shape != (size,):
             raise DataError(f"expected shape ({size},), got {ids.shape}", path=ids_path)
         if not np.issubdtype(ids.dtype, np.integer):
@@ -509,10 +508,9 @@ class ExactIndex(Index):
 
     def _restore(self, path: str) -> None:
         keys_path = os.path.join(path, "keys.npy")
-        try:
-            keys = np.load(keys_path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot be read: {exc}", path=keys_path) from None
+        if not os.path.isfile(keys_path):
+            raise DataError("cannot be read: file not found", path=keys_path)
+        keys = load_numpy(keys_path, ".npy", prefix="cannot be read")
         if keys.shape != (self.size, self._dim):
             raise DataError(
                 f"expected shape ({self.size}, {self._dim}), got {keys.shape}", path=keys_path

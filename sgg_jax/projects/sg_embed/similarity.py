@@ -53,13 +53,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from sgg_jax.data import captions as captions_lib
 from sgg_jax.data import word_vectors
+from sgg_jax.data.fileio import load_numpy
 from sgg_jax.errors import ConfigError, DataError, check_int
 from sgg_jax.projects.sg_embed.triplet_samplers import RANGE_TOLERANCE, SIMILARITY_RANGE
 
@@ -265,16 +265,7 @@ def load_similarity_matrix(
     """
     check_int("num_images", num_images, minimum=1)
     path = os.fspath(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError("file not found", path=path) from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"not a readable .npy array: {exc}", path=path) from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        loaded.close()
-        raise DataError("expected a .npy array, got an .npz archive", path=path)
-    matrix = np.asarray(loaded)
+    matrix = np.asarray(load_numpy(path, ".npy", prefix="not a readable .npy array"))
     if not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
         raise DataError(f"expected a real numeric array, got dtype {matrix.dtype}", path=path)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
