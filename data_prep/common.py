@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from sgg_jax.data import tfds_source
+from sgg_jax.data.fileio import check_writable_dir
 from sgg_jax.data.summary import (
     SplitSummary,
     format_predicate_histogram,
@@ -241,8 +242,10 @@ def prepare(
     Raises:
       DataError: a raw file or record is malformed, or a record does not read back equal to its
         source (nothing is written then).
-      ConfigError: the dataset exists and ``overwrite`` is False.
+      ConfigError: the dataset exists and ``overwrite`` is False; ``out_dir`` is a file or
+        cannot be written.
     """
+    check_writable_dir(out_dir, "out")  # before the raw files are read
     data_dir = os.path.abspath(os.fspath(out_dir))
     version = str(builder_cls.VERSION)
     dataset_dir = os.path.join(data_dir, builder_cls.name, version)

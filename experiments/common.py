@@ -12,6 +12,7 @@ import dataclasses
 
 from absl import flags
 
+from sgg_jax.data.image_io import DEFAULT_MAX_PIXELS
 from sgg_jax.errors import ConfigError
 from sgg_jax.experiment.relation import DATASETS, DataConfig
 from sgg_jax.train.optim import OptimConfig
@@ -159,6 +160,12 @@ def define_data_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "detections_per_image",
         0,
         "sgdet: detections per image (0 = the detector's); every ordered pair is a candidate.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "max_image_pixels",
+        DEFAULT_MAX_PIXELS,
+        "roi: refuse image files of more pixels (width x height) than this, from their header.",
         flag_values=flag_values,
     )
 

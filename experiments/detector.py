@@ -21,6 +21,7 @@ import dataclasses
 from absl import app, flags
 
 from experiments import cli
+from sgg_jax.data.image_io import DEFAULT_MAX_PIXELS
 from sgg_jax.projects.detector import experiment as detector
 from sgg_jax.projects.detector.experiment import DetectorExperimentConfig
 
@@ -142,6 +143,12 @@ def define_flags(flag_values: flags.FlagValues) -> None:
         "plot_score_thresh",
         0.3,
         "Only detections above this score are drawn.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "max_image_pixels",
+        DEFAULT_MAX_PIXELS,
+        "Refuse image files of more pixels (width x height) than this, from their header.",
         flag_values=flag_values,
     )
 

@@ -1,7 +1,7 @@
 """Scene graphs of your own images from an exported SGDet model: JSON plus drawings.
 
 ``python -m experiments.predict --export_dir=DIR --images=a.jpg,b.png --out=OUT [--top_k=10]
-[--score_thresh=0.3] [--batch_size=B]``
+[--score_thresh=0.3] [--batch_size=B] [--max_image_pixels=50000000]``
 
 ``--images`` takes a comma-separated list, or space-separated paths after it
 (``--images a.jpg b.jpg``: the extra words are positional arguments, read as more images).
@@ -12,7 +12,8 @@ the work (its module docstring describes the export contract, the pipeline and t
 ``scene_graphs.json``, ``<stem>_scene_graph.png`` and ``<stem>_graph.png`` per image in ``--out``).
 
 Bad input: a missing, empty, unreadable (e.g. a text file named ``.jpg``), truncated or zero-size
-image, a bad flag, or an export folder that is missing, incomplete or not an SGDet export with
+image, an image of more than ``--max_image_pixels`` pixels (refused from its header, before
+decoding), an ``--out`` that is a file or cannot be written, a bad flag, or an export folder that is missing, incomplete or not an SGDet export with
 images ends the run with exit status 2 and one ``error: ...`` line on stderr naming the file, the
 folder or the flag, before anything is written.
 """
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from experiments import cli
+from sgg_jax.data.image_io import DEFAULT_MAX_PIXELS
 from sgg_jax.experiment import predict
 from sgg_jax.experiment.predict import PredictConfig
 
@@ -53,6 +55,12 @@ def define_flags(flag_values: flags.FlagValues) -> None:
         "Images per call (default: the export's; must be an exported budget's B).",
         flag_values=flag_values,
     )
+    flags.DEFINE_integer(
+        "max_image_pixels",
+        DEFAULT_MAX_PIXELS,
+        "Refuse images of more pixels (width x height) than this, from their header.",
+        flag_values=flag_values,
+    )
 
 
 def config_from_flags(flag_values: flags.FlagValues, extra_images: Sequence[str] = ()):
@@ -65,6 +73,7 @@ def config_from_flags(flag_values: flags.FlagValues, extra_images: Sequence[str]
         top_k=flag_values.top_k,
         score_thresh=flag_values.score_thresh,
         batch_size=flag_values.batch_size,
+        max_image_pixels=flag_values.max_image_pixels,
     )
 
 

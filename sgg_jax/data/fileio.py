@@ -1,4 +1,8 @@
-"""Reading JSON (plain or gzip) and ``.npz`` files with one-line :class:`~sgg_jax.errors.DataError`s."""
+"""Reading JSON (plain or gzip) and ``.npz`` files with one-line :class:`~sgg_jax.errors.DataError`s,
+and the up-front checks of output paths (:func:`check_writable_dir`, :func:`check_writable_file`):
+a command checks its output folder before it loads data or trains, so an unwritable ``--out`` or
+``--workdir`` is one :class:`~sgg_jax.errors.ConfigError` line naming the flag, not a traceback
+after minutes of work."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sgg_jax.errors import DataError
+from sgg_jax.errors import ConfigError, DataError
 
 
 def load_json(path: str | os.PathLike) -> Any:
@@ -151,3 +155,77 @@ def check_offsets(
             path=path,
             field=field,
         )
+
+
+def _nearest_existing(path: str) -> str:
+    """``path`` or its nearest ancestor that exists (``path`` absolute)."""
+    current = path
+    while not os.path.lexists(current):
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return current
+
+
+def check_writable_dir(path: str | os.PathLike | None, option: str) -> str:
+    """Checks that ``path`` is, or can be created as, a folder this process can write into.
+
+    Nothing is created: a missing folder passes when its nearest existing ancestor is a writable
+    folder (``os.makedirs`` will then succeed).
+
+    Args:
+      path: the output folder.
+      option: the flag named by the error (``"out"``, ``"workdir"``, ...).
+
+    Returns:
+      ``os.fspath(path)``.
+
+    Raises:
+      ConfigError: naming ``option`` and the path, when it is empty, exists and is not a folder,
+        lies under a file, or is not writable.
+    """
+    if path is None or os.fspath(path) == "":
+        raise ConfigError(option, "is required (an output folder)")
+    path = os.fspath(path)
+    full = os.path.abspath(os.path.expanduser(path))
+    existing = _nearest_existing(full)
+    if existing == full:
+        if not os.path.isdir(full):
+            raise ConfigError(option, f"{path} exists and is not a folder")
+    elif not os.path.isdir(existing):
+        raise ConfigError(
+            option, f"{path} cannot be created: {existing} exists and is not a folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == full else f" ({existing} is not writable)"
+        raise ConfigError(option, f"{path} is not writable{where}")
+    return path
+
+
+def check_writable_file(path: str | os.PathLike | None, option: str) -> str:
+    """Checks that the file ``path`` can be written: not a folder, and its folder is writable
+    (or can be created, :func:`check_writable_dir`). An existing file must be writable.
+
+    Returns:
+      ``os.fspath(path)``.
+
+    Raises:
+      ConfigError: naming ``option`` and the path.
+    """
+    if path is None or os.fspath(path) == "":
+        raise ConfigError(option, "is required (an output file)")
+    path = os.fspath(path)
+    full = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(full):
+        raise ConfigError(option, f"{path} is a folder, not a file")
+    parent = os.path.dirname(full)
+    existing = _nearest_existing(parent)
+    if not os.path.isdir(existing) or (existing == parent and not os.path.isdir(parent)):
+        raise ConfigError(option, f"{path} cannot be written: {existing} is not a folder")
+    if os.path.exists(full):
+        if not os.access(full, os.W_OK):
+            raise ConfigError(option, f"{path} is not writable")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(option, f"{path} cannot be written: {existing} is not writable")
+    return path

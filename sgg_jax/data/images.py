@@ -23,7 +23,8 @@ Conventions (one static shape for every batch, so one compilation):
 
 Unreadable, non-RGB-convertible or zero-size image files raise the one-line
 :class:`~sgg_jax.errors.DataError` of :func:`sgg_jax.data.image_io.load_image`, naming the
-file; a graph without ``image_path`` raises one naming the image id.
+file (an image of more than ``max_pixels`` pixels included, refused from its header before
+decoding); a graph without ``image_path`` raises one naming the image id.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sgg_jax.data.image_io import load_image
-from sgg_jax.errors import ConfigError, DataError, check_int
+from sgg_jax.data.image_io import DEFAULT_MAX_PIXELS, load_image
+from sgg_jax.errors import ConfigError, DataError, check_int, check_positive_int
 from sgg_jax.structures import SceneGraph, SceneGraphBatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -85,6 +86,7 @@ class ImageBatchTransform:
       mean, std: per-channel normalisation.
       scale_255: divide pixels by 255 before normalising.
       bgr: reverse the channels (Caffe2-style weights).
+      max_pixels: image files of more pixels than this are refused (a DataError naming the file).
     """
 
     def __init__(
@@ -96,8 +98,10 @@ class ImageBatchTransform:
         std: Sequence[float] = IMAGENET_STD,
         scale_255: bool = True,
         bgr: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         check_int("image_size", image_size, minimum=1)
+        self.max_pixels = check_positive_int("max_image_pixels", max_pixels)
         self.graphs = list(graphs)
         self.image_size = int(image_size)
         self.mean = np.asarray(mean, np.float32).reshape(3)
@@ -115,7 +119,7 @@ class ImageBatchTransform:
                 record=graph.image_id,
                 field="image_path",
             )
-        pixels = load_image(graph.image_path)
+        pixels = load_image(graph.image_path, max_pixels=self.max_pixels)
         if pixels.shape[:2] != (graph.height, graph.width):
             raise DataError(
                 f"the image is {pixels.shape[1]}x{pixels.shape[0]} but its annotation says "

@@ -721,19 +721,57 @@ def to_maskrcnn_benchmark_detector(
 # ----------------------------------------------------------------------------------------------
 
 
+MIN_TORCH_VERSION = (2, 6, 0)
+
+
+def check_torch_version(version: object, path: str = "") -> None:
+    """Refuses torch older than :data:`MIN_TORCH_VERSION` (2.6.0) for reading ``.pth`` files.
+
+    ``torch.load(weights_only=True)`` of torch <= 2.5.1 can be made to run code by a crafted
+    checkpoint (CVE-2025-32434). A pre-release of 2.6.0 (``2.6.0a0``, ``2.6.0.dev...``,
+    ``2.6.0rc1``) and a version string that cannot be read are refused too; a local suffix
+    (``2.6.0+cu124``) is accepted.
+
+    Raises:
+      ConfigError: one line naming the installed version (and ``path``).
+    """
+    text = str(version) if version is not None else ""
+    found = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?([^+]*)", text)
+    minimum = ".".join(str(v) for v in MIN_TORCH_VERSION)
+    release = None
+    if found:
+        release = tuple(int(v or 0) for v in found.groups()[:3])
+        pre_release = found.group(4).strip(".-_") != ""
+        if release > MIN_TORCH_VERSION or (release == MIN_TORCH_VERSION and not pre_release):
+            return
+    target = f"reading {path!r} " if path else "reading .pth / .pt files "
+    raise ConfigError(
+        "path",
+        f"{target}needs torch >= {minimum} (older torch.load can run code from a crafted "
+        f"checkpoint, CVE-2025-32434); installed: torch {text or 'of unknown version'}; upgrade "
+        "torch, or convert the file to .npz with a safe torch",
+    )
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a PyTorch state dict from ``.pth`` / ``.pt`` (needs torch) or ``.npz`` (numpy only).
 
     A checkpoint holding ``{"model": state_dict, ...}`` (maskrcnn_benchmark) or
     ``{"state_dict": ...}`` yields that entry; non-tensor entries are dropped. ``.pth`` files are
-    read with ``torch.load(weights_only=True)`` on the CPU. Convert once where torch is
-    installed with :func:`save_npz` to load on machines without it.
+    read with ``torch.load(weights_only=True)`` on the CPU, and only with torch >= 2.6.0:
+    ``weights_only=True`` of older versions can still run code from a crafted file
+    (CVE-2025-32434), so they are refused (:func:`check_torch_version`) before the file is opened.
+    Convert once where torch is installed with :func:`save_npz` to load on machines without it.
 
     Args:
       path: the file.
 
     Returns:
       ``{PyTorch key: float32 array}``.
+
+    Raises:
+      ConfigError: the suffix is none of these, torch is missing, or older than 2.6.0.
+      DataError: the file is missing or holds no state dict.
     """
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
@@ -757,6 +795,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             f"reading {path!r} needs PyTorch (pip install torch); or convert it to .npz with "
             "sgg_jax.detection.convert.save_npz where torch is installed",
         ) from None
+    check_torch_version(getattr(torch, "__version__", None), path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     for entry in ("model", "state_dict"):
         if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(entry), Mapping):

@@ -15,7 +15,9 @@
 images are matched to the ground truth by image id and must be exactly the ground-truth images.
 The metrics are printed as a table; with ``--out`` the folder receives ``results.json``,
 ``results.md``, ``per_predicate_recall.png`` (against ``--baseline`` when given) and
-``predicate_confusion.png``. Bad input ends with one line on stderr and exit status 2.
+``predicate_confusion.png``. Bad input ends with one line on stderr and exit status 2; an
+``--out`` that is a file or cannot be written and a missing or unusable ``--baseline`` are reported
+before anything is evaluated or written.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
+from sgg_jax.data.fileio import check_writable_dir, load_json
 from sgg_jax.errors import ConfigError, DataError
 
 FLAGS = flags.FLAGS
@@ -142,6 +145,14 @@ def run() -> dict:
         raise ConfigError("groundtruth", "is required")
     if not FLAGS.predictions:
         raise ConfigError("predictions", "is required")
+    if FLAGS.out:
+        check_writable_dir(FLAGS.out, "out")  # before any work
+    baseline_runs = None
+    if FLAGS.out and FLAGS.baseline:  # read before anything is written
+        baseline_runs = load_json(FLAGS.baseline)
+        if not isinstance(baseline_runs, dict) or not isinstance(baseline_runs.get("runs"), dict):
+            raise DataError("expected a results.json object", path=FLAGS.baseline, field="runs")
+        baseline_runs = baseline_runs["runs"]
     groundtruths, vocab = load_groundtruth(FLAGS.groundtruth)
     image_ids, predictions = predictions_io.load_predictions(FLAGS.predictions)
     predictions = align(groundtruths, image_ids, predictions, FLAGS.predictions)
@@ -176,6 +187,15 @@ def run() -> dict:
         f"{metrics['num_images_empty_prediction']} with an empty prediction); {FLAGS.mode}"
     )
     print(report.metrics_table({FLAGS.name: metrics}), end="")
+    k = max(ks)
+    baseline = None
+    if baseline_runs is not None:
+        key = f"per_predicate_R@{k}"
+        baseline = next((run[key] for run in baseline_runs.values() if key in run), None)
+        if baseline is None or len(baseline) != vocab.num_predicates:
+            raise DataError(
+                f"no run with {vocab.num_predicates} values", path=FLAGS.baseline, field=key
+            )
     if FLAGS.out:
         dataset = FLAGS.groundtruth
         report.write_results(
@@ -186,18 +206,6 @@ def run() -> dict:
             seed=FLAGS.seed,
             runs={FLAGS.name: metrics},
         )
-        k = max(ks)
-        baseline = None
-        if FLAGS.baseline:
-            from sgg_jax.data.fileio import load_json
-
-            runs = load_json(FLAGS.baseline).get("runs", {})
-            key = f"per_predicate_R@{k}"
-            baseline = next((run[key] for run in runs.values() if key in run), None)
-            if baseline is None or len(baseline) != vocab.num_predicates:
-                raise DataError(
-                    f"no run with {vocab.num_predicates} values", path=FLAGS.baseline, field=key
-                )
         report.plot_per_predicate_recall(
             os.path.join(FLAGS.out, "per_predicate_recall.png"),
             metrics[f"per_predicate_R@{k}"],

@@ -13,7 +13,10 @@ paired differences (``|mean| > 2·std``, :attr:`Difference.holds`): with three s
 stated as such wherever it is used.
 
 ``python -m sgg_jax.evaluation.seeds results/ra_sgg_gqa200_mini --metrics R@100,mR@100
---baseline "PE-Net continued"`` prints the table and writes ``aggregate.json`` next to the seeds.
+--baseline "PE-Net continued"`` prints the table and writes ``aggregate.json`` next to the seeds
+(or to ``--out``). A ``--baseline`` run that is not in every seed's ``results.json`` and an
+``--out`` that is a folder or cannot be written end it with one line ``error: ...`` and exit
+status 2, before anything is written.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sgg_jax.data.fileio import load_json
-from sgg_jax.errors import DataError
+from sgg_jax.data.fileio import check_writable_file, load_json
+from sgg_jax.errors import ConfigError, DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +175,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="aggregate.json (default: next to the seeds)")
     args = parser.parse_args(argv)
     metrics = [m for m in args.metrics.split(",") if m]
+    out = args.out
     try:
+        if out is not None:
+            check_writable_file(out, "out")  # before any work
         documents = load_seed_results(args.paths)
+        if out is None:
+            first = args.paths[0]
+            out = os.path.join(
+                first if os.path.isdir(first) else os.path.dirname(first), "aggregate.json"
+            )
+            check_writable_file(out, "out")
         summary = aggregate(documents)
         if args.baseline is not None and args.baseline not in summary["runs"]:
             raise DataError(f"no run {args.baseline!r} in every seed", field="baseline")
@@ -189,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for metric in metrics
                     if metric in summary["runs"][run]
                 }
-    except DataError as error:
+    except (DataError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"seeds {summary['seeds']} (mean ± sample std, %)")
@@ -201,12 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             for metric, d in entries.items()
         )
         print(f"{run} − {args.baseline}: {described}")
-    out = args.out
-    if out is None:
-        first = args.paths[0]
-        out = os.path.join(
-            first if os.path.isdir(first) else os.path.dirname(first), "aggregate.json"
-        )
     with open(out, "w", encoding="utf-8") as handle:
         json.dump(
             {**summary, "baseline": args.baseline, "differences": differences}, handle, indent=2

@@ -22,7 +22,11 @@ by default the smallest integer making its longer side at least 512 pixels) with
 of ``legend_width`` pixels to its right: the PNG is ``(scale * H, scale * W + legend_width)``, and
 image pixel ``(r, c)`` covers output rows ``[scale * r, scale * (r + 1))`` and columns
 ``[scale * c, scale * (c + 1))``. Boxes are drawn in the image's pixel coordinates (xyxy, a pixel
-``(r, c)`` spans ``[c, c + 1) x [r, r + 1)``). :func:`draw_graph` writes ``size`` pixels.
+``(r, c)`` spans ``[c, c + 1) x [r, r + 1)``). An image whose longer side exceeds ``max_side``
+(default :data:`MAX_DRAWING_SIDE`, 2048 pixels) is drawn on a downscaled copy of that longer side
+(Pillow, box filter; boxes still given in the original pixels), so the drawing of a 50-megapixel
+photo stays a few megapixels: the PNG is then ``(round(f * H), round(f * W) + legend_width)`` with
+``f = max_side / max(H, W)``. :func:`draw_graph` writes ``size`` pixels.
 
 Names. ``names`` is a :class:`~sgg_jax.structures.Vocab`, a pair ``(object_names,
 predicate_names)``, or object names alone. Name lists starting with ``__background__`` are indexed
@@ -48,6 +52,7 @@ from sgg_jax.errors import ConfigError, DataError
 from sgg_jax.structures import BACKGROUND, Prediction, SceneGraph, Vocab
 
 _DPI = 100
+MAX_DRAWING_SIDE = 2048
 _MIN_LONG_SIDE = 512
 _LINE_PIXELS = 17
 _FONT_POINTS = 9
@@ -56,6 +61,7 @@ LAYOUTS = ("circular", "spring")
 
 __all__ = [
     "LAYOUTS",
+    "MAX_DRAWING_SIDE",
     "draw_graph",
     "draw_groundtruth",
     "draw_prediction",
@@ -298,6 +304,7 @@ def draw_scene_graph(
     scale: int | None = None,
     legend_width: int = 300,
     title: str | None = None,
+    max_side: int = MAX_DRAWING_SIDE,
 ) -> np.ndarray:
     """Draws boxes and the top-K relations on an image and writes a PNG.
 
@@ -315,9 +322,11 @@ def draw_scene_graph(
       scale: integer enlargement of the image (default: long side >= 512 pixels).
       legend_width: width in pixels of the triplet list to the right of the image.
       title: optional first line of the legend panel.
+      max_side: longer side, in output pixels, of the image part; a larger image is drawn on a
+        downscaled copy (module docstring).
 
     Returns:
-      The drawing, uint8[scale * H, scale * W + legend_width, 3].
+      The drawing, uint8[scale * H, scale * W + legend_width, 3] (or the downscaled size).
     """
     image = _as_image(image)
     boxes, labels, scores = _checked_boxes(boxes, labels, scores)
@@ -331,17 +340,33 @@ def draw_scene_graph(
     scale = _default_scale(height, width) if scale is None else scale
     if isinstance(scale, bool) or not isinstance(scale, int | np.integer) or scale < 1:
         raise ConfigError("scale", f"expected an int >= 1, got {scale!r}")
+    if isinstance(max_side, bool) or not isinstance(max_side, int | np.integer) or max_side < 1:
+        raise ConfigError("max_side", f"expected an int >= 1, got {max_side!r}")
     shown = _check_triplets(triplets, boxes.shape[0])[:top_k]
     object_names, predicate_names = _name_lists(names)
     colours = object_colours(boxes.shape[0])
 
-    image_px_w, image_px_h = scale * width, scale * height
+    if scale * max(height, width) > max_side:
+        # Output pixels per image pixel < 1: draw on a downscaled copy (bounded memory).
+        from PIL import Image
+
+        factor = max_side / max(height, width)
+        image_px_w = min(max_side, max(1, round(width * factor)))
+        image_px_h = min(max_side, max(1, round(height * factor)))
+        shown_pixels = np.asarray(
+            Image.fromarray(np.ascontiguousarray(image)).resize(
+                (image_px_w, image_px_h), Image.Resampling.BOX, reducing_gap=2.0
+            )
+        )
+        scale = factor
+    else:
+        # The image's pixels are copied as they are (no resampling).
+        image_px_w, image_px_h = scale * width, scale * height
+        shown_pixels = np.repeat(np.repeat(image, scale, 0), scale, 1)
     total_w = image_px_w + legend_width
     figure, canvas = _figure(total_w, image_px_h)
-    # The image's pixels are copied as they are (no resampling); the axes on top share its pixels.
-    figure.figimage(
-        np.repeat(np.repeat(image, scale, 0), scale, 1), xo=0, yo=0, origin="upper", zorder=-1
-    )
+    # The axes on top of the image use the original image's pixel coordinates.
+    figure.figimage(shown_pixels, xo=0, yo=0, origin="upper", zorder=-1)
     axes = figure.add_axes(_rect((image_px_h, total_w), 0, 0, image_px_w, image_px_h))
     axes.patch.set_visible(False)
     axes.set_xlim(0, width)

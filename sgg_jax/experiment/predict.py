@@ -22,8 +22,11 @@ error naming ``export_dir``.
 
 Pipeline.
 
+0. ``out`` is checked first (:func:`sgg_jax.data.fileio.check_writable_dir`): a file there, or a
+   folder that cannot be written, is a ConfigError naming ``out`` before any work.
 1. Every image is read with :func:`sgg_jax.data.image_io.load_image` (grayscale and RGBA
-   become RGB) *before* anything is loaded, computed or written.
+   become RGB) *before* anything is loaded, computed or written; an image of more than
+   ``max_image_pixels`` pixels is refused from its header, before it is decoded.
 2. Preprocessing is the training one, :class:`sgg_jax.data.images.ImageBatchTransform` with the
    export's ``image_transform``: the longer side is resized to ``S`` (aspect kept, bilinear), the
    image is padded to ``S x S`` (zeros after normalisation), pixels become
@@ -46,7 +49,9 @@ Outputs in ``out`` (created):
   "detector_score"}], "relations": [{"subject", "object", "predicate", "predicate_id", "score",
   "text"}]}]}``; relations in rank order, ``subject`` / ``object`` index ``objects``.
 * ``<stem>_scene_graph.png``: the original image with the boxes and the top-K relations
-  (:func:`sgg_jax.evaluation.viz.draw_prediction`; no boxes for an empty graph) and
+  (:func:`sgg_jax.evaluation.viz.draw_prediction`; no boxes for an empty graph; a large image is
+  drawn on a copy downscaled to a longer side of
+  :data:`~sgg_jax.evaluation.viz.MAX_DRAWING_SIDE` pixels) and
   ``<stem>_graph.png``: the node-link graph (:func:`sgg_jax.evaluation.viz.draw_graph`). Images
   sharing a stem get ``_1``, ``_2``, ...
 
@@ -67,7 +72,8 @@ from typing import Any
 
 import numpy as np
 
-from sgg_jax.errors import ConfigError
+from sgg_jax.data.image_io import DEFAULT_MAX_PIXELS
+from sgg_jax.errors import ConfigError, check_positive_int
 
 JSON_FILE = "scene_graphs.json"
 _MANIFEST = "manifest.json"
@@ -85,6 +91,7 @@ class PredictConfig:
       top_k: relations kept (and drawn) per image, best first.
       score_thresh: objects whose object score is below this are dropped.
       batch_size: images per call (None: the export's; it must be an exported budget's B).
+      max_image_pixels: images of more pixels (width x height) are refused, from their header.
     """
 
     export_dir: str | None = None
@@ -93,6 +100,7 @@ class PredictConfig:
     top_k: int = 10
     score_thresh: float = 0.3
     batch_size: int | None = None
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
         if self.export_dir is not None:
@@ -117,6 +125,7 @@ class PredictConfig:
             raise ConfigError("score_thresh", f"must be a finite number, got {self.score_thresh}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
+        check_positive_int("max_image_pixels", self.max_image_pixels)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,11 +234,15 @@ def export_budget(predictor, export_dir: str, batch_size: int | None) -> tuple[i
 # ----------------------------------------------------------------------------------------------
 
 
-def image_sizes(paths: Sequence[str]) -> list[tuple[int, int]]:
+def image_sizes(
+    paths: Sequence[str], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[tuple[int, int]]:
     """``(height, width)`` of every image; raises the DataError of the first bad file."""
     from sgg_jax.data.image_io import load_image
 
-    return [tuple(int(v) for v in load_image(path).shape[:2]) for path in paths]
+    return [
+        tuple(int(v) for v in load_image(path, max_pixels=max_pixels).shape[:2]) for path in paths
+    ]
 
 
 def image_graphs(paths: Sequence[str], sizes: Sequence[tuple[int, int]]):
@@ -394,17 +407,23 @@ def run(config: PredictConfig) -> dict[str, Any]:
 
     Raises:
       DataError: naming the first unreadable image, before anything is loaded or written.
-      ConfigError: naming ``export_dir`` (not an SGDet export with images, or broken) or
-        ``batch_size`` (not an exported budget's), before anything is written.
+      ConfigError: naming ``out`` (a file, or not writable), ``export_dir`` (not an SGDet
+        export with images, or broken) or ``batch_size`` (not an exported budget's), before
+        anything is written.
     """
+    from sgg_jax.data.fileio import check_writable_dir
     from sgg_jax.data.image_io import load_image
     from sgg_jax.data.images import ImageBatchTransform
     from sgg_jax.evaluation.viz import draw_graph, draw_prediction
 
     export_dir, paths, out_dir = config.export_dir, list(config.images), config.out
     top_k, score_thresh = config.top_k, config.score_thresh
+    max_pixels = config.max_image_pixels
+    check_writable_dir(out_dir, "out")
     spec = check_export(export_dir)
-    sizes = image_sizes(paths)  # every image is readable before anything is loaded or written
+    sizes = image_sizes(
+        paths, max_pixels
+    )  # every image is readable before anything is loaded or written
     predictor = load_predictor(export_dir)
     budget = export_budget(predictor, export_dir, config.batch_size)
     transform = ImageBatchTransform(
@@ -414,6 +433,7 @@ def run(config: PredictConfig) -> dict[str, Any]:
         std=spec["std"],
         scale_255=spec["scale_255"],
         bgr=spec["bgr"],
+        max_pixels=max_pixels,
     )
     vocab = (spec["object_names"], spec["predicate_names"])
     stems = output_stems(paths)
@@ -456,7 +476,7 @@ def run(config: PredictConfig) -> dict[str, Any]:
 
     os.makedirs(out_dir, exist_ok=True)
     for index, prediction, triplets in drawings:
-        image = load_image(paths[index])
+        image = load_image(paths[index], max_pixels=max_pixels)
         draw_prediction(
             image,
             prediction,

@@ -25,7 +25,8 @@ import jax
 import numpy as np
 
 from sgg_jax.data import datasets, pipeline
-from sgg_jax.errors import ConfigError
+from sgg_jax.data.image_io import DEFAULT_MAX_PIXELS
+from sgg_jax.errors import ConfigError, check_positive_int
 from sgg_jax.evaluation import evaluate, frequency_groups
 from sgg_jax.evaluation.collect import batch_predictions, detection_predictions
 from sgg_jax.structures import SceneGraph, SceneGraphBatch, Vocab
@@ -75,6 +76,8 @@ class DataConfig:
       feature_source: ``geometry``, ``precomputed`` (``object_features``) or ``roi``
         (``detector_workdir``).
       image_size, freeze_detector, detections_per_image: ``roi`` options (0 = the detector's).
+      max_image_pixels: ``roi``: image files of more pixels are refused (a DataError naming the
+        file, from its header, before decoding).
     """
 
     dataset: str = "gqa200_mini"
@@ -105,6 +108,7 @@ class DataConfig:
     image_size: int = 0
     freeze_detector: bool = True
     detections_per_image: int = 0
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
         self.validate()
@@ -157,6 +161,7 @@ class DataConfig:
         for name in ("image_size", "detections_per_image"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
+        check_positive_int("max_image_pixels", self.max_image_pixels)
         if self.detections_per_image == 1:
             raise ConfigError("detections_per_image", "must be 0 (the detector's) or >= 2")
         for name in _REQUIRED_PATHS.get(self.dataset, ()):
@@ -570,11 +575,12 @@ class PixelInputs:
         if self.image_size <= 0:
             raise ConfigError("image_size", "is required: the detector run records none")
         self.workdir = data.detector_workdir
+        self.max_image_pixels = data.max_image_pixels
 
     def transform(self, graphs: Sequence[SceneGraph]):
         from sgg_jax.data.images import ImageBatchTransform
 
-        return ImageBatchTransform(graphs, self.image_size)
+        return ImageBatchTransform(graphs, self.image_size, max_pixels=self.max_image_pixels)
 
     def example_batch(self, graphs: Sequence[SceneGraph], loader) -> SceneGraphBatch:
         """The first batch of ``loader`` (over ``graphs``) with its pixels (model init)."""

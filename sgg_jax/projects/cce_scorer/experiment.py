@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from sgg_jax.data import pipeline
+from sgg_jax.data.fileio import check_writable_dir
 from sgg_jax.errors import ConfigError
 from sgg_jax.experiment import relation
 from sgg_jax.experiment.relation import DataConfig
@@ -499,7 +500,11 @@ def run(config: CCEScorerExperimentConfig, workdir: str) -> dict[str, Any]:
 
     Returns:
       The ``results.json`` document.
+
+    Raises:
+      ConfigError: ``workdir`` is a file or cannot be written (checked before anything is loaded).
     """
+    check_writable_dir(workdir, "workdir")
     splits, vocab = relation.load_splits(config.data)
     return run_rows(config, workdir, splits, vocab)
 

@@ -59,7 +59,9 @@ from typing import Any
 
 import numpy as np
 
-from sgg_jax.errors import ConfigError
+from sgg_jax.data.fileio import check_writable_dir
+from sgg_jax.data.image_io import DEFAULT_MAX_PIXELS
+from sgg_jax.errors import ConfigError, check_positive_int
 
 # ----------------------------------------------------------------------------------------------
 # Config (validated before any data or compile)
@@ -108,6 +110,8 @@ class DetectorExperimentConfig:
       eval_batch_size, eval_images: images per evaluation batch; the first N test images (0 = all).
       detections_per_image, score_thresh: detections kept per test image and their threshold.
       num_plots, plot_score_thresh: test images drawn, and the score a drawn detection needs.
+      max_image_pixels: rendered image files of more pixels are refused (a DataError naming the
+        file, from its header: the ``<workdir>/images`` cache is read back).
     """
 
     seed: int = 0
@@ -140,6 +144,7 @@ class DetectorExperimentConfig:
     score_thresh: float = 0.05
     num_plots: int = 4
     plot_score_thresh: float = 0.3
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
         self.validate()
@@ -167,6 +172,7 @@ class DetectorExperimentConfig:
             )
         if self.image_size < 32:
             raise ConfigError("image_size", f"must be >= 32, got {self.image_size}")
+        check_positive_int("max_image_pixels", self.max_image_pixels)
         if self.synthetic_images < 10:
             raise ConfigError("synthetic_images", f"must be >= 10, got {self.synthetic_images}")
         # The model of the largest class count the data may keep (the real one is known after it).
@@ -274,7 +280,9 @@ def load_data(config: DetectorExperimentConfig, workdir: str):
     rendered, vocab, info = pixel_splits(recipe, os.path.join(workdir, "images"))
     data = {}
     for split, graphs in rendered.items():
-        pixels = np.stack([load_image(g.image_path) for g in graphs])
+        pixels = np.stack(
+            [load_image(g.image_path, max_pixels=config.max_image_pixels) for g in graphs]
+        )
         boxes, labels, mask, sizes = _gt_arrays(graphs, config.max_objects)
         data[split] = dict(graphs=graphs, pixels=pixels, boxes=boxes, labels=labels, mask=mask)
         data[split]["sizes"] = sizes
@@ -500,7 +508,8 @@ def run(config: DetectorExperimentConfig, workdir: str) -> dict[str, Any]:
     """Generates the data, trains, evaluates and writes every output of ``config`` to ``workdir``.
 
     Raises:
-      ConfigError: ``batch_size`` larger than the training images left after filtering.
+      ConfigError: ``batch_size`` larger than the training images left after filtering;
+        ``workdir`` a file or not writable (checked before anything is generated).
 
     Returns:
       The ``results.json`` record.
@@ -510,6 +519,7 @@ def run(config: DetectorExperimentConfig, workdir: str) -> dict[str, Any]:
     from sgg_jax.train.checkpoint import jsonable, write_json
     from sgg_jax.train.loop import TrainConfig, fit
 
+    check_writable_dir(workdir, "workdir")
     wall_start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     data, names, data_info = load_data(config, workdir)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from sgg_jax.data import pipeline
+from sgg_jax.data.fileio import check_writable_dir
 from sgg_jax.data.summary import (
     format_predicate_histogram,
     format_splits,
@@ -262,7 +263,11 @@ def run(config: RASGGExperimentConfig, workdir: str) -> dict[str, Any]:
 
     Returns:
       ``data``: the data summary; ``penet`` / ``ra_sgg``: ``{"runs": {row: metrics}, ...}``.
+
+    Raises:
+      ConfigError: ``workdir`` is a file or cannot be written (checked before anything is loaded).
     """
+    check_writable_dir(workdir, "workdir")
     splits, vocab = relation.load_splits(config.data)
     if config.method == "data":
         return run_data_stage(config, workdir, splits, vocab)

@@ -66,6 +66,7 @@ import numpy as np
 
 from sgg_jax.data import captions as captions_lib
 from sgg_jax.data import gqa200, synthetic, vg150, vg_json, word_vectors
+from sgg_jax.data.fileio import check_writable_dir
 from sgg_jax.errors import ConfigError, DataError, check_int
 from sgg_jax.evaluation import embedding as embedding_eval
 from sgg_jax.projects.sg_embed import sg_gcn, synthetic_captions
@@ -1005,8 +1006,10 @@ def run(config: SGEmbedExperimentConfig, workdir: str) -> dict[str, Any]:
       ``data``: the data summary; ``grid``: the results (as written to ``results.json``).
 
     Raises:
-      DataError, ConfigError: one line naming the file or the flag.
+      DataError, ConfigError: one line naming the file or the flag (a ``workdir`` that is a file
+        or cannot be written: before anything is loaded).
     """
+    check_writable_dir(workdir, "workdir")
     start = time.perf_counter()
     data = load_data(config)
     summary = data["summary"]
