@@ -117,6 +117,14 @@ def define_data_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         flag_values=flag_values,
     )
     flags.DEFINE_bool(
+        "allow_config_change",
+        False,
+        "Resume a --workdir trained with other settings: config.json gets the new ones and the "
+        "old ones are appended to config_history.jsonl (without it, a changed setting stops the "
+        "run naming it).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool(
         "distributed",
         False,
         "Call jax.distributed.initialize() (multi-host).",

@@ -26,7 +26,7 @@ import numpy as np
 
 from sgg_jax.data import datasets, pipeline
 from sgg_jax.data.image_io import DEFAULT_MAX_PIXELS
-from sgg_jax.errors import ConfigError, check_positive_int
+from sgg_jax.errors import ConfigError, check_bool, check_positive_int
 from sgg_jax.evaluation import evaluate, frequency_groups
 from sgg_jax.evaluation.collect import batch_predictions, detection_predictions
 from sgg_jax.structures import SceneGraph, SceneGraphBatch, Vocab
@@ -78,6 +78,9 @@ class DataConfig:
       image_size, freeze_detector, detections_per_image: ``roi`` options (0 = the detector's).
       max_image_pixels: ``roi``: image files of more pixels are refused (a DataError naming the
         file, from its header, before decoding).
+      allow_config_change: resume a workdir trained with other settings, recording the old ones
+        in ``config_history.jsonl`` (:class:`sgg_jax.train.loop.TrainConfig`); False = a one-line
+        ConfigError naming the differing keys.
     """
 
     dataset: str = "gqa200_mini"
@@ -109,6 +112,7 @@ class DataConfig:
     freeze_detector: bool = True
     detections_per_image: int = 0
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    allow_config_change: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -117,6 +121,7 @@ class DataConfig:
         """One-line ConfigErrors for bad values, before anything is loaded or compiled."""
         if self.dataset not in DATASETS:
             raise ConfigError("dataset", f"must be one of {DATASETS}, got {self.dataset!r}")
+        check_bool("allow_config_change", self.allow_config_change)
         if self.task not in TASKS:
             raise ConfigError("task", f"must be one of {TASKS}, got {self.task!r}")
         if self.feature_source not in FEATURE_SOURCES:

@@ -13,6 +13,21 @@ the configuration of the latest run as well.
   ``max_to_keep`` are deleted.
 * :meth:`Checkpointer.restore_latest` restores the newest step onto the shardings of a template
   state (e.g. replicated on the current mesh), whatever mesh the checkpoint was written from.
+
+Broken checkpoints. A step folder that cannot be read (a truncated data file or ``_METADATA``, a
+missing file) is named in one warning and skipped: the run resumes from the newest intact
+checkpoint, and stops with one :class:`~sgg_jax.errors.DataError` naming the checkpoint folder
+when none is intact. A broken folder is never deleted nor written over: a save due at its step is
+skipped with a warning (the run goes on and saves its later steps), so the folder stays as it was
+found until the user moves it away.
+
+Changed configuration. A run resumed with another configuration than the one stored with its
+newest intact checkpoint stops with one :class:`~sgg_jax.errors.ConfigError` naming the differing
+keys, before anything is written, unless ``allow_config_change``: then the old configuration is
+appended to ``<workdir>/config_history.jsonl`` (``{"step", "changed", "config"}``) and
+``config.json`` holds the new one. Keys that do not change what is trained may differ freely:
+:data:`OPERATIONAL_KEYS` (the workdir path, the progress bar, logging, evaluation and checkpoint
+cadence) anywhere in the configuration, and ``num_steps`` when it grows (a run extended).
 """
 
 from __future__ import annotations
@@ -28,10 +43,25 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sgg_jax.errors import ConfigError
+from sgg_jax.errors import ConfigError, DataError
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
+CONFIG_HISTORY_FILE = "config_history.jsonl"
+# Configuration keys (the last component of a dotted key) that may differ on resume: they change
+# where and how a run reports, not what it trains.
+OPERATIONAL_KEYS = frozenset(
+    {
+        "workdir",
+        "progress",
+        "async_checkpointing",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "max_to_keep",
+        "log_every",
+        "eval_every",
+    }
+)
 STATE_ITEM = "state"
 CONFIG_ITEM = "config"
 
@@ -81,6 +111,33 @@ def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
     return [] if saved == current else [prefix.rstrip(".")]
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _leaf(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The dotted keys where ``current`` differs from ``saved`` in a way that changes what is
+    trained: every difference except :data:`OPERATIONAL_KEYS` and a ``num_steps`` that grows."""
+    changed = []
+    for key in _differences(dict(saved), dict(current)):
+        name = key.rsplit(".", 1)[-1]
+        if name in OPERATIONAL_KEYS:
+            continue
+        if name == "num_steps":
+            old, new = _leaf(saved, key), _leaf(current, key)
+            if isinstance(old, int) and isinstance(new, int) and new >= old:
+                continue
+        changed.append(key)
+    return changed
+
+
 class Checkpointer:
     """Saves and restores :class:`TrainState` in ``<workdir>/checkpoints``.
 
@@ -93,6 +150,12 @@ class Checkpointer:
       config: the run's configuration (JSON-able), stored with every checkpoint and in
         ``<workdir>/config.json``.
       read_only: only read checkpoints (nothing is created, saved or deleted).
+      allow_config_change: resume even when ``config`` differs from the configuration stored with
+        the newest intact checkpoint (see the module docstring); False = a
+        :class:`~sgg_jax.errors.ConfigError` naming the differing keys.
+
+    Raises:
+      ConfigError: ``config`` differs from the stored one and not ``allow_config_change``.
     """
 
     def __init__(
@@ -104,6 +167,7 @@ class Checkpointer:
         async_save: bool = True,
         config: Mapping[str, Any] | None = None,
         read_only: bool = False,
+        allow_config_change: bool = False,
     ):
         if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 0:
             raise ConfigError("checkpoint_every", f"must be an integer >= 0, got {save_every!r}")
@@ -129,14 +193,62 @@ class Checkpointer:
                 CONFIG_ITEM: ocp.JsonCheckpointHandler(),
             },
         )
-        if jax.process_index() == 0 and config is not None and not read_only:
-            write_json(os.path.join(self.workdir, CONFIG_FILE), self.config)
+        self.broken_steps: set[int] = set()
+        if config is not None and not read_only:
+            try:
+                self._record_config(allow_config_change)
+            except BaseException:
+                self.manager.close()
+                raise
+
+    def _record_config(self, allow_config_change: bool) -> None:
+        """Checks ``self.config`` against the newest intact checkpoint's, then writes it."""
+        saved = None
+        for step in reversed(self.steps):
+            try:
+                saved, saved_step = self.restore_config(step), step
+                break
+            except Exception:  # a broken step: its state is reported when it is restored
+                continue
+        changed = [] if saved is None else config_changes(saved, self.config)
+        if changed and not allow_config_change:
+            raise ConfigError(
+                "allow_config_change",
+                f"{self.workdir} was trained to step {saved_step} with another configuration "
+                f"(differing: {', '.join(changed)}); rerun with the same settings, use another "
+                "workdir, or allow the change (--allow_config_change) to record it",
+            )
+        if jax.process_index() != 0:
+            return
+        if changed:
+            _LOG.warning(
+                "%s: configuration changed on resume (%s); the old one is appended to %s",
+                self.workdir,
+                ", ".join(changed),
+                CONFIG_HISTORY_FILE,
+            )
+            record = {"step": saved_step, "changed": changed, "config": saved}
+            with open(os.path.join(self.workdir, CONFIG_HISTORY_FILE), "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        write_json(os.path.join(self.workdir, CONFIG_FILE), self.config)
 
     # -- saving --------------------------------------------------------------------------------
 
     def save(self, step: int, state: Any) -> bool:
-        """Saves ``state`` as checkpoint ``step`` (asynchronously); False if it already exists."""
+        """Saves ``state`` as checkpoint ``step`` (asynchronously); False if it already exists.
+
+        A step found broken by :meth:`restore_latest` is kept as it is: nothing is saved over it
+        (a warning names the folder) and False is returned.
+        """
         step = int(step)
+        if step in self.broken_steps:
+            _LOG.warning(
+                "%s is broken and kept as it is: step %d is not saved (move the folder away to "
+                "let it be saved)",
+                self.step_directory(step),
+                step,
+            )
+            return False
         if step in self.manager.all_steps():
             return False
         return bool(
@@ -183,6 +295,37 @@ class Checkpointer:
         """The newest checkpointed step, or None."""
         return self.manager.latest_step()
 
+    def step_directory(self, step: int) -> str:
+        """The folder of checkpoint ``step``."""
+        return os.path.join(self.directory, str(int(step)))
+
+    def _newest_intact(self, read: Any) -> tuple[Any, int] | None:
+        """``(read(step), step)`` for the newest step ``read`` succeeds on; None without steps.
+
+        Every step that fails is named in one warning and remembered in ``broken_steps``.
+
+        Raises:
+          DataError: there are checkpoints but none can be read (names the checkpoint folder).
+        """
+        steps = [step for step in reversed(self.steps) if step not in self.broken_steps]
+        if not steps and not self.broken_steps:
+            return None
+        for step in steps:
+            try:
+                return read(step), int(step)
+            except Exception as error:  # orbax / tensorstore / JSON errors of a damaged step
+                self.broken_steps.add(int(step))
+                _LOG.warning(
+                    "checkpoint %s is broken, skipping it: %s",
+                    self.step_directory(step),
+                    _first_line(error),
+                )
+        raise DataError(
+            "no intact checkpoint to resume from (broken steps: "
+            f"{', '.join(map(str, sorted(self.broken_steps)))}); move them away to start afresh",
+            path=self.directory,
+        )
+
     def restore(self, step: int, template: Any) -> Any:
         """Restores checkpoint ``step`` onto the structure, dtypes and shardings of ``template``.
 
@@ -219,15 +362,18 @@ class Checkpointer:
         return restored[STATE_ITEM]
 
     def restore_latest(self, template: Any) -> tuple[Any, int] | None:
-        """Restores the newest checkpoint; None when there is none.
+        """Restores the newest intact checkpoint; None when there is none.
+
+        A checkpoint that cannot be read is named in one warning and skipped (it is left in
+        place; see :meth:`save`).
 
         Returns:
           ``(state, step)`` or None.
+
+        Raises:
+          DataError: checkpoints exist but none is intact (names the checkpoint folder).
         """
-        step = self.latest_step()
-        if step is None:
-            return None
-        return self.restore(step, template), int(step)
+        return self._newest_intact(lambda step: self.restore(step, template))
 
     def restore_config(self, step: int | None = None) -> dict[str, Any]:
         """The configuration stored with checkpoint ``step`` (default: the newest)."""
@@ -248,15 +394,18 @@ class Checkpointer:
         model code, on any device count.
 
         Args:
-          step: the checkpoint; None = the newest.
+          step: the checkpoint; None = the newest intact one (a broken one is named in a warning
+            and skipped).
           sharding: where to put the arrays; None = the first local device.
 
         Returns:
           ``{"params": ..., **collections}``.
         """
-        step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"{self.directory}: no checkpoint")
+            found = self._newest_intact(lambda step: self.restore_variables(step, sharding))
+            if found is None:
+                raise FileNotFoundError(f"{self.directory}: no checkpoint")
+            return found[0]
         if sharding is None:
             sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         metadata = self.manager.item_metadata(int(step))[STATE_ITEM].tree

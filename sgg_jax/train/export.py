@@ -4,7 +4,8 @@
 
     params/              the model variables (orbax StandardCheckpointer: params, batch_stats)
     config.json          the configuration the caller passes (e.g. the experiment flags)
-    manifest.json        input names and dtypes, one entry per exported batch budget, platforms
+    manifest.json        input names and dtypes, one entry per exported batch budget, platforms,
+                         and ``files``: the SHA-256 of every other file of the export
     predict_b{B}_n{N}_p{P}.jax_exported   the jitted predict function, serialised (jax.export)
 
 The predict function is ``predict(variables, boxes, labels, object_mask, pairs, pair_mask,
@@ -17,12 +18,23 @@ flax.
 module imports only the standard library, numpy, jax and orbax at import time, so the file can be
 loaded on its own (e.g. with ``importlib.util.spec_from_file_location``) where sgg_jax is not
 installed; only :func:`export` imports sgg_jax.
+
+Loading checks the export before using any of it: the manifest's fields and types, every path it
+names (relative, inside the export folder: no absolute path, no ``..``, no link leading out), and
+the SHA-256 of every file against ``files`` (a file changed, damaged, missing or not listed is an
+:class:`ExportError` naming it). An export written before the checksums were recorded (no
+``files``) still loads, with one warning that it is unverified; re-export it to verify it.
+:func:`file_checksums` / :func:`verify_checksums` are the same checks for other folders written
+with these helpers (e.g. saved scene-graph embedders).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +51,10 @@ MANIFEST_FILE = "manifest.json"
 EXPORT_DIR = "export"
 FORMAT = "sgg_jax.export"
 FORMAT_VERSION = 1
+CHECKSUMS = "files"
+
+_LOG = logging.getLogger(__name__)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # Shape of each input in terms of the budget (B, N, P); "*" keeps the example's size.
 _INPUT_SHAPES = {
@@ -84,6 +100,98 @@ class ExportError(ValueError):
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def member_path(directory: str, relative: Any, *, named_in: str) -> str:
+    """The absolute path of the file or folder ``relative`` of the folder ``directory``.
+
+    Raises:
+      ExportError: naming ``named_in`` (the file that names the path) when ``relative`` is not a
+        non-empty relative path, has a ``..`` component, or leads out of ``directory`` (links
+        included).
+    """
+    if not isinstance(relative, str) or not relative:
+        raise ExportError(named_in, f"path {relative!r} is not a file name")
+    parts = relative.replace("\\", "/").split("/")
+    if os.path.isabs(relative) or relative.startswith(("/", "\\")) or ".." in parts:
+        raise ExportError(named_in, f"path {relative!r} leads out of the export folder")
+    root = os.path.realpath(directory)
+    path = os.path.join(root, relative)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise ExportError(named_in, f"path {relative!r} leads out of the export folder")
+    return path
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files_under(directory: str, member: str) -> list[str]:
+    """Relative (``/``-separated) paths of the file ``member`` or of every file under it."""
+    path = os.path.join(directory, member)
+    if not os.path.isdir(path):
+        return [member] if os.path.lexists(path) else []
+    found = []
+    for root, _, names in os.walk(path):
+        for name in names:
+            found.append(os.path.relpath(os.path.join(root, name), directory).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def file_checksums(directory: str | os.PathLike, members: Sequence[str]) -> dict[str, str]:
+    """``{relative path: SHA-256 hex}`` of the files ``members`` of ``directory`` (a folder member
+    stands for every file under it)."""
+    directory = os.fspath(directory)
+    return {
+        relative: _sha256(os.path.join(directory, relative))
+        for member in members
+        for relative in _files_under(directory, member)
+    }
+
+
+def verify_checksums(
+    directory: str | os.PathLike, checksums: Any, members: Sequence[str], *, named_in: str
+) -> None:
+    """Checks the files ``members`` of ``directory`` against :func:`file_checksums`' record.
+
+    Args:
+      directory: the folder.
+      checksums: the recorded ``{relative path: SHA-256}`` (read from the file ``named_in``).
+      members: files and folders that must be covered: every file under them must be recorded.
+      named_in: the file holding the record, named by errors about the record itself.
+
+    Raises:
+      ExportError: a record that is not a mapping of paths to SHA-256 digests, a path leading
+        out of ``directory``, a file missing, a file whose digest differs, or a file of
+        ``members`` that is not recorded (each names the file).
+    """
+    directory = os.fspath(directory)
+    if not isinstance(checksums, dict) or not checksums:
+        raise ExportError(named_in, f"field '{CHECKSUMS}': must map file names to SHA-256 digests")
+    for relative, digest in checksums.items():
+        path = member_path(directory, relative, named_in=named_in)
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise ExportError(named_in, f"field '{CHECKSUMS}': {relative!r} has no SHA-256 digest")
+        if not os.path.isfile(path):
+            raise ExportError(path, f"missing (listed in {os.path.basename(named_in)})")
+        if _sha256(path) != digest:
+            raise ExportError(
+                path,
+                f"SHA-256 differs from {os.path.basename(named_in)}: the file was changed or "
+                "damaged after it was written",
+            )
+    for member in members:
+        member_path(directory, member, named_in=named_in)
+        for relative in _files_under(directory, member):
+            if relative not in checksums:
+                raise ExportError(
+                    os.path.join(directory, relative),
+                    f"not listed in {os.path.basename(named_in)} (added after it was written)",
+                )
 
 
 def save_variables(path: str | os.PathLike, variables: Any) -> None:
@@ -301,6 +409,8 @@ def export(
     save_variables(os.path.join(out_dir, PARAMS_DIR), variables)
 
     if jax.process_index() == 0:
+        write_json(os.path.join(out_dir, CONFIG_FILE), jsonable(dict(config or {})))
+        members = [entry["file"] for entry in functions] + [PARAMS_DIR, CONFIG_FILE]
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -314,9 +424,9 @@ def export(
             "platforms": lowered_platforms,
             "params": PARAMS_DIR,
             "jax_version": jax.__version__,
+            CHECKSUMS: file_checksums(out_dir, members),
         }
         write_json(os.path.join(out_dir, MANIFEST_FILE), manifest)
-        write_json(os.path.join(out_dir, CONFIG_FILE), jsonable(dict(config or {})))
     return out_dir
 
 
@@ -334,6 +444,53 @@ def _inputs_of(value: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # Loading (standalone: no sgg_jax, no flax)
 # ----------------------------------------------------------------------------------------------
+
+
+def _check_manifest(manifest: dict, manifest_path: str) -> list[tuple[int, int, int]]:
+    """Checks the fields of a manifest; returns the budgets of its functions.
+
+    Raises:
+      ExportError: naming the manifest and the field that is missing or of the wrong type.
+    """
+
+    def bad(field: str, reason: str) -> ExportError:
+        return ExportError(manifest_path, f"field '{field}': {reason}")
+
+    for field in ("inputs", "input_dtypes", "functions", "params"):
+        if field not in manifest:
+            raise bad(field, "missing")
+    inputs = manifest["inputs"]
+    known = INPUT_NAMES + OPTIONAL_INPUT_NAMES
+    if not isinstance(inputs, list) or any(name not in known for name in inputs):
+        raise bad("inputs", f"must list input names of {list(known)}, got {inputs!r}")
+    missing = [name for name in INPUT_NAMES if name not in inputs]
+    if missing or len(set(inputs)) != len(inputs):
+        raise bad("inputs", f"must list each of {list(INPUT_NAMES)} once, got {inputs!r}")
+    dtypes = manifest["input_dtypes"]
+    if not isinstance(dtypes, dict) or set(dtypes) != set(inputs):
+        raise bad("input_dtypes", "must give the dtype of every input")
+    for name, dtype in dtypes.items():
+        try:
+            np.dtype(dtype)
+        except TypeError:
+            raise bad("input_dtypes", f"{name}: not a dtype: {dtype!r}") from None
+    functions = manifest["functions"]
+    if not isinstance(functions, list) or not functions:
+        raise bad("functions", "must list at least one exported function")
+    budgets = []
+    for index, entry in enumerate(functions):
+        keys = ("batch_size", "max_objects", "max_pairs")
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            raise bad(f"functions[{index}]", "must be an object with a 'file'")
+        sizes = [entry.get(key) for key in keys]
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes):
+            raise bad(f"functions[{index}]", f"{', '.join(keys)} must be positive integers")
+        budgets.append(tuple(sizes))
+    if len(set(budgets)) != len(budgets):
+        raise bad("functions", "the same budget is exported twice")
+    if not isinstance(manifest["params"], str):
+        raise bad("params", f"must be a folder name, got {manifest['params']!r}")
+    return budgets
 
 
 class ExportedPredictor:
@@ -354,23 +511,56 @@ class ExportedPredictor:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.path.abspath(os.fspath(path))
-        self.manifest = read_json(os.path.join(self.path, MANIFEST_FILE))
+        manifest_path = os.path.join(self.path, MANIFEST_FILE)
+        try:
+            self._load(manifest_path)
+        except ExportError:
+            raise
+        except Exception as error:  # anything the checks above did not foresee: still one line
+            raise ExportError(
+                self.path, f"unreadable export: {type(error).__name__}: {_first_line(error)}"
+            ) from None
+
+    def _load(self, manifest_path: str) -> None:
+        if not os.path.isdir(self.path):
+            raise ExportError(self.path, "no export (folder missing)")
+        self.manifest = read_json(manifest_path)
         if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
             raise ExportError(self.path, f"not an sgg_jax export (no '{FORMAT}' manifest)")
-        if self.manifest.get("version", 0) > FORMAT_VERSION:
+        version = self.manifest.get("version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ExportError(manifest_path, f"field 'version': not an integer: {version!r}")
+        if version > FORMAT_VERSION:
             raise ExportError(
                 self.path,
                 f"export format version {self.manifest['version']} is newer than this loader's "
                 f"{FORMAT_VERSION}",
+            )
+        budgets = _check_manifest(self.manifest, manifest_path)
+        function_paths = [
+            member_path(self.path, entry["file"], named_in=manifest_path)
+            for entry in self.manifest["functions"]
+        ]
+        params_path = member_path(self.path, self.manifest["params"], named_in=manifest_path)
+        members = [entry["file"] for entry in self.manifest["functions"]]
+        members += [self.manifest["params"], CONFIG_FILE]
+        if CHECKSUMS in self.manifest:
+            verify_checksums(self.path, self.manifest[CHECKSUMS], members, named_in=manifest_path)
+        else:
+            _LOG.warning(
+                "%s: export written without checksums; loaded unverified (export it again to "
+                "verify it)",
+                self.path,
             )
         self.config = read_json(os.path.join(self.path, CONFIG_FILE))
         self.input_names = tuple(self.manifest["inputs"])
         self._dtypes = {name: np.dtype(d) for name, d in self.manifest["input_dtypes"].items()}
         self._functions = {}
         variables_template = None
-        for entry in self.manifest["functions"]:
-            budget = (entry["batch_size"], entry["max_objects"], entry["max_pairs"])
-            exported = read_exported(os.path.join(self.path, entry["file"]))
+        for budget, function_path in zip(budgets, function_paths, strict=True):
+            exported = read_exported(function_path)
+            if len(exported.in_avals) <= len(self.input_names):
+                raise ExportError(function_path, "not a predict function of this manifest")
             if variables_template is None:
                 (arguments, _) = jax.tree.unflatten(exported.in_tree, exported.in_avals)
                 variables_template = arguments[0]
@@ -381,7 +571,7 @@ class ExportedPredictor:
             lambda aval: jax.ShapeDtypeStruct(aval.shape, aval.dtype, sharding=device),
             variables_template,
         )
-        self.variables = restore_variables(os.path.join(self.path, self.manifest["params"]), target)
+        self.variables = restore_variables(params_path, target)
 
     def _arrays(self, args: tuple, kwargs: dict) -> list[np.ndarray]:
         if len(args) == 1 and not kwargs and not hasattr(args[0], "shape"):
@@ -438,5 +628,9 @@ def load_exported(path: str | os.PathLike) -> ExportedPredictor:
       An :class:`ExportedPredictor`: ``predictor(boxes, labels, object_mask, pairs, pair_mask,
       image_size)`` (or keywords, or one mapping of them) returns the predict outputs, e.g.
       ``{"relation_logits": f32[B,P,C], "object_labels": i32[B,N], "object_scores": f32[B,N]}``.
+
+    Raises:
+      ExportError: one line naming the file that is missing, malformed, outside the folder or
+        whose SHA-256 differs from the manifest's (see the module docstring).
     """
     return ExportedPredictor(path)

@@ -53,7 +53,7 @@ from jax.sharding import Mesh
 from tensorboardX import SummaryWriter
 
 from sgg_jax.data.pipeline import SceneGraphLoader
-from sgg_jax.errors import ConfigError, check_int
+from sgg_jax.errors import ConfigError, check_bool, check_int
 from sgg_jax.structures import SceneGraphBatch
 from sgg_jax.train import mesh as mesh_lib
 from sgg_jax.train.checkpoint import Checkpointer, jsonable
@@ -245,6 +245,10 @@ class TrainConfig:
         every this many steps (the last step always). Every step is checked for NaN / inf
         regardless.
       progress: show a tqdm progress bar (process 0 only).
+      allow_config_change: resume a workdir whose newest checkpoint was written with another
+        configuration (the old one is appended to ``config_history.jsonl``); False = stop with a
+        ``ConfigError`` naming the differing keys before any update. Not part of the recorded
+        configuration. See :mod:`sgg_jax.train.checkpoint` for the keys that may always differ.
     """
 
     num_steps: int
@@ -255,6 +259,7 @@ class TrainConfig:
     eval_every: int = 0
     log_every: int = 1
     progress: bool = True
+    allow_config_change: bool = False
 
     def __post_init__(self):
         check_int("num_steps", self.num_steps, minimum=1)
@@ -263,6 +268,7 @@ class TrainConfig:
         check_int("max_to_keep", self.max_to_keep, minimum=1)
         check_int("eval_every", self.eval_every, minimum=0)
         check_int("log_every", self.log_every, minimum=1)
+        check_bool("allow_config_change", self.allow_config_change)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -390,7 +396,10 @@ def fit(
       FloatingPointError: the loss or the gradient norm of a step is NaN or infinite (the message
         names the step); checkpoints already written are kept.
       ConfigError: the loader has fewer batches than ``num_steps``, or its batch does not split
-        over the devices.
+        over the devices, or the workdir was trained with another configuration (without
+        ``train_config.allow_config_change``).
+      DataError: the workdir has checkpoints but none is intact (a broken newest one is named
+        in a warning and the run resumes from the newest intact one).
     """
     workdir = None if workdir is None else os.path.abspath(os.fspath(workdir))
     if workdir is not None:
@@ -401,12 +410,15 @@ def fit(
     is_chief = jax.process_index() == 0
     checkpointer = None
     if workdir is not None:
+        recorded_train = jsonable(train_config)
+        del recorded_train["allow_config_change"]
         checkpointer = Checkpointer(
             workdir,
             save_every=train_config.checkpoint_every,
             max_to_keep=train_config.max_to_keep,
             async_save=train_config.async_checkpointing,
-            config={"train": jsonable(train_config), **jsonable(dict(config or {}))},
+            config={"train": recorded_train, **jsonable(dict(config or {}))},
+            allow_config_change=train_config.allow_config_change,
         )
     writer = None
     progress = None

@@ -166,8 +166,11 @@ def test_export_from_state_with_two_budgets_and_call_forms(tmp_path):
         handle.write(b"not a function")
     with pytest.raises(export_lib.ExportError) as error:
         sgg_jax.load_exported(out_dir)
-    assert str(error.value).startswith(f"{function_file}: not a serialised jax.export function")
+    assert str(error.value).startswith(f"{function_file}: SHA-256 differs from manifest.json")
     assert "\n" not in str(error.value)
+    with pytest.raises(export_lib.ExportError) as error:
+        export_lib.read_exported(function_file)
+    assert str(error.value).startswith(f"{function_file}: not a serialised jax.export function")
     with open(os.path.join(out_dir, "manifest.json"), "w") as handle:
         handle.write("{")
     with pytest.raises(export_lib.ExportError, match=r"manifest\.json: not valid JSON"):

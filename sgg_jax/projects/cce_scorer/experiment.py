@@ -454,6 +454,7 @@ def _run_row(
             eval_every=config.eval_every,
             log_every=config.log_every,
             progress=config.progress,
+            allow_config_change=config.data.allow_config_change,
         ),
         optim_config=config.optim,
         eval_fn=eval_fn,

@@ -477,6 +477,7 @@ class _Experiment:
             eval_every=config.eval_every,
             log_every=config.log_every,
             progress=config.progress,
+            allow_config_change=self.data.allow_config_change,
         )
         holder = {}
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import os
 import time
@@ -59,6 +60,8 @@ from sgg_jax.train import mesh as mesh_lib
 from sgg_jax.train.checkpoint import jsonable
 from sgg_jax.train.optim import OptimConfig, make_optimizer
 from sgg_jax.train.state import TrainState
+
+_LOG = logging.getLogger(__name__)
 
 OBJECTIVES = ("ranking", "triplet", "infonce")
 
@@ -580,6 +583,7 @@ def initial_embedder(
 EMBEDDER_CONFIG = "embedder.json"
 EMBEDDER_PARAMS = "variables"
 EMBEDDER_FUNCTION = "embed.jax_exported"
+EMBEDDER_FILES = (EMBEDDER_PARAMS, EMBEDDER_FUNCTION)
 GRAPH_INPUTS = ("node_labels", "node_mask", "edges", "edge_labels", "edge_mask", "graph_mask")
 
 
@@ -596,10 +600,15 @@ def save_embedder(
     Layout (written with :mod:`sgg_jax.train.export`'s variables and function files)::
 
         variables/          params and BatchNorm statistics (orbax StandardCheckpointer)
-        embedder.json       model sizes, budgets, vocabulary names, ``extra``
+        embedder.json       model sizes, budgets, vocabulary names, ``extra``, and ``files``:
+                            the SHA-256 of every file of ``variables/`` and of the function
         embed.jax_exported  ``embed(variables, node_labels, node_mask, edges, edge_labels,
                             edge_mask, graph_mask) -> f32[B, D]`` for the saved batch shape,
                             serialised with ``jax.export`` (runs without sgg_jax's model code)
+
+    Loading checks the checksums first (:func:`sgg_jax.train.export.verify_checksums`): a file
+    changed, damaged, missing or added is a one-line DataError naming it; a folder saved before
+    the checksums were recorded loads with one warning that it is unverified.
 
     Returns:
       The folder written.
@@ -613,26 +622,6 @@ def save_embedder(
     variables = jax.tree.map(np.asarray, jax.device_get(embedder.variables))
     export_lib.save_variables(os.path.join(path, EMBEDDER_PARAMS), variables)
     config = embedder.model.config
-    write_json(
-        os.path.join(path, EMBEDDER_CONFIG),
-        {
-            "format": "sgg_jax.sg_embed",
-            "model": {
-                "num_object_classes": config.num_object_classes,
-                "num_predicates": config.num_predicates,
-                "embed_dim": config.embed_dim,
-                "hidden_dim": config.hidden_dim,
-                "num_layers": config.num_layers,
-                "batch_norm_momentum": config.batch_norm_momentum,
-            },
-            "max_nodes": embedder.max_nodes,
-            "max_edges": embedder.max_edges,
-            "batch_size": embedder.batch_size,
-            "object_names": list(object_names) if object_names is not None else None,
-            "predicate_names": list(predicate_names) if predicate_names is not None else None,
-            "extra": jsonable(extra or {}),
-        },
-    )
     example = pad_scene_graphs(
         [],
         embedder.max_nodes,
@@ -663,6 +652,27 @@ def save_embedder(
     variable_specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
     exported = jax.export.export(jax.jit(embed))(variable_specs, *specs)
     export_lib.write_exported(os.path.join(path, EMBEDDER_FUNCTION), exported)
+    write_json(
+        os.path.join(path, EMBEDDER_CONFIG),
+        {
+            "format": "sgg_jax.sg_embed",
+            "model": {
+                "num_object_classes": config.num_object_classes,
+                "num_predicates": config.num_predicates,
+                "embed_dim": config.embed_dim,
+                "hidden_dim": config.hidden_dim,
+                "num_layers": config.num_layers,
+                "batch_norm_momentum": config.batch_norm_momentum,
+            },
+            "max_nodes": embedder.max_nodes,
+            "max_edges": embedder.max_edges,
+            "batch_size": embedder.batch_size,
+            "object_names": list(object_names) if object_names is not None else None,
+            "predicate_names": list(predicate_names) if predicate_names is not None else None,
+            "extra": jsonable(extra or {}),
+            export_lib.CHECKSUMS: export_lib.file_checksums(path, EMBEDDER_FILES),
+        },
+    )
     return path
 
 
@@ -674,6 +684,16 @@ def _read_embedder_files(path: str) -> tuple[dict[str, Any], Any]:
         document = export_lib.read_json(config_path)
         if not isinstance(document, dict) or document.get("format") != "sgg_jax.sg_embed":
             raise DataError("not an sgg_jax.sg_embed file", path=config_path, field="format")
+        if export_lib.CHECKSUMS in document:
+            export_lib.verify_checksums(
+                path, document[export_lib.CHECKSUMS], EMBEDDER_FILES, named_in=config_path
+            )
+        else:
+            _LOG.warning(
+                "%s: embedder saved without checksums; loaded unverified (save it again to "
+                "verify it)",
+                path,
+            )
         variables = export_lib.restore_variables(os.path.join(path, EMBEDDER_PARAMS))
     except export_lib.ExportError as error:
         raise DataError(error.reason, path=error.path) from None

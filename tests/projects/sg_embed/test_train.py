@@ -224,7 +224,7 @@ def test_saved_embedder_round_trip_and_model_free_function(data, tmp_path):
     function_file.write_bytes(b"garbage")
     with pytest.raises(DataError) as error:
         sg_embed.load_exported_embed_function(path)
-    assert str(error.value).startswith(f"{function_file}: not a serialised jax.export function")
+    assert str(error.value).startswith(f"{function_file}: SHA-256 differs from embedder.json")
     assert "\n" not in str(error.value)
     for leaf in (tmp_path / "embedder" / sg_embed.EMBEDDER_PARAMS).iterdir():
         if leaf.is_file():
@@ -232,8 +232,14 @@ def test_saved_embedder_round_trip_and_model_free_function(data, tmp_path):
     with pytest.raises(DataError) as error:
         sg_embed.load_embedder(path)
     variables_dir = tmp_path / "embedder" / sg_embed.EMBEDDER_PARAMS
-    assert str(error.value).startswith(f"{variables_dir}: unreadable saved variables")
+    assert str(error.value).startswith(f"{variables_dir}/")
+    assert "SHA-256 differs from embedder.json" in str(error.value)
     assert "\n" not in str(error.value)
+    from sgg_jax.train import export as export_lib
+
+    with pytest.raises(export_lib.ExportError) as error:  # the reader below the checksums
+        export_lib.restore_variables(variables_dir)
+    assert str(error.value).startswith(f"{variables_dir}: unreadable saved variables")
     # A config field that is no longer one (word vectors live in the variables): one line naming
     # the file and the field, not a traceback and not a silently different model.
     path = sg_embed.save_embedder(trained.embedder, tmp_path / "embedder_with_old_config")
