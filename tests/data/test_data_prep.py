@@ -133,6 +133,7 @@ def test_gqa200_round_trip_equals_reader(gqa_built, gqa_files, gqa_columns):
     assert all(g.image_path is None for g in test_graphs)
 
 
+@pytest.mark.e2e
 def test_gqa200_full_bundled_test_split(tmp_path):
     """All 8,209 images of the real GQA-200 test split (bundled gzip) round-trip exactly."""
     split_file = str(RESOURCES / "GQA_200_Test.json.gz")

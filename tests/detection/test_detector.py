@@ -456,6 +456,7 @@ def test_nothing_above_the_score_threshold_gives_an_empty_mask(model_and_variabl
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_losses_positive_and_gradients_reach_heads_not_frozen_stages(
     model_and_variables, loss_and_grad
 ):
@@ -518,6 +519,7 @@ def test_empty_ground_truth_and_other_gt_counts_reuse_the_trace(model_and_variab
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.e2e
 def test_adam_steps_reduce_the_loss(model_and_variables, loss_and_grad):
     _, variables, images = model_and_variables
     params = variables["params"]

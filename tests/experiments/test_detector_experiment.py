@@ -69,6 +69,7 @@ def test_smoke_run_writes_results(detector_workdir):
     assert len(list((tmp_path / "images").glob("*.png"))) == sum(results["data"]["images"].values())
 
 
+@pytest.mark.e2e
 def test_run_killed_after_a_checkpoint_resumes_to_the_same_parameters(detector_workdir, tmp_path):
     import shutil
 

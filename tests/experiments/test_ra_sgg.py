@@ -5,9 +5,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.e2e
 def test_ra_sgg_data_stage_on_gqa200_mini(tmp_path):
     result = subprocess.run(
         [

@@ -241,6 +241,7 @@ def test_predict_max_image_pixels_flag(export_dir, tmp_path, capsys):
     assert json.loads((out / "scene_graphs.json").read_text())["images"][0]["width"] == 40
 
 
+@pytest.mark.e2e
 def test_predict_peak_memory_on_a_12_megapixel_photo(export_dir, tmp_path):
     """The whole command on a 4000x3000 photo stays under 2 GiB resident (it went past 15 GB on
     a 12000x12000 image when the drawing was made at full resolution)."""

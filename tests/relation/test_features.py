@@ -152,6 +152,7 @@ def test_make_feature_source_names_and_errors():
         make_feature_source("geometry", union_dim=0)
 
 
+@pytest.mark.e2e
 def test_roi_features_pool_pixels_per_object_and_union_box(graphs):
     from sgg_jax.detection.detector import DetectorConfig, FasterRCNN
 

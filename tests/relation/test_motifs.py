@@ -501,6 +501,7 @@ def test_frequency_bias_starts_from_the_table_and_is_added_to_the_logits(batch, 
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_a_few_optimizer_steps_reduce_the_cross_entropy(batch, models):
     """SGCls: relation CE + object CE over the output contract, 16 Adam steps."""
     model, _ = models["sgcls"]

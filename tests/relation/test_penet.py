@@ -341,6 +341,7 @@ def test_word_vectors_initialise_the_embedding_tables(batch, compiled):
     assert table.shape == (NUM_CLASSES + 1, 8) and 0.5 < table.std() < 1.6
 
 
+@pytest.mark.e2e
 def test_a_few_optimizer_steps_reduce_the_loss(graphs, compiled):
     """SGCls (all five loss terms): 20 Adam steps with dropout cut the eval-mode loss."""
     model = compiled["sgcls"].model

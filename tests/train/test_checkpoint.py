@@ -116,6 +116,7 @@ def _records(workdir):
     ]
 
 
+@pytest.mark.e2e
 def test_killed_run_resumes_to_the_same_params_and_metrics(tmp_path):
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     reference_state, reference_metrics = _train(reference_dir, RecordingLoader(make_train_loader()))

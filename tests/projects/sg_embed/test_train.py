@@ -79,6 +79,7 @@ def test_stack_rows_pads_with_empty_graphs(data):
     assert (stacked.edges[1] == max_nodes - 1).all() and (stacked.node_labels[3] == 0).all()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("objective", sg_embed.OBJECTIVES)
 def test_training_is_deterministic_and_finite(data, objective):
     graphs, similarity, model_config = data[:3]
@@ -92,6 +93,7 @@ def test_training_is_deterministic_and_finite(data, objective):
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.e2e
 def test_ranking_training_fits_the_supervision(data):
     # Supervision with a clear structure: images of the same hidden scene type are similar.
     graphs, _, model_config, max_nodes, max_edges = data[:5]
@@ -290,6 +292,7 @@ def test_triplet_batches_are_random_access_by_step(data):
         assert first["graphs"].graph_mask[first[key]].all()
 
 
+@pytest.mark.e2e
 def test_killed_embedder_run_resumes_to_the_same_parameters(data, tmp_path, monkeypatch):
     graphs, similarity, model_config = data[:3]
     config = _config(data, epochs=2, sampler="probability")  # 40 graphs: 3 steps per epoch
