@@ -603,6 +603,9 @@ def infer_detector_config(
       matches, else maskrcnn_benchmark's ``(0.5, 1, 2)`` or Scene-Graph-Benchmark's four VG ratios
       when one of them has that count; otherwise pass ``aspect_ratios`` (and ``anchor_sizes``).
 
+    ``input_convention`` is Scene-Graph-Benchmark's (``"sgb"``: BGR 0..255 minus its pixel mean,
+    600 / 1000 resize; maskrcnn_benchmark/config/defaults.py), what the weights were trained on.
+
     Everything else (RPN / RoI sampling, NMS and score thresholds, proposal counts, anchor sizes)
     is not stored in the weights and comes from the preset: pass ``overrides`` to match the
     checkpoint's yaml config.
@@ -627,7 +630,7 @@ def infer_detector_config(
         preset = "vgg16"
     else:
         preset = "resnext101_fpn" if backbone.num_groups > 1 else "resnet50_fpn"
-    fields: dict[str, Any] = {"backbone": backbone}
+    fields: dict[str, Any] = {"backbone": backbone, "input_convention": "sgb"}
     if use_fpn:
         fields["use_fpn"] = True
         fields["anchor_strides"] = DetectorConfig().anchor_strides

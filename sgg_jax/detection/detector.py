@@ -78,6 +78,7 @@ import numpy as np
 from flax import traverse_util
 
 from sgg_jax import boxes as box_ops
+from sgg_jax.data.images import InputConvention
 from sgg_jax.detection import detection_ops
 from sgg_jax.detection.backbone import (
     SIZE_DIVISIBILITY,
@@ -161,6 +162,11 @@ class DetectorConfig:
       nms_filter_duplicates: each proposal keeps only its best class surviving NMS
         (Scene-Graph-Benchmark's ``NMS_FILTER_DUPLICATES``).
       box_chunk_size: RoIAlign pools this many boxes at a time (memory bound); None = all.
+      input_convention: the pixels the weights expect, an
+        :class:`~sgg_jax.data.images.InputConvention` (or a preset name, or its ``to_dict``):
+        ``"imagenet"`` by default, ``"sgb"`` for converted Scene-Graph-Benchmark weights
+        [``INPUT.PIXEL_MEAN``, ``PIXEL_STD``, ``TO_BGR255``, ``MIN_SIZE_TEST``, ``MAX_SIZE_TEST``].
+        Image transforms built for this detector use it.
     """
 
     backbone: BackboneConfig | str = "resnet50"
@@ -200,8 +206,10 @@ class DetectorConfig:
     post_nms_per_class_top_n: int | None = None
     nms_filter_duplicates: bool = False
     box_chunk_size: int | None = None
+    input_convention: InputConvention | str = "imagenet"
 
     def __post_init__(self):
+        object.__setattr__(self, "input_convention", InputConvention.coerce(self.input_convention))
         backbone = self.backbone
         if isinstance(backbone, str):
             backbone = BackboneConfig.preset(backbone)

@@ -194,13 +194,23 @@ def check_export(export_dir: str) -> dict[str, Any]:
                 export_dir, f"image_transform.{key} must be three finite numbers, got {values!r}"
             )
         stats[key] = tuple(float(v) for v in array)
-    return {
+    spec = {
         **names,
         "image_size": size,
         **stats,
         "scale_255": bool(transform.get("scale_255", True)),
         "bgr": bool(transform.get("bgr", False)),
     }
+    if transform.get("input_convention") is not None:
+        from sgg_jax.data.images import InputConvention
+
+        try:
+            spec["input_convention"] = InputConvention.coerce(transform["input_convention"])
+        except ConfigError as exc:
+            raise _export_error(
+                export_dir, f"image_transform.input_convention is invalid: {exc}"
+            ) from None
+    return spec
 
 
 def load_predictor(export_dir: str):
@@ -426,14 +436,12 @@ def run(config: PredictConfig) -> dict[str, Any]:
     )  # every image is readable before anything is loaded or written
     predictor = load_predictor(export_dir)
     budget = export_budget(predictor, export_dir, config.batch_size)
+    if "input_convention" in spec:
+        legacy = {"convention": spec["input_convention"]}
+    else:
+        legacy = {k: spec[k] for k in ("mean", "std", "scale_255", "bgr")}
     transform = ImageBatchTransform(
-        image_graphs(paths, sizes),
-        spec["image_size"],
-        mean=spec["mean"],
-        std=spec["std"],
-        scale_255=spec["scale_255"],
-        bgr=spec["bgr"],
-        max_pixels=max_pixels,
+        image_graphs(paths, sizes), spec["image_size"], max_pixels=max_pixels, **legacy
     )
     vocab = (spec["object_names"], spec["predicate_names"])
     stems = output_stems(paths)

@@ -563,12 +563,17 @@ class PixelInputs:
     * ``detector``: the :class:`~sgg_jax.detection.detector.DetectorConfig` of ``detector_workdir``
       (``detections_per_image`` overrides its detections per image);
     * ``image_size``: the longer side images are resized to (``image_size`` or the detector run's);
-    * :meth:`transform`: the :class:`~sgg_jax.data.images.ImageBatchTransform` of a split;
+    * ``convention``: the detector's recorded
+      :class:`~sgg_jax.data.images.InputConvention` (``convention`` given and different: one
+      ConfigError naming both);
+    * :meth:`transform`: the :class:`~sgg_jax.data.images.ImageBatchTransform` of a split, in the
+      detector's convention;
     * :meth:`merge_detector`: fresh relation-model variables with the detector run's newest
       checkpoint under ``features/detector`` (every collection: params, frozen BN constants).
     """
 
-    def __init__(self, data: DataConfig):
+    def __init__(self, data: DataConfig, convention: Any = None):
+        from sgg_jax.data.images import check_convention
         from sgg_jax.detection.detector import DetectorConfig
 
         config = detector_run_config(data.detector_workdir)
@@ -576,16 +581,25 @@ class PixelInputs:
         if data.detections_per_image:
             detector = detector.replace(detections_per_image=data.detections_per_image)
         self.detector = detector
-        self.image_size = int(data.image_size or config["flags"].get("image_size", 0))
+        self.convention = check_convention(detector.input_convention, convention)
+        recorded = int(config["flags"].get("image_size", 0)) or (self.convention.max_size or 0)
+        self.image_size = int(data.image_size or recorded)
         if self.image_size <= 0:
             raise ConfigError("image_size", "is required: the detector run records none")
         self.workdir = data.detector_workdir
         self.max_image_pixels = data.max_image_pixels
 
-    def transform(self, graphs: Sequence[SceneGraph]):
-        from sgg_jax.data.images import ImageBatchTransform
+    def transform(self, graphs: Sequence[SceneGraph], convention: Any = None):
+        """The image transform of ``graphs`` in the detector's convention (``convention``, when
+        given, must be the same: one ConfigError naming both otherwise)."""
+        from sgg_jax.data.images import ImageBatchTransform, check_convention
 
-        return ImageBatchTransform(graphs, self.image_size, max_pixels=self.max_image_pixels)
+        return ImageBatchTransform(
+            graphs,
+            self.image_size,
+            convention=check_convention(self.convention, convention),
+            max_pixels=self.max_image_pixels,
+        )
 
     def example_batch(self, graphs: Sequence[SceneGraph], loader) -> SceneGraphBatch:
         """The first batch of ``loader`` (over ``graphs``) with its pixels (model init)."""
@@ -593,14 +607,14 @@ class PixelInputs:
 
     def transform_config(self) -> dict[str, Any]:
         """How the export's images must be prepared (``experiments.predict`` reads it)."""
-        from sgg_jax.data.images import IMAGENET_MEAN, IMAGENET_STD
-
+        convention = self.convention
         return {
             "image_size": self.image_size,
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-            "scale_255": True,
-            "bgr": False,
+            "mean": list(convention.mean),
+            "std": list(convention.std),
+            "scale_255": convention.scale == 1.0,
+            "bgr": convention.channel_order == "bgr",
+            "input_convention": convention.to_dict(),
         }
 
     def merge_detector(self, fresh: Mapping[str, Any]) -> dict[str, Any]:
