@@ -10,21 +10,21 @@ from absl import flags
 from PIL import Image
 
 from experiments import predict
-from tests.experiments import config_error, config_of
+from tests.experiments import (
+    EXPORT_OBJECT_NAMES,
+    EXPORT_PREDICATE_NAMES,
+    EXPORT_SIDE,
+    config_error,
+    config_of,
+    write_tiny_sgdet_export,
+)
+from tests.experiments import run_predict as _main
 
-S = 64  # the export's image side
-OBJECT_NAMES = ["__background__", "man", "horse", "hat"]
-PREDICATE_NAMES = ["__background__", "riding", "wearing"]
+S = EXPORT_SIDE
+OBJECT_NAMES = EXPORT_OBJECT_NAMES
+PREDICATE_NAMES = EXPORT_PREDICATE_NAMES
 TOP_K = 5
 THRESH = 0.3
-
-
-def _main(*args):
-    """Runs the CLI in-process: a fresh ``FlagValues`` with its flags, then ``predict.main``."""
-    flag_values = flags.FlagValues()
-    predict.define_flags(flag_values)
-    argv = flag_values(["predict", *args])
-    return predict.main(argv, flag_values)
 
 
 def _png(path):
@@ -33,56 +33,7 @@ def _png(path):
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    import jax
-
-    from sgg_jax.detection.detector import DetectorConfig
-    from sgg_jax.experiment.relation import predict_outputs
-    from sgg_jax.relation.penet import PENet, PENetConfig
-    from sgg_jax.relation.sgdet import SGDetConfig
-    from sgg_jax.structures import SceneGraphBatch
-    from sgg_jax.train.export import export
-
-    tmp = tmp_path_factory.mktemp("export")
-    det = DetectorConfig.tiny(detections_per_image=4, score_thresh=0.0)
-    config = PENetConfig.small(
-        3,
-        2,
-        task="sgdet",
-        feature_source="roi",
-        detector=det,
-        sgdet=SGDetConfig(train_pairs=8, train_fg=4),
-    )
-    model = PENet(config)
-    b = 2
-    batch = SceneGraphBatch(
-        boxes=np.zeros((b, 1, 4), np.float32),
-        labels=np.zeros((b, 1), np.int32),
-        object_mask=np.ones((b, 1), bool),
-        pairs=np.zeros((b, 1, 2), np.int32),
-        pair_labels=np.zeros((b, 1), np.int32),
-        pair_mask=np.zeros((b, 1), bool),
-        image_size=np.full((b, 2), S, np.int32),
-        graph_mask=np.ones(b, bool),
-        image_index=np.arange(b, dtype=np.int32),
-        num_truncated_objects=np.zeros(b, np.int32),
-        num_truncated_pairs=np.zeros(b, np.int32),
-        images=np.zeros((b, S, S, 3), np.float32),
-    )
-    variables = jax.jit(
-        lambda x: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
-    )(batch)
-    config_json = {
-        "task": "sgdet",
-        "vocab": {"object_names": OBJECT_NAMES, "predicate_names": PREDICATE_NAMES},
-        "image_transform": {
-            "image_size": S,
-            "mean": [0.485, 0.456, 0.406],
-            "std": [0.229, 0.224, 0.225],
-            "scale_255": True,
-            "bgr": False,
-        },
-    }
-    return str(export(variables, predict_outputs(model), batch, config_json, tmp / "export"))
+    return write_tiny_sgdet_export(tmp_path_factory.mktemp("export") / "export", batch_size=2)
 
 
 @pytest.fixture(scope="module")

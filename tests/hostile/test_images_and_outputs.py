@@ -10,15 +10,15 @@ import zlib
 
 import numpy as np
 import pytest
-from absl import flags
 from PIL import Image
 
 from sgg_jax.data import fileio
 from sgg_jax.data.image_io import DEFAULT_MAX_PIXELS, load_image
 from sgg_jax.errors import ConfigError, DataError
+from tests.experiments import EXPORT_SIDE, run_predict, write_tiny_sgdet_export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-S = 64  # side of the test export's images
+S = EXPORT_SIDE  # side of the test export's images
 
 
 def _png_header_only(path, width, height):
@@ -143,69 +143,8 @@ def test_large_image_is_drawn_on_a_downscaled_copy():
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
-    """A tiny random PE-Net SGDet export (as tests/experiments/test_predict.py builds it)."""
-    import jax
-
-    from sgg_jax.detection.detector import DetectorConfig
-    from sgg_jax.experiment.relation import predict_outputs
-    from sgg_jax.relation.penet import PENet, PENetConfig
-    from sgg_jax.relation.sgdet import SGDetConfig
-    from sgg_jax.structures import SceneGraphBatch
-    from sgg_jax.train.export import export
-
-    tmp = tmp_path_factory.mktemp("export")
-    det = DetectorConfig.tiny(detections_per_image=4, score_thresh=0.0)
-    config = PENetConfig.small(
-        3,
-        2,
-        task="sgdet",
-        feature_source="roi",
-        detector=det,
-        sgdet=SGDetConfig(train_pairs=8, train_fg=4),
-    )
-    model = PENet(config)
-    b = 1
-    batch = SceneGraphBatch(
-        boxes=np.zeros((b, 1, 4), np.float32),
-        labels=np.zeros((b, 1), np.int32),
-        object_mask=np.ones((b, 1), bool),
-        pairs=np.zeros((b, 1, 2), np.int32),
-        pair_labels=np.zeros((b, 1), np.int32),
-        pair_mask=np.zeros((b, 1), bool),
-        image_size=np.full((b, 2), S, np.int32),
-        graph_mask=np.ones(b, bool),
-        image_index=np.arange(b, dtype=np.int32),
-        num_truncated_objects=np.zeros(b, np.int32),
-        num_truncated_pairs=np.zeros(b, np.int32),
-        images=np.zeros((b, S, S, 3), np.float32),
-    )
-    variables = jax.jit(
-        lambda x: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
-    )(batch)
-    config_json = {
-        "task": "sgdet",
-        "vocab": {
-            "object_names": ["__background__", "man", "horse", "hat"],
-            "predicate_names": ["__background__", "riding", "wearing"],
-        },
-        "image_transform": {
-            "image_size": S,
-            "mean": [0.485, 0.456, 0.406],
-            "std": [0.229, 0.224, 0.225],
-            "scale_255": True,
-            "bgr": False,
-        },
-    }
-    return str(export(variables, predict_outputs(model), batch, config_json, tmp / "export"))
-
-
-def _predict_main(*args):
-    from experiments import predict
-
-    flag_values = flags.FlagValues()
-    predict.define_flags(flag_values)
-    argv = flag_values(["predict", *args])
-    return predict.main(argv, flag_values)
+    """A tiny random PE-Net SGDet export of one image (tests/experiments/__init__.py)."""
+    return write_tiny_sgdet_export(tmp_path_factory.mktemp("export") / "export", batch_size=1)
 
 
 @pytest.mark.parametrize("side", [12000, 100000])
@@ -220,7 +159,7 @@ def test_predict_refuses_a_huge_image_before_loading_or_writing(
     monkeypatch.setattr(export_module, "load_exported", no_load)
     image = _png_header_only(tmp_path / "huge.png", side, side)
     out = tmp_path / "out"
-    assert _predict_main(f"--export_dir={export_dir}", f"--images={image}", f"--out={out}") == 2
+    assert run_predict(f"--export_dir={export_dir}", f"--images={image}", f"--out={out}") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith(f"error: {image}: image of ")
@@ -233,11 +172,11 @@ def test_predict_max_image_pixels_flag(export_dir, tmp_path, capsys):
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(image)
     out = tmp_path / "out"
     common = (f"--export_dir={export_dir}", f"--images={image}", f"--out={out}")
-    assert _predict_main(*common, "--max_image_pixels=1199") == 2
+    assert run_predict(*common, "--max_image_pixels=1199") == 2
     assert "40x30 = 1200 pixels exceeds the limit of 1199" in capsys.readouterr().err
-    assert _predict_main(*common, "--max_image_pixels=0") == 2
+    assert run_predict(*common, "--max_image_pixels=0") == 2
     assert "option 'max_image_pixels': must be a positive integer" in capsys.readouterr().err
-    assert _predict_main(*common, "--max_image_pixels=1200") == 0
+    assert run_predict(*common, "--max_image_pixels=1200") == 0
     assert json.loads((out / "scene_graphs.json").read_text())["images"][0]["width"] == 40
 
 
@@ -325,7 +264,7 @@ def test_predict_out_that_is_a_file_exits_2_before_any_work(tmp_path, capsys, mo
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
     out = tmp_path / "out"
     out.write_text("a file")
-    assert _predict_main("--export_dir=/nowhere", f"--images={image}", f"--out={out}") == 2
+    assert run_predict("--export_dir=/nowhere", f"--images={image}", f"--out={out}") == 2
     assert capsys.readouterr().err == f"error: option 'out': {out} exists and is not a folder\n"
 
 
