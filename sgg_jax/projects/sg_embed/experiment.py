@@ -67,7 +67,7 @@ import numpy as np
 from sgg_jax.data import captions as captions_lib
 from sgg_jax.data import gqa200, synthetic, vg150, vg_json, word_vectors
 from sgg_jax.data.fileio import check_writable_dir
-from sgg_jax.errors import ConfigError, DataError, check_int
+from sgg_jax.errors import ConfigError, DataError, check_choice, check_int
 from sgg_jax.evaluation import embedding as embedding_eval
 from sgg_jax.projects.sg_embed import sg_gcn, synthetic_captions
 from sgg_jax.projects.sg_embed import similarity as similarity_lib
@@ -284,11 +284,11 @@ class SGEmbedExperimentConfig:
         """One-line ConfigErrors naming the flag; nothing is read."""
         source, similarity, split = self.source, self.similarity, self.split
         model, grid, evaluation = self.model, self.grid, self.evaluation
-        _check_choice("method", self.method, METHODS)
-        _check_choice("dataset", source.dataset, DATASETS)
-        _check_choice("vg_vocab", source.vg_vocab, VG_VOCABS)
-        _check_choice("model_size", model.model_size, MODEL_SIZES)
-        _check_choice("retrieval_backend", evaluation.retrieval_backend, RETRIEVAL_BACKENDS)
+        check_choice("method", self.method, tuple(METHODS))
+        check_choice("dataset", source.dataset, tuple(DATASETS))
+        check_choice("vg_vocab", source.vg_vocab, tuple(VG_VOCABS))
+        check_choice("model_size", model.model_size, tuple(MODEL_SIZES))
+        check_choice("retrieval_backend", evaluation.retrieval_backend, tuple(RETRIEVAL_BACKENDS))
         for objective in grid.objectives:
             if objective not in sg_embed.OBJECTIVES:
                 raise ConfigError(
@@ -376,11 +376,6 @@ class SGEmbedExperimentConfig:
                     value = [_flag_text(v) for v in value]
                 values[field.name] = value
         return dict(sorted(values.items()))
-
-
-def _check_choice(option: str, value: object, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(option, f"must be one of {tuple(choices)}, got {value!r}")
 
 
 def _check_fractions(fractions: Sequence[Any]) -> tuple[float, float, float]:
