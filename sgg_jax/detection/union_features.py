@@ -298,9 +298,7 @@ class SGBUnionFeatureExtractor(nn.Module):
         # PyTorch flattens [P, C, H, W]: keep its order so that converted fc6 weights load as is.
         flat = jnp.transpose(summed, (0, 3, 1, 2)).reshape(batch, num_pairs, -1)
         hidden = nn.relu(
-            nn.Dense(cfg.representation_size, kernel_init=_FC_KERNEL, dtype=dtype, name="fc6")(
-                flat
-            )
+            nn.Dense(cfg.representation_size, kernel_init=_FC_KERNEL, dtype=dtype, name="fc6")(flat)
         )
         hidden = nn.relu(
             nn.Dense(cfg.representation_size, kernel_init=_FC_KERNEL, dtype=dtype, name="fc7")(

@@ -73,7 +73,9 @@ def test_table_covers_every_variable_of_the_module_with_its_shape():
         assert value.shape == convert.union_extractor_torch_shapes(config)[key], key
     # Conv OIHW <-> HWIO, Linear [out, in] <-> [in, out].
     kernel = variables["params"]["rect_conv1"]["kernel"]
-    np.testing.assert_array_equal(state_dict[U + "rect_conv.0.weight"][3, 1, 2, 4], kernel[2, 4, 1, 3])
+    np.testing.assert_array_equal(
+        state_dict[U + "rect_conv.0.weight"][3, 1, 2, 4], kernel[2, 4, 1, 3]
+    )
     fc6 = variables["params"]["fc6"]["kernel"]
     np.testing.assert_array_equal(state_dict[U + "feature_extractor.fc6.weight"], fc6.T)
     mean = variables["batch_stats"]["rect_bn2"]["mean"]

@@ -3,7 +3,6 @@
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -32,7 +31,9 @@ def sgb_rectangles(head_boxes, tail_boxes, width, height, size):
     count = len(head_boxes)
     x_range = np.broadcast_to(np.arange(size).reshape(1, 1, -1), (count, size, size))
     y_range = np.broadcast_to(np.arange(size).reshape(1, -1, 1), (count, size, size))
-    ratios = tuple(float(s) / float(s_orig) for s, s_orig in zip((size, size), (width, height)))
+    ratios = tuple(
+        float(s) / float(s_orig) for s, s_orig in zip((size, size), (width, height), strict=True)
+    )
 
     def resize(boxes):
         boxes = np.asarray(boxes, np.float32)
@@ -151,7 +152,13 @@ def extractor_setup():
     def run(variables, subjects, objects, mask, train):
         if train:
             return module.apply(
-                variables, maps, subjects, objects, image_size, mask, train=True,
+                variables,
+                maps,
+                subjects,
+                objects,
+                image_size,
+                mask,
+                train=True,
                 mutable=["batch_stats"],
             )
         return module.apply(variables, maps, subjects, objects, image_size, mask), {}
@@ -159,9 +166,7 @@ def extractor_setup():
     subjects = random_boxes(rng, 6, 60, 48).reshape(2, 3, 4)
     objects = random_boxes(rng, 6, 60, 48).reshape(2, 3, 4)
     mask = np.array([[True, True, True], [True, True, False]])
-    variables = fast_jit(module.init)(
-        jax.random.key(0), maps, subjects, objects, image_size, mask
-    )
+    variables = fast_jit(module.init)(jax.random.key(0), maps, subjects, objects, image_size, mask)
     return fast_jit(run, static_argnums=4), variables, subjects, objects, mask
 
 
@@ -186,7 +191,9 @@ def test_union_extractor_real_pairs_do_not_depend_on_padding(extractor_setup, tr
     assert np.all(big[~big_mask] == 0) and np.all(small[~mask] == 0)
     assert np.abs(small[mask]).sum() > 0
     assert jax.tree.structure(small_stats) == jax.tree.structure(big_stats)
-    for small_leaf, big_leaf in zip(jax.tree.leaves(small_stats), jax.tree.leaves(big_stats)):
+    for small_leaf, big_leaf in zip(
+        jax.tree.leaves(small_stats), jax.tree.leaves(big_stats), strict=True
+    ):
         np.testing.assert_allclose(big_leaf, small_leaf, rtol=1e-5, atol=1e-6)
     if train:
         updated = small_stats["batch_stats"]["rect_bn1"]["mean"]
