@@ -6,7 +6,10 @@ import jax
 import numpy as np
 import pytest
 
+from sgg_jax import boxes as box_ops
+from sgg_jax.detection import convert
 from sgg_jax.detection.detector import DetectorConfig
+from sgg_jax.detection.roi_align import roi_align_batch
 from sgg_jax.detection.union_features import (
     MaskedBatchNorm,
     SGBUnionFeatureExtractor,
@@ -167,7 +170,9 @@ def extractor_setup():
     objects = random_boxes(rng, 6, 60, 48).reshape(2, 3, 4)
     mask = np.array([[True, True, True], [True, True, False]])
     variables = fast_jit(module.init)(jax.random.key(0), maps, subjects, objects, image_size, mask)
-    return fast_jit(run, static_argnums=4), variables, subjects, objects, mask
+    run = fast_jit(run, static_argnums=4)
+    run.maps, run.image_size, run.config = maps, image_size, config
+    return run, variables, subjects, objects, mask
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -203,3 +208,80 @@ def test_union_extractor_real_pairs_do_not_depend_on_padding(extractor_setup, tr
     moved[0, 0] = [0, 0, 5, 5]
     other = np.asarray(run(variables, moved, objects, mask, train)[0])
     assert not np.allclose(other[0, 0], small[0, 0])
+
+
+def conv2d(inputs, weight, bias, stride, pad):
+    """``torch.nn.Conv2d`` in numpy: NCHW inputs, OIHW weights."""
+    kernel = weight.shape[2:]
+    padded = np.pad(inputs, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, kernel, axis=(2, 3))
+    windows = windows[:, :, ::stride, ::stride]
+    return np.einsum("nchwij,ocij->nohw", windows, weight) + bias[None, :, None, None]
+
+
+def max_pool(inputs):
+    """``torch.nn.MaxPool2d(3, stride=2, padding=1)`` in numpy (padding never wins)."""
+    padded = np.pad(inputs, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))
+    return windows[:, :, ::2, ::2].max(axis=(-1, -2))
+
+
+def batch_norm_eval(inputs, state_dict, prefix):
+    def per_channel(name):
+        return state_dict[f"{prefix}.{name}"][None, :, None, None]
+
+    normalised = (inputs - per_channel("running_mean")) / np.sqrt(per_channel("running_var") + 1e-5)
+    return normalised * per_channel("weight") + per_channel("bias")
+
+
+def test_union_extractor_equals_sgb_forward_with_the_converted_weights(extractor_setup):
+    """Scene-Graph-Benchmark's ``RelationFeatureExtractor.forward`` in evaluation mode, restated
+    in numpy on the PyTorch-layout weights of :func:`convert.to_sgb_union_extractor`: a check of
+    the module and of the converter's layouts together."""
+    run, variables, subjects, objects, mask = extractor_setup
+    rng = np.random.default_rng(3)
+    stats = jax.tree.map(
+        lambda leaf: rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32),
+        variables["batch_stats"],
+    )
+    variables = {**variables, "batch_stats": stats}
+    ours = np.asarray(run(variables, subjects, objects, mask, False)[0])
+    config = run.config
+    weights = convert.to_sgb_union_extractor(variables, config)
+    u = "roi_heads.relation.union_feature_extractor."
+
+    def w(name):
+        return weights[u + name].astype(np.float64)
+
+    # Pooler(cat_all_levels=True): every level, concatenated, then reduce_channel + ReLU.
+    union = np.asarray(box_ops.union_boxes(subjects, objects))
+    pool = fast_jit(roi_align_batch, static_argnames=("spatial_scale",))
+    levels = [
+        np.asarray(pool(run.maps[f"P{level}"], union, mask, spatial_scale=2.0**-level))
+        for level in (2, 3, 4, 5)
+    ]
+    all_pooled = np.concatenate(levels, axis=-1).transpose(0, 1, 4, 2, 3).astype(np.float64)
+    for image in range(2):
+        real = mask[image]
+        head, tail = subjects[image][real], objects[image][real]
+        height, width = run.image_size[image]
+        # rect_conv (rfe.py:48-56) on the masks (rfe.py:69-85).
+        rect = sgb_rectangles(head, tail, width, height, 27).astype(np.float64)
+        rect = conv2d(rect, w("rect_conv.0.weight"), w("rect_conv.0.bias"), 2, 3)
+        rect = batch_norm_eval(np.maximum(rect, 0), weights, u + "rect_conv.2")
+        rect = max_pool(rect)
+        rect = conv2d(rect, w("rect_conv.4.weight"), w("rect_conv.4.bias"), 1, 1)
+        rect = batch_norm_eval(np.maximum(rect, 0), weights, u + "rect_conv.6")
+        reduce = "feature_extractor.pooler.reduce_channel.0"
+        pooled = conv2d(all_pooled[image][real], w(f"{reduce}.weight"), w(f"{reduce}.bias"), 1, 1)
+        pooled = np.maximum(pooled, 0)
+        # union_vis_features + rect_features -> forward_without_pool (fc6, fc7).
+        flat = (pooled + rect).reshape(len(head), -1)
+        hidden = np.maximum(
+            flat @ w("feature_extractor.fc6.weight").T + w("feature_extractor.fc6.bias"), 0
+        )
+        hidden = np.maximum(
+            hidden @ w("feature_extractor.fc7.weight").T + w("feature_extractor.fc7.bias"), 0
+        )
+        np.testing.assert_allclose(ours[image][real], hidden, rtol=2e-4, atol=2e-4)
+        assert np.abs(hidden).sum() > 0
