@@ -61,7 +61,7 @@ import jax
 import jax.numpy as jnp
 
 from sgg_jax import boxes as box_ops
-from sgg_jax.detection.roi_align import roi_align_batch
+from sgg_jax.detection.roi_align import multilevel_roi_align, roi_align_batch
 
 __all__ = [
     "MaskedBatchNorm",
@@ -246,15 +246,20 @@ class SGBUnionFeatureExtractor(nn.Module):
             "box_chunk_size": cfg.box_chunk_size,
         }
         if cfg.use_fpn:
-            pooled = jnp.concatenate(
-                [
-                    roi_align_batch(
-                        maps[f"P{level}"], union, pair_mask, spatial_scale=2.0**-level, **pool
-                    )
-                    for level in cfg.pooler_levels
-                ],
-                axis=-1,
-            ).reshape(batch * num_pairs, resolution, resolution, -1)
+            # Every union box from every level: the boxes repeated once per level (level-major)
+            # in one multi-level RoIAlign, then the levels concatenated on channels (P2 first).
+            levels = cfg.pooler_levels
+            per_level = multilevel_roi_align(
+                {level: maps[f"P{level}"] for level in levels},
+                jnp.tile(union, (1, len(levels), 1)),
+                jnp.tile(pair_mask, (1, len(levels))),
+                box_levels=jnp.repeat(jnp.asarray(levels, jnp.int32), num_pairs)[None],
+                **pool,
+            )
+            per_level = per_level.reshape(batch, len(levels), num_pairs, resolution, resolution, -1)
+            pooled = jnp.moveaxis(per_level, 1, 4).reshape(
+                batch * num_pairs, resolution, resolution, -1
+            )
             pooled = nn.relu(
                 nn.Conv(
                     channels,
