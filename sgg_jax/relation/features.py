@@ -18,7 +18,9 @@ Three sources produce them:
   ``[feature of subject, feature of object, pair geometry]`` since no union RoI is pooled.
 * ``"roi"`` (:class:`RoIFeatures`): RoI features pooled from ``batch.images`` by the Faster R-CNN
   of :mod:`sgg_jax.detection.detector`: object features are the box head's fc7 features of each
-  object box. Union features (``union_features``, :data:`UNION_FEATURES`):
+  object box (Scene-Graph-Benchmark's relation head pools them with its own copy of the box head,
+  initialised from it and trained, ``relation_head.py``:31, 67; here the detector's box head,
+  frozen with it). Union features (``union_features``, :data:`UNION_FEATURES`):
 
   - ``"sgb"`` (default): Scene-Graph-Benchmark's ``RelationFeatureExtractor``
     (:class:`~sgg_jax.detection.union_features.SGBUnionFeatureExtractor`, under ``union``): the
