@@ -164,6 +164,16 @@ def define_data_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "roi: keep the pretrained detector fixed (SGB).",
         flag_values=flag_values,
     )
+    flags.DEFINE_enum(
+        "union_features",
+        None,
+        ["sgb", "shared_head"],
+        "roi: union features of the pairs. sgb (the default): Scene-Graph-Benchmark's union "
+        "extractor (all FPN levels, rectangle masks of the two boxes, own fc6/fc7 copied from "
+        "the detector's box head); shared_head: the detector's box head on the union box plus "
+        "the pair geometry through an MLP.",
+        flag_values=flag_values,
+    )
     flags.DEFINE_integer(
         "detections_per_image",
         0,

@@ -45,6 +45,13 @@ Names read:
   :func:`infer_detector_config` reads the backbone, FPN width, anchors per location, pooler
   resolution, head width and class count off the weights, the rest from the closest preset.
 
+* Scene-Graph-Benchmark's union feature extractor of relation checkpoints
+  (``roi_heads.relation.union_feature_extractor.*``, the variables of
+  :class:`~sgg_jax.detection.union_features.SGBUnionFeatureExtractor`):
+  :func:`convert_sgb_union_extractor` / :func:`to_sgb_union_extractor` (key table there);
+  from a detector-only checkpoint :func:`union_head_from_box_head` gives its fc6 / fc7 from the
+  box head's, as SGB initialises them.
+
 Layouts: conv weights are OIHW in PyTorch and HWIO in Flax (``kernel = weight.transpose(2, 3, 1,
 0)``); Linear weights ``[out, in]`` become Dense kernels ``[in, out]`` (``weight.T``); a grouped
 conv's weight ``[O, I / groups, kh, kw]`` becomes ``[kh, kw, I / groups, O]``,
@@ -90,6 +97,7 @@ MASKRCNN_RPN_HEAD = "rpn.head."
 MASKRCNN_ANCHORS = "rpn.anchor_generator."
 MASKRCNN_BOX_HEAD = "roi_heads.box."
 DETECTOR_PREFIXES = ("backbone.", "rpn.", MASKRCNN_BOX_HEAD)  # the rest is not the detector's
+MASKRCNN_UNION = "roi_heads.relation.union_feature_extractor."  # SGB relation checkpoints
 _KNOWN_ASPECT_RATIOS = (
     (0.5, 1.0, 2.0),  # maskrcnn_benchmark
     DetectorConfig.resnext101_fpn().aspect_ratios,  # Scene-Graph-Benchmark (VG, Neural Motifs)
@@ -717,6 +725,160 @@ def to_maskrcnn_benchmark_detector(
     :class:`~sgg_jax.detection.detector.FasterRCNN` ``variables``; the inverse of
     :func:`convert_maskrcnn_benchmark_detector` (no ``rpn.anchor_generator.*`` buffers)."""
     return _export(variables, _detector_table(config))
+
+
+# ----------------------------------------------------------------------------------------------
+# Scene-Graph-Benchmark's union feature extractor (relation checkpoints)
+# ----------------------------------------------------------------------------------------------
+
+
+def _union_table(config: DetectorConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """``{torch key: (flat path in SGBUnionFeatureExtractor's variables, torch shape)}``."""
+    if not isinstance(config, DetectorConfig):
+        raise ConfigError("config", f"must be a DetectorConfig, got {type(config).__name__}")
+    return _cached_union_table(config)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_union_table(config: DetectorConfig):
+    channels, width = config.feature_channels, config.representation_size
+    half = channels // 2
+    extractor = f"{MASKRCNN_UNION}feature_extractor."
+    table = {}
+    if config.use_fpn:  # POOLING_ALL_LEVELS: every level concatenated, then reduced to C
+        reduce = f"{extractor}pooler.reduce_channel.0"
+        shape = (channels, channels * len(config.pooler_levels), 3, 3)
+        table[f"{reduce}.weight"] = (("params", "reduce_channel", "kernel"), shape)
+        table[f"{reduce}.bias"] = (("params", "reduce_channel", "bias"), (channels,))
+    pooled = channels * config.pooler_resolution**2  # flattened in PyTorch's (C, H, W) order
+    for name, inputs in (("fc6", pooled), ("fc7", width)):
+        table[f"{extractor}{name}.weight"] = (("params", name, "kernel"), (width, inputs))
+        table[f"{extractor}{name}.bias"] = (("params", name, "bias"), (width,))
+    rect = f"{MASKRCNN_UNION}rect_conv."
+    for index, name, shape in (
+        (0, "rect_conv1", (half, 2, 7, 7)),
+        (4, "rect_conv2", (channels, half, 3, 3)),
+    ):
+        table[f"{rect}{index}.weight"] = (("params", name, "kernel"), shape)
+        table[f"{rect}{index}.bias"] = (("params", name, "bias"), shape[:1])
+    for index, name, size in ((2, "rect_bn1", half), (6, "rect_bn2", channels)):
+        table[f"{rect}{index}.weight"] = (("params", name, "scale"), (size,))
+        table[f"{rect}{index}.bias"] = (("params", name, "bias"), (size,))
+        table[f"{rect}{index}.running_mean"] = (("batch_stats", name, "mean"), (size,))
+        table[f"{rect}{index}.running_var"] = (("batch_stats", name, "var"), (size,))
+    return table
+
+
+def union_extractor_torch_shapes(config: DetectorConfig) -> dict[str, tuple[int, ...]]:
+    """Every ``roi_heads.relation.union_feature_extractor.*`` key (and shape) the
+    :class:`~sgg_jax.detection.union_features.SGBUnionFeatureExtractor` of ``config`` reads
+    (``*.num_batches_tracked`` excluded)."""
+    return {key: shape for key, (_, shape) in _union_table(config).items()}
+
+
+def _is_union_key(config: DetectorConfig) -> Callable[[str], bool]:
+    def considered(key: str) -> bool:
+        if not key.startswith(MASKRCNN_UNION) or key.endswith("num_batches_tracked"):
+            return False
+        # Without FPN, SGB's Pooler still builds reduce_channel but never uses it (poolers.py:110).
+        return config.use_fpn or ".pooler.reduce_channel." not in key
+
+    return considered
+
+
+def convert_sgb_union_extractor(
+    state_dict: Mapping[str, Any],
+    config: DetectorConfig | None = None,
+    *,
+    strict: bool = True,
+    path: str | None = None,
+) -> dict[str, Any]:
+    """Variables of :class:`~sgg_jax.detection.union_features.SGBUnionFeatureExtractor` from a
+    Scene-Graph-Benchmark relation checkpoint (``roi_heads.relation.union_feature_extractor.*``).
+
+    Keys read (``U = roi_heads.relation.union_feature_extractor.``; conv ``OIHW -> HWIO``,
+    Linear ``[out, in] -> [in, out]``):
+
+    * ``U.feature_extractor.pooler.reduce_channel.0.{weight,bias}`` -> ``params/reduce_channel``
+      (FPN only; ``[C, 4C, 3, 3]``; skipped without FPN, where SGB never uses it);
+    * ``U.feature_extractor.fc6.*`` (on the (C, H, W)-flattened sum), ``U.feature_extractor.fc7.*``
+      -> ``params/fc6``, ``params/fc7``;
+    * ``U.rect_conv.0.*`` -> ``params/rect_conv1``; ``U.rect_conv.4.*`` -> ``params/rect_conv2``;
+    * ``U.rect_conv.{2,6}.{weight,bias}`` -> ``params/rect_bn{1,2}/{scale,bias}`` and
+      ``U.rect_conv.{2,6}.{running_mean,running_var}`` -> ``batch_stats/rect_bn{1,2}/{mean,var}``;
+      ``num_batches_tracked`` is skipped (PyTorch only reads it when ``momentum`` is None).
+
+    Args:
+      state_dict: the checkpoint's ``"model"`` entry (``module.`` prefixes are stripped); keys
+        outside ``U`` are ignored.
+      config: the detector the extractor pools from; None: :func:`infer_detector_config`.
+      strict: raise on a missing or an unmapped key under ``U``; False leaves missing variables
+        out (merge the result into an initialised tree).
+      path: the file, for error messages.
+
+    Returns:
+      ``{"params": ..., "batch_stats": ...}`` numpy float32, the variables of the ``"roi"``
+      source's ``union`` module (:mod:`sgg_jax.relation.features`).
+    """
+    state_dict = _strip_module_prefix(state_dict)
+    if config is None:
+        config = infer_detector_config(state_dict, path=path)
+    return _convert(
+        state_dict,
+        _union_table(config),
+        considered=_is_union_key(config),
+        strict=strict,
+        path=path,
+        what="Scene-Graph-Benchmark's union feature extractor",
+    )
+
+
+def to_sgb_union_extractor(
+    variables: Mapping[str, Any], config: DetectorConfig
+) -> dict[str, np.ndarray]:
+    """The ``roi_heads.relation.union_feature_extractor.*`` state dict of
+    :class:`~sgg_jax.detection.union_features.SGBUnionFeatureExtractor` ``variables``
+    (``{"params", "batch_stats"}``); the inverse of :func:`convert_sgb_union_extractor` (no
+    ``num_batches_tracked`` buffers)."""
+    return _export(variables, _union_table(config))
+
+
+def union_head_from_box_head(
+    state_dict: Mapping[str, Any],
+    config: DetectorConfig | None = None,
+    *,
+    path: str | None = None,
+) -> dict[str, Any]:
+    """The union extractor's ``fc6`` / ``fc7`` from a detector-only checkpoint, as SGB
+    initialises them: ``load_mapping`` of ``tools/relation_train_net.py``:62-63 reads
+    ``roi_heads.relation.union_feature_extractor.feature_extractor.*`` from
+    ``roi_heads.box.feature_extractor.*`` (``model_serialization.py``:32-37). The rectangle convs
+    and ``reduce_channel`` have no counterpart in a detector and keep their initialisation.
+
+    Returns:
+      ``{"params": {"fc6": ..., "fc7": ...}}`` to merge into initialised union variables.
+
+    Raises:
+      DataError: naming a missing key or a shape that does not fit ``config``.
+    """
+    state_dict = _strip_module_prefix(state_dict)
+    if config is None:
+        config = infer_detector_config(state_dict, path=path)
+    extractor = f"{MASKRCNN_UNION}feature_extractor."
+    box_head = f"{MASKRCNN_BOX_HEAD}feature_extractor."
+    table = {
+        box_head + key.removeprefix(extractor): entry
+        for key, entry in _union_table(config).items()
+        if key.startswith(f"{extractor}fc")
+    }
+    return _convert(
+        state_dict,
+        table,
+        considered=lambda key: False,
+        strict=True,
+        path=path,
+        what="the union extractor's fc6 / fc7",
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -361,6 +361,7 @@ def multilevel_roi_align(
     plus_one: bool = True,
     max_sampling_grid: int | None = None,
     box_chunk_size: int | None = None,
+    box_levels: jax.Array | None = None,
 ) -> jax.Array:
     """FPN RoI pooling (maskrcnn_benchmark ``Pooler``): each box pooled from its assigned level.
 
@@ -377,6 +378,9 @@ def multilevel_roi_align(
         :func:`roi_align` (maskrcnn_benchmark: ``aligned=False``).
       spatial_scales: ``{level: scale}``; default ``2 ** -level``.
       canonical_scale, canonical_level, eps, plus_one: as :func:`map_boxes_to_levels`.
+      box_levels: optional int[B, R] absolute level of each box (one of ``features``), instead of
+        :func:`map_boxes_to_levels` (e.g. every box from every level, as Scene-Graph-Benchmark's
+        ``Pooler(cat_all_levels=True)``: repeat the boxes once per level).
 
     Returns:
       [B, R, PH, PW, C]; zero where ``box_mask`` is False.
@@ -412,15 +416,19 @@ def multilevel_roi_align(
     level_scales = jnp.array([spatial_scales[level] for level in levels], jnp.float32)
 
     boxes = boxes.astype(jnp.float32)
-    box_levels = map_boxes_to_levels(
-        boxes,
-        min_level=levels[0],
-        max_level=levels[-1],
-        canonical_scale=canonical_scale,
-        canonical_level=canonical_level,
-        eps=eps,
-        plus_one=plus_one,
-    )
+    if box_levels is None:
+        box_levels = map_boxes_to_levels(
+            boxes,
+            min_level=levels[0],
+            max_level=levels[-1],
+            canonical_scale=canonical_scale,
+            canonical_level=canonical_level,
+            eps=eps,
+            plus_one=plus_one,
+        )
+    else:
+        box_levels = jnp.broadcast_to(jnp.asarray(box_levels, jnp.int32), boxes.shape[:2])
+        box_levels = jnp.clip(box_levels, levels[0], levels[-1])
     level_index = box_levels - levels[0]
 
     def one_image(image_flat, image_boxes, image_level_index):

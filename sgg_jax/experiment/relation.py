@@ -26,7 +26,7 @@ import numpy as np
 
 from sgg_jax.data import datasets, pipeline
 from sgg_jax.data.image_io import DEFAULT_MAX_PIXELS
-from sgg_jax.errors import ConfigError, check_bool, check_positive_int
+from sgg_jax.errors import ConfigError, check_bool, check_choice, check_positive_int
 from sgg_jax.evaluation import evaluate, frequency_groups
 from sgg_jax.evaluation.collect import batch_predictions, detection_predictions
 from sgg_jax.structures import SceneGraph, SceneGraphBatch, Vocab
@@ -76,6 +76,8 @@ class DataConfig:
       feature_source: ``geometry``, ``precomputed`` (``object_features``) or ``roi``
         (``detector_workdir``).
       image_size, freeze_detector, detections_per_image: ``roi`` options (0 = the detector's).
+      union_features: ``roi``: ``sgb`` or ``shared_head``
+        (:data:`sgg_jax.relation.features.UNION_FEATURES`); None = the model's default (``sgb``).
       max_image_pixels: ``roi``: image files of more pixels are refused (a DataError naming the
         file, from its header, before decoding).
       allow_config_change: resume a workdir trained with other settings, recording the old ones
@@ -111,6 +113,7 @@ class DataConfig:
     image_size: int = 0
     freeze_detector: bool = True
     detections_per_image: int = 0
+    union_features: str | None = None
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     allow_config_change: bool = False
 
@@ -163,6 +166,10 @@ class DataConfig:
                     "detector_workdir",
                     f"{self.detector_workdir} has no config.json (not an experiments.detector run)",
                 )
+        if self.union_features is not None:
+            from sgg_jax.relation.features import UNION_FEATURES
+
+            check_choice("union_features", self.union_features, UNION_FEATURES)
         for name in ("image_size", "detections_per_image"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
@@ -569,7 +576,8 @@ class PixelInputs:
     * :meth:`transform`: the :class:`~sgg_jax.data.images.ImageBatchTransform` of a split, in the
       detector's convention;
     * :meth:`merge_detector`: fresh relation-model variables with the detector run's newest
-      checkpoint under ``features/detector`` (every collection: params, frozen BN constants).
+      checkpoint under ``features/detector`` (every collection: params, frozen BN constants), and
+      the ``"sgb"`` union extractor's fc6 / fc7 copied from its box head (as SGB).
     """
 
     def __init__(self, data: DataConfig, convention: Any = None):
@@ -651,4 +659,6 @@ class PixelInputs:
             features = dict(collection["features"])
             features["detector"] = traverse_util.unflatten_dict({p: source[p] for p in wanted})
             merged[name]["features"] = features
-        return merged
+        from sgg_jax.relation.features import union_head_from_detector
+
+        return union_head_from_detector(merged)

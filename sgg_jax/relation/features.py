@@ -18,12 +18,23 @@ Three sources produce them:
   ``[feature of subject, feature of object, pair geometry]`` since no union RoI is pooled.
 * ``"roi"`` (:class:`RoIFeatures`): RoI features pooled from ``batch.images`` by the Faster R-CNN
   of :mod:`sgg_jax.detection.detector`: object features are the box head's fc7 features of each
-  object box; union features are the fc7 features of the pair's union box, concatenated with the
-  pair geometry and projected by an MLP (Scene-Graph-Benchmark pools the union box with a separate
-  extractor and a two-box rectangle mask; here the detector's box head is shared and the geometry
-  carries the layout). ``freeze_detector`` stops gradients into the detector, as SGB freezes it
-  when training relation heads; its parameters live under the feature source's ``detector``
-  subtree, where pretrained detector variables are loaded.
+  object box (Scene-Graph-Benchmark's relation head pools them with its own copy of the box head,
+  initialised from it and trained, ``relation_head.py``:31, 67; here the detector's box head,
+  frozen with it). Union features (``union_features``, :data:`UNION_FEATURES`):
+
+  - ``"sgb"`` (default): Scene-Graph-Benchmark's ``RelationFeatureExtractor``
+    (:class:`~sgg_jax.detection.union_features.SGBUnionFeatureExtractor`, under ``union``): the
+    union box pooled from every FPN level and channel-reduced, plus a conv feature of the two
+    boxes' rectangle masks, through the union extractor's own fc6 / fc7 (copied from the
+    detector's box head at initialisation, as SGB; trained with the relation head; BatchNorm
+    statistics in ``"batch_stats"``). Width: the detector's ``representation_size``
+    (``union_dim`` / ``hidden_dim`` are unused).
+  - ``"shared_head"``: the detector's own box-head fc7 features of the union box, concatenated
+    with the 15-number pair geometry and projected by an MLP (``union_mlp``, ``union_dim`` wide).
+
+  ``freeze_detector`` stops gradients into the detector, as SGB freezes it when training
+  relation heads; its parameters live under the feature source's ``detector`` subtree, where
+  pretrained detector variables are loaded.
 
 Every source is per object / per pair, so a real object's or pair's features never depend on the
 padding of the batch; padded objects and pairs get zero features.
@@ -51,6 +62,8 @@ from sgg_jax.structures import SceneGraphBatch
 
 # Sources a relation model builds from its config; "roi" also needs a DetectorConfig and images.
 FEATURE_SOURCES = ("geometry", "precomputed", "roi")
+# Union features of the "roi" source (module docstring); the first is the default.
+UNION_FEATURES = ("sgb", "shared_head")
 
 
 def gather_objects(values: jax.Array, indices: jax.Array) -> jax.Array:
@@ -208,15 +221,17 @@ class RoIFeatures(nn.Module):
 
     Attributes:
       detector: a :class:`~sgg_jax.detection.detector.DetectorConfig`.
-      union_dim: D_union, size of the union features.
-      hidden_dim: first-layer size of the union MLP.
+      union_dim: D_union of ``"shared_head"`` union features.
+      hidden_dim: first-layer size of the ``"shared_head"`` union MLP.
       freeze_detector: no gradient reaches the detector (pretrained and fixed, as in SGB).
+      union_features: ``"sgb"`` or ``"shared_head"`` (module docstring).
     """
 
     detector: object
     union_dim: int
     hidden_dim: int
     freeze_detector: bool = True
+    union_features: str = UNION_FEATURES[0]
 
     @nn.compact
     def __call__(
@@ -227,8 +242,8 @@ class RoIFeatures(nn.Module):
         Args:
           batch: B images with ``images[B, H, W, 3]`` (normalised as the detector expects) and
             boxes in the pixels of those images.
-          train: training mode (SGDet candidate sampling); the frozen detector always runs in
-            inference mode.
+          train: training mode (SGDet candidate sampling, the ``"sgb"`` union extractor's
+            BatchNorm statistics); the frozen detector always runs in inference mode.
           detect: None, or a :class:`~sgg_jax.relation.sgdet.SGDetConfig`: run the detector on the
             images and pool the features of the detections and of their pairs (SGDet); in
             training this draws the ``"dropout"`` rng for the pair sampling.
@@ -263,16 +278,27 @@ class RoIFeatures(nn.Module):
         object_mask = jnp.asarray(batch.object_mask, bool)
         pair_mask = jnp.asarray(batch.pair_mask, bool)
         object_features = detector.box_features(maps, boxes, object_mask)
-        union = box_ops.union_boxes(
-            gather_objects(boxes, pairs[..., 0]), gather_objects(boxes, pairs[..., 1])
-        )
-        union_roi = detector.box_features(maps, union, pair_mask)
         if self.freeze_detector:
             object_features = jax.lax.stop_gradient(object_features)
-            union_roi = jax.lax.stop_gradient(union_roi)
-        union_features = FeatureMLP((self.hidden_dim, self.union_dim), name="union_mlp")(
-            jnp.concatenate([union_roi, pair_geometry_features(batch)], axis=-1)
-        )
+        subject_boxes = gather_objects(boxes, pairs[..., 0])
+        object_boxes = gather_objects(boxes, pairs[..., 1])
+        if self.union_features == "sgb":
+            from sgg_jax.detection.union_features import SGBUnionFeatureExtractor
+
+            if self.freeze_detector:
+                maps = jax.lax.stop_gradient(maps)
+            union_features = SGBUnionFeatureExtractor(self.detector, name="union")(
+                maps, subject_boxes, object_boxes, batch.image_size, pair_mask, train=train
+            )
+        else:
+            union_roi = detector.box_features(
+                maps, box_ops.union_boxes(subject_boxes, object_boxes), pair_mask
+            )
+            if self.freeze_detector:
+                union_roi = jax.lax.stop_gradient(union_roi)
+            union_features = FeatureMLP((self.hidden_dim, self.union_dim), name="union_mlp")(
+                jnp.concatenate([union_roi, pair_geometry_features(batch)], axis=-1)
+            )
         features = (
             jnp.where(object_mask[..., None], object_features, 0.0),
             jnp.where(pair_mask[..., None], union_features, 0.0),
@@ -310,6 +336,53 @@ def relation_trainable_mask(
     return mask_fn
 
 
+def union_head_from_detector(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """``variables`` with every ``"sgb"`` union extractor's fc6 / fc7 copied from its detector.
+
+    Scene-Graph-Benchmark initialises ``roi_heads.relation.union_feature_extractor.
+    feature_extractor`` from the detector checkpoint's ``roi_heads.box.feature_extractor``
+    (``tools/relation_train_net.py``:62-63, 106; :mod:`sgg_jax.detection.union_features`): here,
+    wherever a ``params`` subtree holds both ``detector`` (with ``fc6`` / ``fc7``) and ``union``
+    (the ``"roi"`` source's ``features``, at any depth), ``union/fc6`` and ``union/fc7`` become
+    copies of ``detector/fc6`` and ``detector/fc7``. Everything else is unchanged (the rectangle
+    convs and ``reduce_channel`` keep their fresh initialisation, as in SGB); without such a
+    subtree (``"shared_head"``, other sources) ``variables`` come back as they are.
+
+    Raises:
+      ConfigError: naming ``union_features`` when the shapes differ (the union head is built for
+        another detector).
+    """
+
+    def visit(tree, path):
+        if not isinstance(tree, Mapping):
+            return tree
+        tree = {key: visit(value, (*path, key)) for key, value in tree.items()}
+        detector, union = tree.get("detector"), tree.get("union")
+        if not (isinstance(detector, Mapping) and isinstance(union, Mapping)):
+            return tree
+        if "fc6" not in detector or "fc6" not in union:
+            return tree
+        union = dict(union)
+        for layer in ("fc6", "fc7"):
+            source, target = detector[layer], union[layer]
+            for leaf in target:
+                if np.shape(source[leaf]) != np.shape(target[leaf]):
+                    raise ConfigError(
+                        "union_features",
+                        f"{'/'.join((*path, 'union', layer, leaf))} has shape "
+                        f"{np.shape(target[leaf])}, the detector's box head "
+                        f"{np.shape(source[leaf])}",
+                    )
+            # Host copies: the two heads must not share one buffer (donated train states).
+            union[layer] = {leaf: np.array(source[leaf], copy=True) for leaf in target}
+        return {**tree, "union": union}
+
+    variables = dict(variables)
+    if "params" in variables:
+        variables["params"] = visit(variables["params"], ("params",))
+    return variables
+
+
 def make_feature_source(
     source: str,
     *,
@@ -319,6 +392,7 @@ def make_feature_source(
     name: str | None = None,
     detector: object | None = None,
     freeze_detector: bool = True,
+    union_features: str = UNION_FEATURES[0],
 ) -> nn.Module:
     """Builds a feature source by name.
 
@@ -330,12 +404,14 @@ def make_feature_source(
       name: the module's name when built inside a parent module (e.g. ``"features"``).
       detector: the :class:`~sgg_jax.detection.detector.DetectorConfig` of the ``"roi"`` source.
       freeze_detector: ``"roi"``: stop gradients into the detector.
+      union_features: ``"roi"``: ``"sgb"`` or ``"shared_head"`` (module docstring).
 
     Returns:
       A module called as ``source(batch, train=...) -> (object_features, union_features)``.
 
     Raises:
-      ConfigError: naming ``feature_source`` for an unknown name or the option of a bad size.
+      ConfigError: naming ``feature_source`` for an unknown name, ``union_features`` for an
+        unknown union option, or the option of a bad size.
     """
     for option, value in (
         ("object_dim", object_dim),
@@ -362,6 +438,7 @@ def make_feature_source(
             union_dim=union_dim,
             hidden_dim=hidden_dim,
             freeze_detector=freeze_detector,
+            union_features=check_choice("union_features", union_features, UNION_FEATURES),
             name=name,
         )
     raise ConfigError(
@@ -374,10 +451,14 @@ def check_relation_config(config: Any, int_fields: Sequence[str], tasks: Sequenc
     """Validates and normalises, in place, the fields every relation-model config shares.
 
     For a frozen dataclass with ``task``, ``feature_source``, ``detector``, ``freeze_detector``,
-    ``sgdet``, ``dropout_rate`` and ``frequency_bias`` (PE-Net's and MotifNet's configs): the
-    ``int_fields`` become positive ints, ``task`` one of ``tasks``, ``feature_source`` a known
-    source that fits the task and detector, ``freeze_detector`` and ``frequency_bias`` bools,
-    ``sgdet`` an :class:`~sgg_jax.relation.sgdet.SGDetConfig`, ``dropout_rate`` a float in [0, 1).
+    ``union_features``, ``sgdet``, ``dropout_rate`` and ``frequency_bias`` (PE-Net's and
+    MotifNet's configs): the ``int_fields`` become positive ints, ``task`` one of ``tasks``,
+    ``feature_source`` a known source that fits the task and detector, ``freeze_detector`` and
+    ``frequency_bias`` bools, ``sgdet`` an :class:`~sgg_jax.relation.sgdet.SGDetConfig`,
+    ``dropout_rate`` a float in [0, 1). ``union_features`` becomes one of
+    :data:`UNION_FEATURES` with ``"roi"`` (None: the first, ``"sgb"``) and None with the other
+    sources, which have no union extractor (so configs of those sources, and the run configs
+    that record them, do not change with it).
 
     Raises:
       ConfigError: naming the first invalid field.
@@ -394,6 +475,13 @@ def check_relation_config(config: Any, int_fields: Sequence[str], tasks: Sequenc
         make_feature_source(config.feature_source)  # raises the source's own ConfigError
     check_pixel_task(config.task, config.feature_source, config.detector)
     store("freeze_detector", check_bool("freeze_detector", config.freeze_detector))
+    union = getattr(config, "union_features", None)
+    if union is not None:
+        check_choice("union_features", union, UNION_FEATURES)
+    if config.feature_source == "roi":
+        store("union_features", union or UNION_FEATURES[0])
+    else:
+        store("union_features", None)
     store("sgdet", SGDetConfig.from_mapping(config.sgdet))
     store("dropout_rate", check_interval("dropout_rate", config.dropout_rate, "[0, 1)"))
     store("frequency_bias", check_table_flag("frequency_bias", config.frequency_bias))
@@ -421,8 +509,8 @@ def relation_model_features(
     """The feature source of a relation-model config, called inside the model (name ``features``).
 
     ``config`` has ``feature_source``, ``object_feature_dim``, ``union_feature_dim``,
-    ``feature_hidden_dim``, ``task`` and, for ``"roi"``, ``detector``, ``freeze_detector`` and
-    ``sgdet`` (:class:`~sgg_jax.relation.penet.PENetConfig`,
+    ``feature_hidden_dim``, ``task`` and, for ``"roi"``, ``detector``, ``freeze_detector``,
+    ``union_features`` and ``sgdet`` (:class:`~sgg_jax.relation.penet.PENetConfig`,
     :class:`~sgg_jax.relation.motifs.MotifsConfig`).
 
     Returns:
@@ -440,6 +528,7 @@ def relation_model_features(
         name="features",
         detector=getattr(config, "detector", None),
         freeze_detector=getattr(config, "freeze_detector", True),
+        union_features=getattr(config, "union_features", None) or UNION_FEATURES[0],
     )
     if config.task != "sgdet":
         object_features, union_features = source(batch, train=train)

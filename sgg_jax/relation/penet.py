@@ -133,6 +133,10 @@ class PENetConfig:
       detector: the :class:`~sgg_jax.detection.detector.DetectorConfig` of the ``"roi"`` source (its
         variables live under ``features/detector``).
       freeze_detector: ``"roi"``: no gradient and no update reaches the detector (SGB).
+      union_features: ``"roi"``: ``"sgb"`` (Scene-Graph-Benchmark's union feature extractor,
+        ``representation_size`` wide, the default when None) or ``"shared_head"`` (the
+        detector's box head and an MLP, ``union_feature_dim`` wide); see
+        :mod:`sgg_jax.relation.features`. None for the other sources.
       sgdet: :class:`~sgg_jax.relation.sgdet.SGDetConfig` (or a mapping of its fields): how
         detections become relation candidates and training targets in SGDet.
     """
@@ -153,6 +157,7 @@ class PENetConfig:
     frequency_bias: bool = False
     detector: Any = None
     freeze_detector: bool = True
+    union_features: str | None = None
     sgdet: Any = None
 
     def __post_init__(self):

@@ -10,12 +10,14 @@ from sgg_jax import boxes as box_ops
 from sgg_jax.data import pipeline
 from sgg_jax.errors import ConfigError
 from sgg_jax.relation.features import (
+    UNION_FEATURES,
     GeometryFeatures,
     PrecomputedFeatures,
     RoIFeatures,
     gather_objects,
     make_feature_source,
     pair_geometry_features,
+    union_head_from_detector,
 )
 from sgg_jax.structures import SceneGraph
 
@@ -150,6 +152,71 @@ def test_make_feature_source_names_and_errors():
         make_feature_source("clip")
     with pytest.raises(ConfigError, match="'union_dim'"):
         make_feature_source("geometry", union_dim=0)
+    from sgg_jax.detection.detector import DetectorConfig
+
+    tiny = DetectorConfig.tiny()
+    assert make_feature_source("roi", detector=tiny).union_features == "sgb"
+    shared = make_feature_source("roi", detector=tiny, union_features="shared_head")
+    assert shared.union_features == "shared_head"
+    with pytest.raises(ConfigError, match="'union_features'.*'sgb', 'shared_head'"):
+        make_feature_source("roi", detector=tiny, union_features="rect")
+
+
+def test_union_features_option_of_the_relation_configs():
+    from sgg_jax.detection.detector import DetectorConfig
+    from sgg_jax.relation.motifs import MotifsConfig
+    from sgg_jax.relation.penet import PENetConfig
+
+    tiny = DetectorConfig.tiny()
+    assert UNION_FEATURES[0] == "sgb"
+    for kind in (PENetConfig, MotifsConfig):
+        roi = kind.small(3, 2, task="sgcls", feature_source="roi", detector=tiny)
+        assert roi.union_features == "sgb"
+        shared = roi.replace(union_features="shared_head")
+        assert shared.union_features == "shared_head" and shared != roi
+        # Sources without a union extractor record None (their run configs do not change).
+        assert kind.small(3, 2).union_features is None
+        assert kind.small(3, 2, union_features="shared_head").union_features is None
+        with pytest.raises(ConfigError, match="'union_features'"):
+            kind.small(3, 2, feature_source="roi", detector=tiny, union_features="union")
+        with pytest.raises(ConfigError, match="'union_features'"):
+            kind.small(3, 2, union_features=1)
+
+
+def test_union_head_from_detector_copies_the_box_head_into_every_union_head():
+    rng = np.random.default_rng(0)
+
+    def dense(inputs, outputs):
+        return {
+            "kernel": rng.normal(size=(inputs, outputs)).astype(np.float32),
+            "bias": rng.normal(size=outputs).astype(np.float32),
+        }
+
+    detector = {"fc6": dense(12, 4), "fc7": dense(4, 4), "cls_score": dense(4, 3)}
+    union = {"fc6": dense(12, 4), "fc7": dense(4, 4), "rect_conv1": dense(2, 2)}
+    variables = {
+        "params": {"base": {"features": {"detector": detector, "union": union}}, "head": {}},
+        "batch_stats": {"base": {"features": {"union": {"rect_bn1": {"mean": np.zeros(2)}}}}},
+    }
+    merged = union_head_from_detector(variables)
+    features = merged["params"]["base"]["features"]
+    for layer in ("fc6", "fc7"):
+        for leaf in ("kernel", "bias"):
+            np.testing.assert_array_equal(features["union"][layer][leaf], detector[layer][leaf])
+            assert features["union"][layer][leaf] is not detector[layer][leaf]
+    np.testing.assert_array_equal(
+        features["union"]["rect_conv1"]["kernel"], union["rect_conv1"]["kernel"]
+    )
+    assert merged["batch_stats"] is variables["batch_stats"]
+    assert not np.array_equal(
+        variables["params"]["base"]["features"]["union"]["fc6"]["kernel"], detector["fc6"]["kernel"]
+    )  # the input is not changed
+    # Without a union head (shared_head, other sources) nothing changes.
+    plain = {"params": {"features": {"detector": detector, "union_mlp": union}}}
+    assert union_head_from_detector(plain)["params"] == plain["params"]
+    wrong = {"params": {"features": {"detector": detector, "union": {**union, "fc7": dense(4, 5)}}}}
+    with pytest.raises(ConfigError, match="'union_features'.*union/fc7"):
+        union_head_from_detector(wrong)
 
 
 @pytest.mark.e2e
@@ -160,7 +227,9 @@ def test_roi_features_pool_pixels_per_object_and_union_box(graphs):
     images = np.random.default_rng(0).uniform(-1, 1, size=(2, 96, 128, 3)).astype(np.float32)
     batch = batch.replace(images=images)
     config = DetectorConfig.tiny()
-    source = make_feature_source("roi", union_dim=6, hidden_dim=8, detector=config)
+    source = make_feature_source(
+        "roi", union_dim=6, hidden_dim=8, detector=config, union_features="shared_head"
+    )
     assert isinstance(source, RoIFeatures)
     variables = jax.jit(lambda b: source.init(jax.random.key(0), b))(batch)
     apply = jax.jit(source.apply)
@@ -196,3 +265,66 @@ def test_roi_features_pool_pixels_per_object_and_union_box(graphs):
     assert detector_norm == 0.0 and union_norm > 0.0
     with pytest.raises(ConfigError, match="'feature_source'.*images"):
         source.init(jax.random.key(0), batch.replace(images=None))
+
+
+@pytest.mark.e2e
+def test_roi_features_with_sgb_union_features_train_the_union_head_only(graphs):
+    from sgg_jax.detection.detector import DetectorConfig, FasterRCNN
+    from sgg_jax.detection.union_features import SGBUnionFeatureExtractor
+
+    batch = make_batch(graphs, max_objects=5, max_pairs=16, with_features=False)
+    images = np.random.default_rng(0).uniform(-1, 1, size=(2, 96, 128, 3)).astype(np.float32)
+    batch = batch.replace(images=images)
+    config = DetectorConfig.tiny()
+    source = make_feature_source("roi", union_dim=6, hidden_dim=8, detector=config)
+    variables = jax.jit(lambda b: source.init(jax.random.key(0), b))(batch)
+    assert set(variables["params"]) == {"detector", "union"}
+    assert set(variables["batch_stats"]) == {"union"}
+    variables = {**variables, "params": union_head_from_detector(variables)["params"]}
+    np.testing.assert_array_equal(
+        variables["params"]["union"]["fc7"]["kernel"],
+        variables["params"]["detector"]["fc7"]["kernel"],
+    )
+    object_features, union_features = jax.jit(source.apply)(variables, batch)
+    assert union_features.shape == (2, 16, config.representation_size)
+    assert np.all(np.asarray(union_features)[~np.asarray(batch.pair_mask)] == 0)
+    # The union features are SGBUnionFeatureExtractor's on the detector's maps (evaluation).
+    detector_variables = {
+        name: collection["detector"]
+        for name, collection in variables.items()
+        if "detector" in collection
+    }
+    detector = FasterRCNN(config)
+    maps = detector.apply(detector_variables, batch.images, method=detector.features)
+    pairs = np.asarray(batch.pairs)
+    boxes = np.asarray(batch.boxes)
+    subjects = np.take_along_axis(boxes, pairs[..., :1], axis=1)
+    objects = np.take_along_axis(boxes, pairs[..., 1:], axis=1)
+    union_variables = {
+        name: collection["union"] for name, collection in variables.items() if "union" in collection
+    }
+    expected = SGBUnionFeatureExtractor(config).apply(
+        union_variables, maps, subjects, objects, batch.image_size, batch.pair_mask
+    )
+    np.testing.assert_allclose(union_features, expected, rtol=1e-5, atol=1e-5)
+
+    def loss(params):
+        (objects_, unions), updates = source.apply(
+            {**variables, "params": params}, batch, train=True, mutable=["batch_stats"]
+        )
+        return jnp.sum(objects_) + jnp.sum(unions), updates
+
+    grads, updates = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+    detector_norm = sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree.leaves(grads["detector"]))
+    assert detector_norm == 0.0
+    for layer in ("fc6", "rect_conv1", "rect_bn2", "reduce_channel"):
+        assert (
+            float(
+                jnp.sum(jnp.abs(grads["union"][layer]["kernel" if "bn" not in layer else "scale"]))
+            )
+            > 0
+        )
+    assert not np.allclose(
+        updates["batch_stats"]["union"]["rect_bn1"]["var"],
+        variables["batch_stats"]["union"]["rect_bn1"]["var"],
+    )

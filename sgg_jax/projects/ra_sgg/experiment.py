@@ -373,6 +373,7 @@ def _model_config(config: RASGGExperimentConfig, vocab, frequency=None, pixels=N
         vectors.update(
             detector=pixels.detector,
             freeze_detector=config.data.freeze_detector,
+            union_features=config.data.union_features,
             sgdet=relation.sgdet_config(config.data),
         )
     names = ("object_word_vectors", "predicate_word_vectors", "frequency_bias")
