@@ -78,6 +78,8 @@ class DataConfig:
       image_size, freeze_detector, detections_per_image: ``roi`` options (0 = the detector's).
       max_image_pixels: ``roi``: image files of more pixels are refused (a DataError naming the
         file, from its header, before decoding).
+      vg150_image_dir, gqa200_image_dir: image folders; ``SceneGraph.image_path`` is
+        ``<dir>/<image_id>.jpg`` (:func:`sgg_jax.data.datasets.load`).
       allow_config_change: resume a workdir trained with other settings, recording the old ones
         in ``config_history.jsonl`` (:class:`sgg_jax.train.loop.TrainConfig`); False = a one-line
         ConfigError naming the differing keys.
@@ -113,6 +115,9 @@ class DataConfig:
     detections_per_image: int = 0
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     allow_config_change: bool = False
+    # Image folders (read by feature_source="roi" and data_prep.extract_features).
+    vg150_image_dir: str | None = None
+    gqa200_image_dir: str | None = None
 
     def __post_init__(self):
         self.validate()
@@ -150,10 +155,14 @@ class DataConfig:
             raise ConfigError(
                 "task", "sgdet detects objects from pixels: it needs --feature_source=roi"
             )
-        if self.dataset == "synthetic_pixels" and self.feature_source != "roi":
+        if self.dataset == "synthetic_pixels" and self.feature_source == "geometry":
             raise ConfigError(
-                "dataset", "synthetic_pixels is the pixel dataset of --feature_source=roi"
+                "dataset",
+                "synthetic_pixels is the pixel dataset of --feature_source=roi (or precomputed "
+                "features of its images)",
             )
+        if self.dataset == "synthetic_pixels" and not self.detector_workdir:
+            raise ConfigError("detector_workdir", "is required with --dataset=synthetic_pixels")
         if self.feature_source == "roi":
             if not self.detector_workdir:
                 raise ConfigError("detector_workdir", "is required with --feature_source=roi")
@@ -169,6 +178,10 @@ class DataConfig:
         check_positive_int("max_image_pixels", self.max_image_pixels)
         if self.detections_per_image == 1:
             raise ConfigError("detections_per_image", "must be 0 (the detector's) or >= 2")
+        for name in ("vg150_image_dir", "gqa200_image_dir"):
+            value = getattr(self, name)
+            if value and not os.path.isdir(value):
+                raise ConfigError(name, f"{value} is not a directory")
         for name in _REQUIRED_PATHS.get(self.dataset, ()):
             if not getattr(self, name):
                 raise ConfigError(name, f"is required with --dataset={self.dataset}")
@@ -178,6 +191,7 @@ class DataConfig:
     def paths(self) -> dict[str, str]:
         """The raw files as the ``paths`` of :func:`sgg_jax.data.datasets.load`."""
         values = {key: getattr(self, name) for name, key in _PATH_KEYS.items()}
+        values["image_dir"] = getattr(self, f"{self.dataset}_image_dir", None)
         return {k: v for k, v in values.items() if v}
 
 
@@ -209,8 +223,15 @@ def synthetic_options(data: DataConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-def load_splits(data: DataConfig) -> tuple[dict[str, Sequence[SceneGraph]], Vocab]:
-    """Train / val / test graphs of ``data.dataset`` and the vocabulary (train counts)."""
+def load_splits(
+    data: DataConfig, *, check_images: bool = True
+) -> tuple[dict[str, Sequence[SceneGraph]], Vocab]:
+    """Train / val / test graphs of ``data.dataset`` and the vocabulary (train counts).
+
+    With ``feature_source="roi"`` (and ``check_images``) every image's header size is checked
+    against its annotation (:func:`sgg_jax.data.image_check.check_splits`: VG150's known wrong
+    ``image_data.json`` sizes corrected with one warning line, anything else one DataError).
+    """
     if data.dataset == "synthetic_pixels":
         from sgg_jax.data.pixel_dataset import PixelDatasetConfig, pixel_splits
 
@@ -234,7 +255,28 @@ def load_splits(data: DataConfig) -> tuple[dict[str, Sequence[SceneGraph]], Voca
         splits[split] = graphs
         if split == "train":
             vocab = split_vocab
+    if data.feature_source == "roi" and check_images:  # header sizes checked before training
+        from sgg_jax.data import image_check
+
+        kind = "vg150" if is_vg150(data.dataset, vocab) else data.dataset
+        splits = image_check.check_splits(splits, dataset=kind, max_pixels=data.max_image_pixels)
     return splits, vocab
+
+
+def is_vg150(dataset: str, vocab: Vocab | None) -> bool:
+    """Whether a dataset is VG150: ``dataset="vg150"``, or any route (``tfds`` records written by
+    ``data_prep.vg150``) whose vocabulary has the bundled VG150 object and predicate names in
+    order (the names ``data_prep`` records in the dataset metadata)."""
+    if dataset == "vg150":
+        return True
+    if vocab is None or len(vocab.object_names) != 151 or len(vocab.predicate_names) != 51:
+        return False
+    from sgg_jax.data import vg150
+
+    bundled = vg150.load_bundled_vocab()
+    return tuple(vocab.object_names) == tuple(bundled.object_names) and tuple(
+        vocab.predicate_names
+    ) == tuple(bundled.predicate_names)
 
 
 def object_features_for(
@@ -246,10 +288,52 @@ def object_features_for(
     from sgg_jax.data import feature_store
 
     table = feature_store.load_object_features(data.object_features)
+    if isinstance(table, feature_store.FeatureStore) and (
+        data.detector_workdir or getattr(data, "detector_checkpoint", None)
+    ):
+        identity = detector_identity(data)
+        table.check_detector(
+            identity["digest"], identity.get("checkpoint") or identity.get("workdir")
+        )
     return {
         split: feature_store.features_for(graphs, table, path=data.object_features)
         for split, graphs in splits.items()
     }
+
+
+def detector_identity(data: DataConfig) -> dict[str, Any]:
+    """Which detector ``data`` names, for a feature store's manifest: ``workdir`` (absolute),
+    ``checkpoint`` (a ``detector_checkpoint`` file, where the config has one), the checkpoint
+    ``step`` and ``digest``, the sha256 of the run's ``config.json`` and the files of its newest
+    checkpoint (or of the checkpoint file)."""
+    from sgg_jax.data.feature_store import file_digest
+
+    checkpoint = getattr(data, "detector_checkpoint", None)
+    identity: dict[str, Any] = {"workdir": None, "checkpoint": None, "step": None}
+    files: list[str] = []
+    root = None
+    if data.detector_workdir:
+        root = os.path.abspath(data.detector_workdir)
+        identity["workdir"] = root
+        files.append(os.path.join(root, "config.json"))
+        folder = os.path.join(root, "checkpoints")
+        steps = (
+            sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+            if os.path.isdir(folder)
+            else []
+        )
+        if steps and not checkpoint:
+            identity["step"] = steps[-1]
+            for directory, _, names in os.walk(os.path.join(folder, str(steps[-1]))):
+                files.extend(os.path.join(directory, n) for n in names)
+    if checkpoint:
+        identity["checkpoint"] = os.path.abspath(checkpoint)
+        files.append(identity["checkpoint"])
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise ConfigError("detector_workdir", f"{missing[0]} does not exist")
+    identity["digest"] = file_digest(files, root)
+    return identity
 
 
 def train_pipeline_config(
@@ -289,13 +373,23 @@ def eval_pipeline_config(
     )
 
 
-def zeroshot_for(dataset: str, splits: Mapping[str, Sequence[SceneGraph]]) -> np.ndarray | None:
+def zeroshot_for(
+    dataset: str, splits: Mapping[str, Sequence[SceneGraph]], vocab: Vocab | None = None
+) -> np.ndarray | None:
     """Zero-shot triplets of the test split: (s-class, o-class, predicate) never seen in train.
 
-    The VG150 benchmark has a published list (bundled); for other datasets the list is derived from
-    the splits, which is the same definition.
+    The VG150 benchmark has a published list (bundled), used for VG150 whatever the loading route
+    (:func:`is_vg150`: ``dataset="vg150"``, or the VG150 vocabulary, which for ``tfds`` is read
+    from the records' ``metadata.json`` when ``vocab`` is not given); for other datasets the list
+    is derived from the splits, which is the same definition.
     """
-    if dataset == "vg150":
+    if vocab is None and dataset == "tfds":
+        folder = getattr(splits.get("test"), "path", None)
+        if folder:
+            from sgg_jax.data import tfds_source
+
+            vocab = tfds_source.read_vocab_of_folder(folder)
+    if is_vg150(dataset, vocab):
         from sgg_jax.data import zeroshot
 
         return zeroshot.load_bundled_vg150()
