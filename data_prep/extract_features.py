@@ -55,6 +55,7 @@ FLAGS = flags.FLAGS
 
 def _define_flags(flag_values: flags.FlagValues) -> None:
     define_data_flags(flag_values)
+    flag_values.set_default("feature_source", "roi")  # the detector reads pixels
     flags.DEFINE_string(
         "out", None, "Store directory (created; rerun to resume).", flag_values=flag_values
     )
@@ -258,7 +259,7 @@ def extract(
                     if len(bad) == before:
                         raise
             for _, error in sorted(bad.items()):
-                print(f"bad image: {error}", file=sys.stderr)
+                (bar.write if bar is not None else print)(f"bad image: {error}", file=sys.stderr)
             writer.write_shard(
                 split,
                 shard,

@@ -194,7 +194,9 @@ def read(
                 strict=strict,
                 drop_self_relations=drop_self_relations,
                 report=report,
-                image_path=None if image_dir is None else os.path.join(image_dir, f"{image_id}.jpg"),
+                image_path=None
+                if image_dir is None
+                else os.path.join(image_dir, f"{image_id}.jpg"),
                 field_names=_FIELD_NAMES,
             )
         )

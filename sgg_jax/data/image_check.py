@@ -59,7 +59,9 @@ def header_size(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int
         ) from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise DataError(
-            f"the image header cannot be read: {type(exc).__name__}", path=path, field="image_path"
+            f"the image header cannot be read: {type(exc).__name__}: {exc}",
+            path=path,
+            field="image_path",
         ) from None
     if width <= 0 or height <= 0:
         raise DataError(f"zero-size image ({width}x{height})", path=path, field="image_path")
