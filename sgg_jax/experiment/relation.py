@@ -281,22 +281,35 @@ def is_vg150(dataset: str, vocab: Vocab | None) -> bool:
 
 def object_features_for(
     data: DataConfig, splits: Mapping[str, Sequence[SceneGraph]]
-) -> dict[str, list[np.ndarray] | None]:
-    """Per split, the precomputed object features aligned with its graphs (None without them)."""
+) -> dict[str, Sequence[np.ndarray] | None]:
+    """Per split, the precomputed object features aligned with its graphs (None without them).
+
+    ``object_features`` is an ``.npz`` or a store directory (read lazily: memory-mapped shards).
+    When the run also names a detector (``detector_workdir``), a store must come from it (the
+    digest in its manifest) and the features must have its ``representation_size``; a one-line
+    DataError naming the file and the field otherwise.
+    """
     if data.feature_source != "precomputed":
         return {split: None for split in splits}
     from sgg_jax.data import feature_store
 
     table = feature_store.load_object_features(data.object_features)
-    if isinstance(table, feature_store.FeatureStore) and (
-        data.detector_workdir or getattr(data, "detector_checkpoint", None)
-    ):
-        identity = detector_identity(data)
-        table.check_detector(
-            identity["digest"], identity.get("checkpoint") or identity.get("workdir")
-        )
+    expected_dim = None
+    if data.detector_workdir or getattr(data, "detector_checkpoint", None):
+        if isinstance(table, feature_store.FeatureStore):
+            identity = detector_identity(data)
+            table.check_detector(
+                identity["digest"], identity.get("checkpoint") or identity.get("workdir")
+            )
+        if data.detector_workdir:
+            from sgg_jax.detection.detector import DetectorConfig
+
+            detector = detector_run_config(data.detector_workdir)["detector"]
+            expected_dim = DetectorConfig.from_dict(detector).representation_size
     return {
-        split: feature_store.features_for(graphs, table, path=data.object_features)
+        split: feature_store.features_for(
+            graphs, table, path=data.object_features, expected_dim=expected_dim
+        )
         for split, graphs in splits.items()
     }
 

@@ -264,3 +264,36 @@ def test_store_bad_inputs_are_one_line_errors(tmp_path):
     (path / "manifest.json").write_text("{}")
     with pytest.raises(DataError, match="manifest.json: field 'format': not a feature store"):
         feature_store.open_store(path)
+
+
+def test_run_naming_another_detector_or_dimension_is_refused(tmp_path):
+    import dataclasses
+
+    from sgg_jax.detection.detector import DetectorConfig
+
+    detector = tmp_path / "detector"
+    (detector / "checkpoints" / "3").mkdir(parents=True)
+    (detector / "checkpoints" / "3" / "weights").write_bytes(b"step 3")
+    config = {"flags": {}, "detector": dataclasses.asdict(DetectorConfig.tiny())}
+    (detector / "config.json").write_text(json.dumps(config))
+    splits, _ = datasets.load("gqa200_mini", "test")
+    splits = {"test": splits[:3]}
+    features = {g.image_id: np.ones((g.num_objects, 3), np.float32) for g in splits["test"]}
+    data = relation.DataConfig(detector_workdir=str(detector))
+    identity = relation.detector_identity(data)
+    assert identity["step"] == 3 and len(identity["digest"]) == 64
+    _write_store(tmp_path / "other", features, detector={"digest": "another"}).finish()
+    run = relation.DataConfig(
+        feature_source="precomputed",
+        object_features=str(tmp_path / "other"),
+        detector_workdir=str(detector),
+    )
+    with pytest.raises(DataError, match="field 'detector.digest': features of another detector"):
+        relation.object_features_for(run, splits)
+    _write_store(tmp_path / "same", features, detector=identity).finish()
+    run = dataclasses.replace(run, object_features=str(tmp_path / "same"))
+    width = DetectorConfig.tiny().representation_size
+    with pytest.raises(DataError, match=f"features of width 3, the model expects {width}"):
+        relation.object_features_for(run, splits)
+    lazy = relation.object_features_for(dataclasses.replace(run, detector_workdir=None), splits)
+    assert isinstance(lazy["test"], feature_store.LazyFeatures) and len(lazy["test"]) == 3
