@@ -426,6 +426,17 @@ class LazyFeatures(Sequence):
             return LazyFeatures(self.store, self.image_ids[index])
         return np.asarray(self.store[self.image_ids[index]], np.float32)
 
+    def take(self, indices: Sequence[int]) -> LazyFeatures:
+        """The lazy features of ``indices`` (nothing read)."""
+        return LazyFeatures(self.store, [self.image_ids[int(i)] for i in indices])
+
+
+def take(features: Sequence[np.ndarray], indices: Sequence[int]) -> Sequence[np.ndarray]:
+    """``[features[i] for i in indices]``, lazy for :class:`LazyFeatures`."""
+    if isinstance(features, LazyFeatures):
+        return features.take(indices)
+    return [features[int(i)] for i in indices]
+
 
 def open_store(path: str | os.PathLike) -> FeatureStore:
     """Opens a store directory (:class:`FeatureStore`)."""

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from sgg_jax.data import datasets, pipeline
+from sgg_jax.data.feature_store import take
 from sgg_jax.data.image_io import DEFAULT_MAX_PIXELS
 from sgg_jax.errors import ConfigError, check_bool, check_positive_int
 from sgg_jax.evaluation import evaluate, frequency_groups
@@ -480,7 +481,7 @@ def collect_predictions(
         if members.size == 0:
             continue
         subset = [graphs[i] for i in members]
-        subset_features = None if object_features is None else [object_features[i] for i in members]
+        subset_features = None if object_features is None else take(object_features, members)
         loader = pipeline.make_loader(
             subset,
             eval_pipeline_config(data, vocab, max_objects),

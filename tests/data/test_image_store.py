@@ -204,6 +204,9 @@ def test_store_round_trip_is_lazy_memmaps(tmp_path):
     )
     batch = next(iter(loader))
     np.testing.assert_allclose(batch.object_features[1, :1], features["1"], atol=2e-3)
+    subset = feature_store.take(lazy, [3, 0])
+    assert isinstance(subset, feature_store.LazyFeatures) and subset.image_ids == ["3", "0"]
+    np.testing.assert_allclose(subset[1], features["0"], atol=2e-3)
 
 
 def test_store_resume_skips_done_shards_and_refuses_another_extraction(tmp_path):
