@@ -8,13 +8,15 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from data_prep import extract_features
-from sgg_jax.data import feature_store
+from sgg_jax.data import feature_store, pipeline
 from sgg_jax.data.image_io import write_png
 from sgg_jax.experiment import relation
+from sgg_jax.relation.features import RoIFeatures
 from tests.experiments import run_ra_sgg
 from tests.experiments.test_detector_experiment import detector_workdir  # noqa: F401 (fixture)
 
@@ -56,6 +58,18 @@ def test_extract_resume_bad_images_and_train_on_the_store(detector_workdir, tmp_
         assert a[graph.image_id].shape == (graph.num_objects, 32)
         np.testing.assert_array_equal(a[graph.image_id], b[graph.image_id])
     assert np.abs(np.asarray(a[graphs[0].image_id], np.float32)).sum() > 0
+    # The stored rows are the object features the roi source computes (RoIFeatures, fc7).
+    pixels = relation.PixelInputs(data)
+    some = list(splits["train"][:4])
+    config = pipeline.PipelineConfig.evaluation(4, 8, 56, read_threads=0)
+    batch = pixels.transform(some)(None, 0, next(iter(pipeline.make_loader(some, config))))[0]
+    module = RoIFeatures(pixels.detector, union_dim=8, hidden_dim=8)
+    variables = module.init(jax.random.PRNGKey(0), batch)
+    merged = pixels.merge_detector({k: {"features": v} for k, v in variables.items()})
+    roi, _ = module.apply({k: v["features"] for k, v in merged.items()}, batch)
+    for row, graph in enumerate(some):
+        expected = np.asarray(roi)[row, : graph.num_objects]
+        np.testing.assert_allclose(a[graph.image_id], expected, rtol=1e-2, atol=1e-2)
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["complete"]
 
     # Bad images: listed one line each and in the manifest, the rest written, exit status 1.
