@@ -13,7 +13,8 @@ Names:
 Images (``paths["image_dir"]``, the ``--vg150_image_dir`` / ``--gqa200_image_dir`` flags): every
 graph's ``image_path`` is ``<image_dir>/<image_id>.jpg``. VG150 follows Scene-Graph-Benchmark's
 ``VGDataset`` (``'{}.jpg'.format(img['image_id'])`` joined to ``img_dir``,
-KaihuaTang/Scene-Graph-Benchmark.pytorch maskrcnn_benchmark/data/datasets/visual_genome.py:309-313);
+KaihuaTang/Scene-Graph-Benchmark.pytorch maskrcnn_benchmark/data/datasets/visual_genome.py:309-313,
+commit 6f75881);
 GQA-200 joins the file name of ``filenames_all`` (``<image_id>.jpg``). ``tfds`` records carry the
 path written by ``data_prep --image_dir``. The image sizes are checked against the annotations by
 :func:`sgg_jax.data.image_check.check_image_sizes` before training reads pixels.

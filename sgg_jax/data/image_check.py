@@ -12,10 +12,14 @@ per 1,000 images). Outcomes:
   ``correct_img_info`` (KaihuaTang/Scene-Graph-Benchmark.pytorch
   maskrcnn_benchmark/data/datasets/visual_genome.py:255-271: the image's real size replaces
   ``width`` / ``height``) and derives the boxes from that size as ``boxes_1024 / 1024 *
-  max(w, h)`` (same file:141-143). Its repository holds no list of those images (the comment at
-  :134-136 asks to run ``correct_img_info`` once), so the list is what this check finds. Here the
+  max(w, h)`` (same file:141-143; commit 6f75881). Its repository holds no list of those images
+  (the comment at :132-136 says "several pictures with false image size" and asks to run
+  ``correct_img_info`` once; ``__getitem__`` only prints an ``ERROR`` line for a mismatch,
+  :82-83), so the list is what this check finds. Here the
   graph gets the real size and its boxes are multiplied by ``s``, which is SGB's rescale of the
-  ``BOX_SCALE`` boxes with the corrected size; one warning line gives their count;
+  ``BOX_SCALE`` boxes with the corrected size; one warning line gives their count. (SGB's
+  function would take any real size; a picture of another aspect ratio is refused here, since
+  boxes drawn on the annotated picture cannot match it under one scale);
 * any other size (another aspect ratio, any GQA mismatch), a missing file, a graph without
   ``image_path``, an unreadable header or more than ``max_pixels`` pixels: one
   :class:`~sgg_jax.errors.DataError` naming the image file and the field (``width`` / ``height``
