@@ -348,7 +348,7 @@ def define_common_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "image_dir",
         None,
-        "Folder of the images; stored as each record's image_path.",
+        "Folder of the images; each record stores <absolute dir>/<image_id>.jpg as image_path.",
         flag_values=flag_values,
     )
     flags.DEFINE_bool(

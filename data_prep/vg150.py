@@ -184,7 +184,7 @@ def _build_from_flags(flag_values: flags.FlagValues) -> BuildResult:
         num_images=flag_values.num_images,
         strict=flag_values.strict,
         drop_self_relations=flag_values.drop_self_relations,
-        image_dir=flag_values.image_dir,
+        image_dir=os.path.abspath(flag_values.image_dir) if flag_values.image_dir else None,
         overwrite=flag_values.overwrite,
         verify=flag_values.verify,
     )

@@ -52,6 +52,19 @@ def define_data_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "vg150_image_data", None, "image_data.json (dataset=vg150).", flag_values=flag_values
     )
     flags.DEFINE_string(
+        "vg150_image_dir",
+        None,
+        "Folder of the VG images, <dir>/<image_id>.jpg (dataset=vg150; needed by "
+        "feature_source=roi and data_prep.extract_features).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "gqa200_image_dir",
+        None,
+        "Folder of the GQA images, <dir>/<image_id>.jpg (dataset=gqa200).",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
         "tfds_data_dir",
         None,
         "data_dir of a data_prep dataset (dataset=tfds).",
@@ -141,7 +154,8 @@ def define_data_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string(
         "object_features",
         None,
-        "Precomputed object features .npz (feature_source=precomputed).",
+        "Precomputed object features: an .npz or a store directory of "
+        "data_prep.extract_features (feature_source=precomputed).",
         flag_values=flag_values,
     )
     flags.DEFINE_string(

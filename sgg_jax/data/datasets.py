@@ -10,6 +10,15 @@ Names:
 * ``synthetic`` — seeded long-tailed synthetic scene graphs (:mod:`sgg_jax.data.synthetic`).
 * ``tfds`` — a dataset built by ``data_prep`` (array_record): ``paths={"data_dir": ..., "name": ...}``.
 
+Images (``paths["image_dir"]``, the ``--vg150_image_dir`` / ``--gqa200_image_dir`` flags): every
+graph's ``image_path`` is ``<image_dir>/<image_id>.jpg``. VG150 follows Scene-Graph-Benchmark's
+``VGDataset`` (``'{}.jpg'.format(img['image_id'])`` joined to ``img_dir``,
+KaihuaTang/Scene-Graph-Benchmark.pytorch maskrcnn_benchmark/data/datasets/visual_genome.py:309-313,
+commit 6f75881);
+GQA-200 joins the file name of ``filenames_all`` (``<image_id>.jpg``). ``tfds`` records carry the
+path written by ``data_prep --image_dir``. The image sizes are checked against the annotations by
+:func:`sgg_jax.data.image_check.check_image_sizes` before training reads pixels.
+
 Every loader returns ``(graphs, vocab)`` where the vocabulary's counts are those of the train split.
 """
 
@@ -66,10 +75,13 @@ def load(
         from sgg_jax.data import gqa200
 
         id_info = _path(paths, "id_info", name)
+        image_dir = (paths or {}).get("image_dir")
         if split == "test":
-            graphs, vocab = gqa200.read(_path(paths, "test", name), id_info)
+            graphs, vocab = gqa200.read(_path(paths, "test", name), id_info, image_dir=image_dir)
             return graphs, vocab
-        graphs, vocab = gqa200.read(_path(paths, "train", name), id_info, filter_empty_rels=True)
+        graphs, vocab = gqa200.read(
+            _path(paths, "train", name), id_info, filter_empty_rels=True, image_dir=image_dir
+        )
         if split == "val":
             if num_val <= 0:
                 raise ConfigError("num_val", "must be positive to make a val split of gqa200")
@@ -84,6 +96,7 @@ def load(
             _path(paths, "image_data", name),
             split,
             num_val=num_val,
+            image_dir=(paths or {}).get("image_dir"),
         )
     if name == "synthetic":
         from sgg_jax.data import synthetic

@@ -116,7 +116,8 @@ def read(
         (see :mod:`sgg_jax.data.validation`).
       drop_self_relations: drop relations whose subject is its object.
       filter_empty_rels: drop images without relations (training practice).
-      image_dir: folder of the images; sets ``SceneGraph.image_path``.
+      image_dir: folder of the images; sets ``SceneGraph.image_path`` to
+        ``<image_dir>/<image_id>.jpg`` (the image id is the file name of ``filenames_all``).
       report: filled with counts of what was read, repaired and dropped.
 
     Returns:
@@ -193,7 +194,9 @@ def read(
                 strict=strict,
                 drop_self_relations=drop_self_relations,
                 report=report,
-                image_path=None if image_dir is None else os.path.join(image_dir, filename),
+                image_path=None
+                if image_dir is None
+                else os.path.join(image_dir, f"{image_id}.jpg"),
                 field_names=_FIELD_NAMES,
             )
         )

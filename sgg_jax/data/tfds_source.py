@@ -363,7 +363,12 @@ def read_vocab(data_dir: str | os.PathLike, name: str) -> Vocab:
     Returns:
       The vocabulary with the counts stored at build time.
     """
-    path = os.path.join(dataset_dir(data_dir, name), METADATA_FILENAME)
+    return read_vocab_of_folder(dataset_dir(data_dir, name))
+
+
+def read_vocab_of_folder(folder: str | os.PathLike) -> Vocab:
+    """The vocabulary in ``<folder>/metadata.json`` (``folder`` as :func:`dataset_dir`)."""
+    path = os.path.join(os.fspath(folder), METADATA_FILENAME)
     try:
         with open(path, encoding="utf-8") as handle:
             metadata = json.load(handle)

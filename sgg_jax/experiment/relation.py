@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from sgg_jax.data import datasets, pipeline
+from sgg_jax.data.feature_store import take
 from sgg_jax.data.image_io import DEFAULT_MAX_PIXELS
 from sgg_jax.errors import ConfigError, check_bool, check_choice, check_positive_int
 from sgg_jax.evaluation import evaluate, frequency_groups
@@ -80,6 +81,8 @@ class DataConfig:
         (:data:`sgg_jax.relation.features.UNION_FEATURES`); None = the model's default (``sgb``).
       max_image_pixels: ``roi``: image files of more pixels are refused (a DataError naming the
         file, from its header, before decoding).
+      vg150_image_dir, gqa200_image_dir: image folders; ``SceneGraph.image_path`` is
+        ``<dir>/<image_id>.jpg`` (:func:`sgg_jax.data.datasets.load`).
       allow_config_change: resume a workdir trained with other settings, recording the old ones
         in ``config_history.jsonl`` (:class:`sgg_jax.train.loop.TrainConfig`); False = a one-line
         ConfigError naming the differing keys.
@@ -116,6 +119,9 @@ class DataConfig:
     union_features: str | None = None
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     allow_config_change: bool = False
+    # Image folders (read by feature_source="roi" and data_prep.extract_features).
+    vg150_image_dir: str | None = None
+    gqa200_image_dir: str | None = None
 
     def __post_init__(self):
         self.validate()
@@ -153,10 +159,14 @@ class DataConfig:
             raise ConfigError(
                 "task", "sgdet detects objects from pixels: it needs --feature_source=roi"
             )
-        if self.dataset == "synthetic_pixels" and self.feature_source != "roi":
+        if self.dataset == "synthetic_pixels" and self.feature_source == "geometry":
             raise ConfigError(
-                "dataset", "synthetic_pixels is the pixel dataset of --feature_source=roi"
+                "dataset",
+                "synthetic_pixels is the pixel dataset of --feature_source=roi (or precomputed "
+                "features of its images)",
             )
+        if self.dataset == "synthetic_pixels" and not self.detector_workdir:
+            raise ConfigError("detector_workdir", "is required with --dataset=synthetic_pixels")
         if self.feature_source == "roi":
             if not self.detector_workdir:
                 raise ConfigError("detector_workdir", "is required with --feature_source=roi")
@@ -176,6 +186,10 @@ class DataConfig:
         check_positive_int("max_image_pixels", self.max_image_pixels)
         if self.detections_per_image == 1:
             raise ConfigError("detections_per_image", "must be 0 (the detector's) or >= 2")
+        for name in ("vg150_image_dir", "gqa200_image_dir"):
+            value = getattr(self, name)
+            if value and not os.path.isdir(value):
+                raise ConfigError(name, f"{value} is not a directory")
         for name in _REQUIRED_PATHS.get(self.dataset, ()):
             if not getattr(self, name):
                 raise ConfigError(name, f"is required with --dataset={self.dataset}")
@@ -185,6 +199,7 @@ class DataConfig:
     def paths(self) -> dict[str, str]:
         """The raw files as the ``paths`` of :func:`sgg_jax.data.datasets.load`."""
         values = {key: getattr(self, name) for name, key in _PATH_KEYS.items()}
+        values["image_dir"] = getattr(self, f"{self.dataset}_image_dir", None)
         return {k: v for k, v in values.items() if v}
 
 
@@ -216,8 +231,15 @@ def synthetic_options(data: DataConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-def load_splits(data: DataConfig) -> tuple[dict[str, Sequence[SceneGraph]], Vocab]:
-    """Train / val / test graphs of ``data.dataset`` and the vocabulary (train counts)."""
+def load_splits(
+    data: DataConfig, *, check_images: bool = True
+) -> tuple[dict[str, Sequence[SceneGraph]], Vocab]:
+    """Train / val / test graphs of ``data.dataset`` and the vocabulary (train counts).
+
+    With ``feature_source="roi"`` (and ``check_images``) every image's header size is checked
+    against its annotation (:func:`sgg_jax.data.image_check.check_splits`: VG150's known wrong
+    ``image_data.json`` sizes corrected with one warning line, anything else one DataError).
+    """
     if data.dataset == "synthetic_pixels":
         from sgg_jax.data.pixel_dataset import PixelDatasetConfig, pixel_splits
 
@@ -241,22 +263,98 @@ def load_splits(data: DataConfig) -> tuple[dict[str, Sequence[SceneGraph]], Voca
         splits[split] = graphs
         if split == "train":
             vocab = split_vocab
+    if data.feature_source == "roi" and check_images:  # header sizes checked before training
+        from sgg_jax.data import image_check
+
+        kind = "vg150" if is_vg150(data.dataset, vocab) else data.dataset
+        splits = image_check.check_splits(splits, dataset=kind, max_pixels=data.max_image_pixels)
     return splits, vocab
+
+
+def is_vg150(dataset: str, vocab: Vocab | None) -> bool:
+    """Whether a dataset is VG150: ``dataset="vg150"``, or any route (``tfds`` records written by
+    ``data_prep.vg150``) whose vocabulary has the bundled VG150 object and predicate names in
+    order (the names ``data_prep`` records in the dataset metadata)."""
+    if dataset == "vg150":
+        return True
+    if vocab is None or len(vocab.object_names) != 151 or len(vocab.predicate_names) != 51:
+        return False
+    from sgg_jax.data import vg150
+
+    bundled = vg150.load_bundled_vocab()
+    return tuple(vocab.object_names) == tuple(bundled.object_names) and tuple(
+        vocab.predicate_names
+    ) == tuple(bundled.predicate_names)
 
 
 def object_features_for(
     data: DataConfig, splits: Mapping[str, Sequence[SceneGraph]]
-) -> dict[str, list[np.ndarray] | None]:
-    """Per split, the precomputed object features aligned with its graphs (None without them)."""
+) -> dict[str, Sequence[np.ndarray] | None]:
+    """Per split, the precomputed object features aligned with its graphs (None without them).
+
+    ``object_features`` is an ``.npz`` or a store directory (read lazily: memory-mapped shards).
+    When the run also names a detector (``detector_workdir``), a store must come from it (the
+    digest in its manifest) and the features must have its ``representation_size``; a one-line
+    DataError naming the file and the field otherwise.
+    """
     if data.feature_source != "precomputed":
         return {split: None for split in splits}
     from sgg_jax.data import feature_store
 
     table = feature_store.load_object_features(data.object_features)
+    expected_dim = None
+    if data.detector_workdir or getattr(data, "detector_checkpoint", None):
+        if isinstance(table, feature_store.FeatureStore):
+            identity = detector_identity(data)
+            table.check_detector(
+                identity["digest"], identity.get("checkpoint") or identity.get("workdir")
+            )
+        if data.detector_workdir:
+            from sgg_jax.detection.detector import DetectorConfig
+
+            detector = detector_run_config(data.detector_workdir)["detector"]
+            expected_dim = DetectorConfig.from_dict(detector).representation_size
     return {
-        split: feature_store.features_for(graphs, table, path=data.object_features)
+        split: feature_store.features_for(
+            graphs, table, path=data.object_features, expected_dim=expected_dim
+        )
         for split, graphs in splits.items()
     }
+
+
+def detector_identity(data: DataConfig) -> dict[str, Any]:
+    """Which detector ``data`` names, for a feature store's manifest: ``workdir`` (absolute),
+    ``checkpoint`` (a ``detector_checkpoint`` file, where the config has one), the checkpoint
+    ``step`` and ``digest``, the sha256 of the run's ``config.json`` and the files of its newest
+    checkpoint (or of the checkpoint file)."""
+    from sgg_jax.data.feature_store import file_digest
+
+    checkpoint = getattr(data, "detector_checkpoint", None)
+    identity: dict[str, Any] = {"workdir": None, "checkpoint": None, "step": None}
+    files: list[str] = []
+    root = None
+    if data.detector_workdir:
+        root = os.path.abspath(data.detector_workdir)
+        identity["workdir"] = root
+        files.append(os.path.join(root, "config.json"))
+        folder = os.path.join(root, "checkpoints")
+        steps = (
+            sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+            if os.path.isdir(folder)
+            else []
+        )
+        if steps and not checkpoint:
+            identity["step"] = steps[-1]
+            for directory, _, names in os.walk(os.path.join(folder, str(steps[-1]))):
+                files.extend(os.path.join(directory, n) for n in names)
+    if checkpoint:
+        identity["checkpoint"] = os.path.abspath(checkpoint)
+        files.append(identity["checkpoint"])
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise ConfigError("detector_workdir", f"{missing[0]} does not exist")
+    identity["digest"] = file_digest(files, root)
+    return identity
 
 
 def train_pipeline_config(
@@ -296,13 +394,23 @@ def eval_pipeline_config(
     )
 
 
-def zeroshot_for(dataset: str, splits: Mapping[str, Sequence[SceneGraph]]) -> np.ndarray | None:
+def zeroshot_for(
+    dataset: str, splits: Mapping[str, Sequence[SceneGraph]], vocab: Vocab | None = None
+) -> np.ndarray | None:
     """Zero-shot triplets of the test split: (s-class, o-class, predicate) never seen in train.
 
-    The VG150 benchmark has a published list (bundled); for other datasets the list is derived from
-    the splits, which is the same definition.
+    The VG150 benchmark has a published list (bundled), used for VG150 whatever the loading route
+    (:func:`is_vg150`: ``dataset="vg150"``, or the VG150 vocabulary, which for ``tfds`` is read
+    from the records' ``metadata.json`` when ``vocab`` is not given); for other datasets the list
+    is derived from the splits, which is the same definition.
     """
-    if dataset == "vg150":
+    if vocab is None and dataset == "tfds":
+        folder = getattr(splits.get("test"), "path", None)
+        if folder:
+            from sgg_jax.data import tfds_source
+
+            vocab = tfds_source.read_vocab_of_folder(folder)
+    if is_vg150(dataset, vocab):
         from sgg_jax.data import zeroshot
 
         return zeroshot.load_bundled_vg150()
@@ -380,7 +488,7 @@ def collect_predictions(
         if members.size == 0:
             continue
         subset = [graphs[i] for i in members]
-        subset_features = None if object_features is None else [object_features[i] for i in members]
+        subset_features = None if object_features is None else take(object_features, members)
         loader = pipeline.make_loader(
             subset,
             eval_pipeline_config(data, vocab, max_objects),
