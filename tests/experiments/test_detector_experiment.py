@@ -199,13 +199,20 @@ def test_sgdet_from_pixels_end_to_end_then_predict_on_images(detector_workdir, t
         assert math.isfinite(penet[key]) and 0.0 <= penet[key] <= 1.0
     test_images = results["runs"]["FREQ (predcls)"]["num_images_evaluated"]
     assert penet["num_images_evaluated"] + penet["num_images_skipped_no_gt"] >= test_images
-    # The frozen detector kept its pretrained weights: compare one leaf with the detector's run.
+    # The frozen detector kept its pretrained weights: compare one leaf of the (self-contained)
+    # export with the detector's run. The periodic checkpoints leave the frozen detector out and
+    # record its source instead.
     from sgg_jax.train.checkpoint import Checkpointer
+    from sgg_jax.train.export import restore_variables
 
     with Checkpointer(str(detector_workdir), read_only=True) as checkpointer:
         detector = checkpointer.restore_variables()
     with Checkpointer(str(workdir), read_only=True) as checkpointer:
-        relation = checkpointer.restore_variables()
+        stored = checkpointer.restore_variables()
+        reference = checkpointer.external_reference()
+    assert "detector" not in stored["params"]["features"]
+    assert reference["source"] == {"detector_workdir": str(detector_workdir)}
+    relation = restore_variables(workdir / "export" / "params")
     import numpy as np
 
     np.testing.assert_array_equal(
