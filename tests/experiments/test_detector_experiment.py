@@ -247,3 +247,48 @@ def test_sgdet_from_pixels_end_to_end_then_predict_on_images(detector_workdir, t
         assert item["label"] in config["vocab"]["object_names"][1:]
     assert (out / "big_scene_graph.png").stat().st_size > 0
     assert (out / "big_graph.png").stat().st_size > 0
+
+
+@pytest.mark.e2e
+def test_pixel_run_killed_after_a_checkpoint_resumes_with_the_detector_re_merged(
+    detector_workdir, tmp_path
+):
+    import shutil
+
+    import jax
+    import numpy as np
+
+    from sgg_jax.train.checkpoint import Checkpointer
+
+    flags = (
+        "--flagfile=experiments/flags/penet_pixels_smoke.flags",
+        f"--detector_workdir={detector_workdir}",
+        "--task=sgcls",
+        "--checkpoint_every=2",
+    )
+    whole = tmp_path / "whole"
+    result = _relation_run(*flags, f"--workdir={whole}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # As if killed after checkpoint 2: checkpoint 4, the results and the export are gone.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "4")
+    shutil.rmtree(resumed / "export")
+    (resumed / "results.json").unlink()
+    result = _relation_run(*flags, f"--workdir={resumed}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def stored(workdir):
+        with Checkpointer(str(workdir), read_only=True) as checkpointer:
+            assert checkpointer.steps == [2, 4]
+            reference = checkpointer.external_reference(4)
+            return checkpointer.restore_variables(4), reference
+
+    (got, got_reference), (expected, expected_reference) = stored(resumed), stored(whole)
+    assert "detector" not in got["params"]["features"]  # left out, recorded by its digest
+    assert got_reference == expected_reference
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    results = json.loads((resumed / "results.json").read_text())
+    assert results["runs"] == json.loads((whole / "results.json").read_text())["runs"]
