@@ -64,12 +64,16 @@ class Opaque:
 
 
 class _Storage:
+    __slots__ = ("dtype", "key", "numel")  # no __dict__: a pickle cannot set other attributes
+
     def __init__(self, dtype: Any, key: str, numel: int):
         self.dtype, self.key, self.numel = np.dtype(dtype), str(key), int(numel)
 
 
 class _Tensor:
     """A tensor whose storage is read once the pickle is parsed."""
+
+    __slots__ = ("storage", "offset", "size", "stride")
 
     def __init__(self, storage: _Storage, offset: int, size: Any, stride: Any):
         self.storage, self.offset = storage, offset
@@ -104,7 +108,9 @@ class _Unpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
-            return self._ALLOWED[(module, name)]
+            target = self._ALLOWED[(module, name)]
+            # A fresh wrapper per use: a BUILD opcode on it cannot alter this module's functions.
+            return lambda *args: target(*args)
         if module == "torch" and name in STORAGE_DTYPES:
             return _storage_type(name)
         return type(name, (Opaque,), {"name": f"{module}.{name}"})
@@ -183,12 +189,17 @@ def read_torch_zip(path: str | os.PathLike) -> Any:
         def read_storage(storage: _Storage) -> np.ndarray:
             if storage.key not in cache:
                 entry = f"{prefix}data/{storage.key}"
+                dtype = storage.dtype.newbyteorder("<" if byteorder == "little" else ">")
+                needed = storage.numel * dtype.itemsize
                 try:
-                    raw = archive.read(entry)
+                    size = archive.getinfo(entry).file_size
                 except KeyError:
                     raise ValueError(f"storage {entry} is missing") from None
-                dtype = storage.dtype.newbyteorder("<" if byteorder == "little" else ">")
-                if len(raw) < storage.numel * dtype.itemsize:
+                if size < needed:
+                    raise ValueError(f"storage {entry} is truncated")
+                with archive.open(entry) as handle:  # only the bytes the pickle declares
+                    raw = handle.read(needed)
+                if len(raw) < needed:
                     raise ValueError(f"storage {entry} is truncated")
                 data = np.frombuffer(raw, dtype, count=storage.numel)
                 cache[storage.key] = data.astype(storage.dtype, copy=False)

@@ -81,6 +81,11 @@ def test_checkpoints_leave_the_frozen_subtree_out_and_resume_equals_uninterrupte
     with pytest.raises(DataError, match="checkpoint 3 leaves out the variables under Embed_0"):
         _train(tmp_path / "resumed", 4, frozen=False)
     assert max(r["step"] for r in loop.read_metrics(tmp_path / "resumed")) == 3
+    # An export from the workdir would miss them: refused (exports are made from the state).
+    from sgg_jax.train.export import export
+
+    with pytest.raises(ConfigError, match="leave out the frozen variables under Embed_0"):
+        export(tmp_path / "resumed", None, None)
 
 
 def test_a_subtree_that_trains_cannot_be_left_out(tmp_path):
