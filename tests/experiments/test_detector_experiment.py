@@ -292,3 +292,63 @@ def test_pixel_run_killed_after_a_checkpoint_resumes_with_the_detector_re_merged
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     results = json.loads((resumed / "results.json").read_text())
     assert results["runs"] == json.loads((whole / "results.json").read_text())["runs"]
+
+
+@pytest.mark.e2e
+def test_sgcls_from_an_sgb_checkpoint_on_a_data_prep_dataset(detector_workdir, tmp_path):
+    """A Scene-Graph-Benchmark ``.pth`` (tiny, random weights, torch's zip format) as the detector
+    of a PE-Net SGCls run on a data_prep dataset of the smoke run's images: the SGB convention
+    (BGR, 600 / 1000 resize) end to end, the file's path and sha256 in the run config."""
+    import hashlib
+
+    from data_prep import common as prep
+    from sgg_jax.data.validation import ReadReport
+    from sgg_jax.experiment import relation
+    from tests.detection import write_sgb_checkpoint
+
+    data = relation.DataConfig(
+        dataset="synthetic_pixels", feature_source="roi", detector_workdir=str(detector_workdir)
+    )
+    splits, vocab = relation.load_splits(data)
+
+    class Pixels(prep.SceneGraphBuilder, skip_registration=True):
+        name = "pixels"
+
+        def _read_splits(self):
+            return {name: (list(graphs), ReadReport()) for name, graphs in splits.items()}, vocab
+
+    prep.prepare(Pixels, tmp_path / "tfds", {}, verify=False)
+    checkpoint = tmp_path / "model_final.pth"
+    write_sgb_checkpoint(checkpoint, vocab.num_classes + 1)
+    workdir = tmp_path / "sgcls"
+    result = _relation_run(
+        "--flagfile=experiments/flags/penet_pixels_smoke.flags",
+        "--dataset=tfds",
+        f"--tfds_data_dir={tmp_path / 'tfds'}",
+        "--tfds_name=pixels",
+        "--detector_workdir=",
+        f"--detector_checkpoint={checkpoint}",
+        "--task=sgcls",
+        "--num_steps=2",
+        "--checkpoint_every=1",
+        f"--workdir={workdir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["detector_checkpoint"] == str(checkpoint)
+    assert (
+        config["detector_checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    )
+    from sgg_jax.train.checkpoint import Checkpointer
+
+    with Checkpointer(str(workdir), read_only=True) as checkpointer:
+        assert checkpointer.steps == [1, 2]
+        reference = checkpointer.external_reference(1)
+        assert "detector" not in checkpointer.restore_variables(1)["params"]["features"]
+    assert reference["source"] == {
+        key: config[key] for key in ("detector_checkpoint", "detector_checkpoint_sha256")
+    }
+    export = json.loads((workdir / "export" / "config.json").read_text())
+    assert export["image_transform"]["image_size"] == 1000 and export["image_transform"]["bgr"]
+    penet = json.loads((workdir / "results.json").read_text())["runs"]["PE-Net"]
+    assert 0.0 <= penet["R@100"] <= 1.0
