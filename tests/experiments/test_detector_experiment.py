@@ -1,7 +1,9 @@
 """The detector experiment runs end to end (smoke flags) and rejects bad flags in one line; the
 relation experiment then runs SGDet from pixels on top of the smoke detector, and its export draws
 scene graphs of images with experiments.predict (SGCls from pixels differs by the task flag only: its
-pieces are covered by the model tests and experiments/flags/penet_synthetic_sgcls.flags)."""
+pieces are covered by the model tests and experiments/flags/penet_synthetic_sgcls.flags). A pixel
+run killed after a checkpoint resumes with the frozen detector re-merged from its source, and
+SGCls runs with a Scene-Graph-Benchmark ``.pth`` as its detector (``--detector_checkpoint``)."""
 
 import json
 import math
