@@ -148,7 +148,7 @@ def define_data_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "geometry",
         ["geometry", "precomputed", "roi"],
         "Object/union feature source (roi: pooled from pixels by the detector of "
-        "--detector_workdir; needed by --task=sgdet).",
+        "--detector_workdir or --detector_checkpoint; needed by --task=sgdet).",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
@@ -165,11 +165,20 @@ def define_data_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "--feature_source=roi; with --dataset=synthetic_pixels its images are the data.",
         flag_values=flag_values,
     )
+    flags.DEFINE_string(
+        "detector_checkpoint",
+        None,
+        "roi: a Scene-Graph-Benchmark / maskrcnn_benchmark Faster R-CNN checkpoint (.pth, or its "
+        ".npz from sgg_jax.detection.convert.save_npz) instead of --detector_workdir: its config "
+        "is inferred from the weights, images are prepared in SGB's convention (BGR, pixel "
+        "mean, shorter side 600, longer at most 1000).",
+        flag_values=flag_values,
+    )
     flags.DEFINE_integer(
         "image_size",
         0,
         "roi: images resized to this longer side and padded to a square (0 = the detector "
-        "workdir's --image_size).",
+        "workdir's --image_size, or 1000 with --detector_checkpoint).",
         flag_values=flag_values,
     )
     flags.DEFINE_bool(

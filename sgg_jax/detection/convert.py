@@ -86,6 +86,7 @@ import numpy as np
 from flax import traverse_util
 
 from sgg_jax.data.fileio import load_npz, load_numpy
+from sgg_jax.data.torch_zip import read_torch_zip
 from sgg_jax.detection.backbone import BackboneConfig, build_backbone, vgg_layer_names
 from sgg_jax.detection.detector import DetectorConfig
 from sgg_jax.errors import ConfigError, DataError
@@ -919,14 +920,16 @@ def check_torch_version(version: object, path: str = "") -> None:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Reads a PyTorch state dict from ``.pth`` / ``.pt`` (needs torch) or ``.npz`` (numpy only).
+    """Reads a PyTorch state dict from ``.pth`` / ``.pt`` or ``.npz`` (numpy only).
 
     A checkpoint holding ``{"model": state_dict, ...}`` (maskrcnn_benchmark) or
-    ``{"state_dict": ...}`` yields that entry; non-tensor entries are dropped. ``.pth`` files are
-    read with ``torch.load(weights_only=True)`` on the CPU, and only with torch >= 2.6.0:
-    ``weights_only=True`` of older versions can still run code from a crafted file
+    ``{"state_dict": ...}`` yields that entry; non-tensor entries are dropped. Without torch,
+    ``.pth`` files (torch >= 1.6 zip format) are read by
+    :func:`sgg_jax.data.torch_zip.read_torch_zip`, which runs no code from the file. With torch
+    installed they are read with ``torch.load(weights_only=True)`` on the CPU, and only with
+    torch >= 2.6.0: ``weights_only=True`` of older versions can still run code from a crafted file
     (CVE-2025-32434), so they are refused (:func:`check_torch_version`) before the file is opened.
-    Convert once where torch is installed with :func:`save_npz` to load on machines without it.
+    :func:`save_npz` converts a state dict to ``.npz``.
 
     Args:
       path: the file.
@@ -935,8 +938,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       ``{PyTorch key: float32 array}``.
 
     Raises:
-      ConfigError: the suffix is none of these, torch is missing, or older than 2.6.0.
-      DataError: the file is missing or holds no state dict.
+      ConfigError: the suffix is none of these, or the installed torch is older than 2.6.0.
+      DataError: the file is missing, not a PyTorch file, or holds no state dict.
     """
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
@@ -955,13 +958,12 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise ConfigError(
-            "path",
-            f"reading {path!r} needs PyTorch (pip install torch); or convert it to .npz with "
-            "sgg_jax.detection.convert.save_npz where torch is installed",
-        ) from None
-    check_torch_version(getattr(torch, "__version__", None), path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        torch = None
+    if torch is None:
+        checkpoint = read_torch_zip(path)
+    else:
+        check_torch_version(getattr(torch, "__version__", None), path)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     for entry in ("model", "state_dict"):
         if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(entry), Mapping):
             checkpoint = checkpoint[entry]

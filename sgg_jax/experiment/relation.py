@@ -10,12 +10,17 @@
   bucket, predictions evaluated with the head / body / tail groups of the training counts.
 * :func:`predict_outputs` — the predict function of a relation model (the contract of
   ``sgg_jax.load_exported``), :func:`model_scorer` runs it on a mesh.
-* :class:`PixelInputs` — what ``feature_source="roi"`` adds (a pretrained detector's run).
+* :class:`PixelInputs` — what ``feature_source="roi"`` adds: a pretrained detector, from a run of
+  ``experiments.detector`` (``detector_workdir``) or a Scene-Graph-Benchmark / maskrcnn_benchmark
+  checkpoint (``detector_checkpoint``); :func:`check_detector_classes` checks its classes against
+  the vocabulary.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +32,7 @@ import numpy as np
 from sgg_jax.data import datasets, pipeline
 from sgg_jax.data.feature_store import take
 from sgg_jax.data.image_io import DEFAULT_MAX_PIXELS
-from sgg_jax.errors import ConfigError, check_bool, check_choice, check_positive_int
+from sgg_jax.errors import ConfigError, DataError, check_bool, check_choice, check_positive_int
 from sgg_jax.evaluation import evaluate, frequency_groups
 from sgg_jax.evaluation.collect import batch_predictions, detection_predictions
 from sgg_jax.structures import SceneGraph, SceneGraphBatch, Vocab
@@ -75,7 +80,10 @@ class DataConfig:
       eval_max_pairs, eval_batch_size: evaluation budgets.
       eval_images: periodic evaluation on the first N val images (0 = all).
       feature_source: ``geometry``, ``precomputed`` (``object_features``) or ``roi``
-        (``detector_workdir``).
+        (``detector_workdir`` or ``detector_checkpoint``, exactly one).
+      detector_checkpoint: ``roi``: a Scene-Graph-Benchmark / maskrcnn_benchmark Faster R-CNN
+        checkpoint (``.pth``, or its ``.npz`` from
+        :func:`sgg_jax.detection.convert.save_npz`); its config is inferred from the weights.
       image_size, freeze_detector, detections_per_image: ``roi`` options (0 = the detector's).
       union_features: ``roi``: ``sgb`` or ``shared_head``
         (:data:`sgg_jax.relation.features.UNION_FEATURES`); None = the model's default (``sgb``).
@@ -113,6 +121,7 @@ class DataConfig:
     feature_source: str = "geometry"
     object_features: str | None = None
     detector_workdir: str | None = None
+    detector_checkpoint: str | None = None
     image_size: int = 0
     freeze_detector: bool = True
     detections_per_image: int = 0
@@ -167,9 +176,34 @@ class DataConfig:
             )
         if self.dataset == "synthetic_pixels" and not self.detector_workdir:
             raise ConfigError("detector_workdir", "is required with --dataset=synthetic_pixels")
-        if self.feature_source == "roi":
+        if self.detector_checkpoint and self.feature_source != "roi":
+            raise ConfigError("detector_checkpoint", "is read with --feature_source=roi only")
+        if self.feature_source == "roi" and self.detector_checkpoint:
+            if self.detector_workdir:
+                raise ConfigError(
+                    "detector_checkpoint",
+                    "give one detector: --detector_workdir or --detector_checkpoint, not both",
+                )
+            if self.dataset == "synthetic_pixels":
+                raise ConfigError(
+                    "dataset", "synthetic_pixels reads the images of a --detector_workdir"
+                )
+            suffix = os.path.splitext(self.detector_checkpoint)[1].lower()
+            if suffix not in (".pth", ".pt", ".npz"):
+                raise ConfigError(
+                    "detector_checkpoint",
+                    f"must end in .pth, .pt or .npz, got {self.detector_checkpoint!r}",
+                )
+            if not os.path.isfile(self.detector_checkpoint):
+                raise ConfigError(
+                    "detector_checkpoint", f"{self.detector_checkpoint} does not exist"
+                )
+        elif self.feature_source == "roi":
             if not self.detector_workdir:
-                raise ConfigError("detector_workdir", "is required with --feature_source=roi")
+                raise ConfigError(
+                    "detector_workdir",
+                    "or --detector_checkpoint is required with --feature_source=roi",
+                )
             path = os.path.join(self.detector_workdir, "config.json")
             if not os.path.exists(path):
                 raise ConfigError(
@@ -672,38 +706,163 @@ def sgdet_config(data: DataConfig):
     return SGDetConfig(train_pairs=data.max_pairs, train_fg=data.max_fg)
 
 
+DETECTOR_SUBTREE = ("features", "detector")  # where relation models hold the detector
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _converted_checkpoint(path: str, stamp: tuple[int, int]) -> tuple[Any, dict[str, Any], str]:
+    """``(DetectorConfig, variables, sha256)`` of a maskrcnn_benchmark checkpoint (cached per
+    file version: the class check and the experiment read it once)."""
+    del stamp  # part of the cache key only
+    from sgg_jax.detection import convert
+
+    state_dict = convert.load_state_dict(path)
+    if not state_dict:
+        raise DataError("holds no tensors (not a detector checkpoint)", path=path)
+    detector = convert.infer_detector_config(state_dict, path=path)
+    variables = convert.convert_maskrcnn_benchmark_detector(state_dict, detector, path=path)
+    return detector, variables, file_sha256(path)
+
+
+def detector_checkpoint(path: str) -> tuple[Any, dict[str, Any], str]:
+    """The detector of a Scene-Graph-Benchmark / maskrcnn_benchmark checkpoint (``.pth`` or the
+    ``.npz`` of :func:`sgg_jax.detection.convert.save_npz`): ``(config, variables, sha256)``.
+
+    The config is :func:`~sgg_jax.detection.convert.infer_detector_config`'s (input convention
+    ``sgb``); the variables are :class:`~sgg_jax.detection.detector.FasterRCNN`'s (host numpy).
+
+    Raises:
+      DataError: one line naming the file (and the missing or misshapen key): not a detector
+        checkpoint (e.g. a classifier's state dict, a torch file of a list, a zip that is no torch
+        file), or missing.
+    """
+    path = os.path.abspath(path)
+    try:
+        info = os.stat(path)
+    except OSError:
+        raise DataError("file not found", path=path) from None
+    return _converted_checkpoint(path, (info.st_mtime_ns, info.st_size))
+
+
+def detector_num_classes(data: DataConfig) -> int:
+    """Classes + background of the detector of ``data`` (``feature_source="roi"``)."""
+    if data.detector_checkpoint:
+        return detector_checkpoint(data.detector_checkpoint)[0].num_classes
+    return int(detector_run_config(data.detector_workdir)["detector"]["num_classes"])
+
+
+def check_detector_classes(data: DataConfig, vocab: Vocab) -> None:
+    """With ``feature_source="roi"``: the detector's box predictor must classify the vocabulary's
+    objects (``num_classes == vocab.num_classes + 1``, background included); call it after
+    :func:`load_splits`, before anything is built.
+
+    Raises:
+      ConfigError: one line naming the flag, the file and both counts.
+      DataError: the checkpoint is not a detector (see :func:`detector_checkpoint`).
+    """
+    if data.feature_source != "roi":
+        return
+    found = detector_num_classes(data)
+    if found != vocab.num_classes + 1:
+        if data.detector_checkpoint:
+            option, source = "detector_checkpoint", data.detector_checkpoint
+            field = "roi_heads.box.predictor.cls_score.weight"
+        else:
+            option = "detector_workdir"
+            source = os.path.join(data.detector_workdir, "config.json")
+            field = "detector.num_classes"
+        raise ConfigError(
+            option,
+            f"{source}: {field} has {found} classes (background included) but the "
+            f"{data.dataset} vocabulary has {vocab.num_classes} object classes + background = "
+            f"{vocab.num_classes + 1}",
+        )
+
+
 class PixelInputs:
     """What ``feature_source="roi"`` adds to a relation experiment.
 
     * ``detector``: the :class:`~sgg_jax.detection.detector.DetectorConfig` of ``detector_workdir``
-      (``detections_per_image`` overrides its detections per image);
-    * ``image_size``: the longer side images are resized to (``image_size`` or the detector run's);
-    * ``convention``: the detector's recorded
-      :class:`~sgg_jax.data.images.InputConvention` (``convention`` given and different: one
-      ConfigError naming both);
+      (recorded by the detector run, its convention included) or of ``detector_checkpoint``
+      (inferred from the weights, convention ``sgb``); ``detections_per_image`` overrides its
+      detections per image;
+    * ``image_size``: the longer side images are resized to: ``image_size``, else the detector
+      run's, else the convention's ``max_size`` (``sgb``: shorter side 600, longer at most 1000);
+    * ``convention``: the detector's :class:`~sgg_jax.data.images.InputConvention`
+      (``convention`` given and different: one ConfigError naming both);
     * :meth:`transform`: the :class:`~sgg_jax.data.images.ImageBatchTransform` of a split, in the
       detector's convention;
-    * :meth:`merge_detector`: fresh relation-model variables with the detector run's newest
-      checkpoint under ``features/detector`` (every collection: params, frozen BN constants), and
-      the ``"sgb"`` union extractor's fc6 / fc7 copied from its box head (as SGB).
+    * :meth:`merge_detector`: fresh relation-model variables with the pretrained detector under
+      ``features/detector`` (every collection: params, frozen BN constants): the detector run's
+      newest checkpoint, or the converted checkpoint; and the ``"sgb"`` union extractor's fc6 / fc7
+      copied from its box head (as SGB);
+    * :meth:`source_config`: the run-config record of the detector (path; sha256 of a checkpoint
+      file); :meth:`external_variables`: the frozen detector as the trainer's
+      :class:`~sgg_jax.train.checkpoint.ExternalVariables` (left out of periodic checkpoints).
     """
 
     def __init__(self, data: DataConfig, convention: Any = None):
         from sgg_jax.data.images import check_convention
         from sgg_jax.detection.detector import DetectorConfig
 
-        config = detector_run_config(data.detector_workdir)
-        detector = DetectorConfig.from_dict(config["detector"])
+        self.workdir = data.detector_workdir
+        self.checkpoint = None
+        self.checkpoint_sha256 = None
+        if data.detector_checkpoint:
+            self.checkpoint = os.path.abspath(data.detector_checkpoint)
+            detector, _, self.checkpoint_sha256 = detector_checkpoint(self.checkpoint)
+            recorded = 0
+        else:
+            config = detector_run_config(data.detector_workdir)
+            detector = DetectorConfig.from_dict(config["detector"])
+            recorded = int(config["flags"].get("image_size", 0))
         if data.detections_per_image:
             detector = detector.replace(detections_per_image=data.detections_per_image)
         self.detector = detector
         self.convention = check_convention(detector.input_convention, convention)
-        recorded = int(config["flags"].get("image_size", 0)) or (self.convention.max_size or 0)
+        recorded = recorded or (self.convention.max_size or 0)
         self.image_size = int(data.image_size or recorded)
         if self.image_size <= 0:
             raise ConfigError("image_size", "is required: the detector run records none")
-        self.workdir = data.detector_workdir
         self.max_image_pixels = data.max_image_pixels
+
+    @property
+    def option(self) -> str:
+        """The flag naming the detector: ``detector_checkpoint`` or ``detector_workdir``."""
+        return "detector_checkpoint" if self.checkpoint else "detector_workdir"
+
+    def source_config(self) -> dict[str, Any]:
+        """What the run config records of the detector: the absolute path of the workdir, or of
+        the checkpoint and its sha256."""
+        if self.checkpoint:
+            return {
+                "detector_checkpoint": self.checkpoint,
+                "detector_checkpoint_sha256": self.checkpoint_sha256,
+            }
+        return {"detector_workdir": os.path.abspath(self.workdir)}
+
+    def external_variables(self, frozen: bool):
+        """The detector subtree as :class:`~sgg_jax.train.checkpoint.ExternalVariables` of the
+        trainer when ``frozen`` (periodic checkpoints leave it out and re-merge it from this
+        source on resume, checking its digest); None when it trains."""
+        from sgg_jax.train.checkpoint import ExternalVariables
+
+        if not frozen:
+            return None
+        return ExternalVariables(
+            path=DETECTOR_SUBTREE,
+            source=self.source_config(),
+            name=self.checkpoint or os.path.abspath(self.workdir),
+        )
 
     def transform(self, graphs: Sequence[SceneGraph], convention: Any = None):
         """The image transform of ``graphs`` in the detector's convention (``convention``, when
@@ -733,16 +892,24 @@ class PixelInputs:
             "input_convention": convention.to_dict(),
         }
 
-    def merge_detector(self, fresh: Mapping[str, Any]) -> dict[str, Any]:
-        """``fresh`` with the pretrained detector's variables under ``features/detector``."""
+    def pretrained_variables(self) -> dict[str, Any]:
+        """The detector's variables (host numpy): the converted checkpoint, or the newest
+        checkpoint of the detector run."""
+        if self.checkpoint:
+            return detector_checkpoint(self.checkpoint)[1]
         from sgg_jax.train.checkpoint import Checkpointer
 
         with Checkpointer(self.workdir, read_only=True) as checkpointer:
             if checkpointer.latest_step() is None:
                 raise ConfigError("detector_workdir", f"{self.workdir} holds no checkpoint")
-            pretrained = jax.device_get(checkpointer.restore_variables())
+            return jax.device_get(checkpointer.restore_variables())
+
+    def merge_detector(self, fresh: Mapping[str, Any]) -> dict[str, Any]:
+        """``fresh`` with the pretrained detector's variables under ``features/detector``."""
         from flax import traverse_util
 
+        pretrained = self.pretrained_variables()
+        where = self.checkpoint or self.workdir
         merged = {name: dict(collection) for name, collection in fresh.items()}
         for name, collection in merged.items():
             target = collection.get("features", {}).get("detector")
@@ -759,8 +926,8 @@ class PixelInputs:
             if missing or wrong:
                 first = "/".join((missing or wrong)[0])
                 raise ConfigError(
-                    "detector_workdir",
-                    f"the detector checkpoint of {self.workdir} does not fit the detector config: "
+                    self.option,
+                    f"the detector checkpoint of {where} does not fit the detector config: "
                     f"{len(missing)} '{name}' variables missing, {len(wrong)} of another shape "
                     f"(first: {first})",
                 )

@@ -4,7 +4,8 @@
 * :mod:`~sgg_jax.train.optim` — :class:`OptimConfig`, :func:`make_optimizer` (SGD / AdamW by name,
   SGB ``WarmupMultiStepLR`` or warmup + cosine).
 * :mod:`~sgg_jax.train.state` — :class:`TrainState`, :func:`create_train_state`.
-* :mod:`~sgg_jax.train.checkpoint` — :class:`Checkpointer` (orbax, async, auto-resume).
+* :mod:`~sgg_jax.train.checkpoint` — :class:`Checkpointer` (orbax, async, auto-resume),
+  :class:`ExternalVariables` (a frozen subtree left out of checkpoints, digest-checked on resume).
 * :mod:`~sgg_jax.train.loop` — the one trainer: :func:`fit` (any step, any random-access loader,
   hooks), :func:`make_step`, :func:`make_train_step`, :class:`TrainConfig`, :func:`train`
   (relation models).
@@ -37,6 +38,7 @@ _EXPORTS = {
     "TrainState": "state",
     "create_train_state": "state",
     "Checkpointer": "checkpoint",
+    "ExternalVariables": "checkpoint",
     "TrainConfig": "loop",
     "check_finite": "loop",
     "fit": "loop",

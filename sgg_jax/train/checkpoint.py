@@ -21,6 +21,18 @@ when none is intact. A broken folder is never deleted nor written over: a save d
 skipped with a warning (the run goes on and saves its later steps), so the folder stays as it was
 found until the user moves it away.
 
+Frozen variables left out (:class:`ExternalVariables`). Variables that never change during a run
+and come from a file (a frozen pretrained detector: ~570 MB at Scene-Graph-Benchmark size) need not
+be copied into every checkpoint. With ``external``, the subtree at ``path`` of every variable
+collection (``params/<path>``, ``<collection>/<path>``) is left out of the saved state (frozen
+parameters have no optimizer state: ``optax.masked`` stores none), and the checkpoint's
+``external`` item records the source and a sha256 digest of the left-out arrays
+(:func:`tree_digest`). Restoring takes the subtree from the template state (built afresh from the
+source) after checking its digest: a source that changed, or a template without it, is one
+:class:`~sgg_jax.errors.DataError` naming the source, never silently used. The first save also
+checks that the subtree still has the digest it started with (a subtree that trains is refused).
+Checkpoints written without ``external`` (the whole state) still restore.
+
 Changed configuration. A run resumed with another configuration than the one stored with its
 newest intact checkpoint stops with one :class:`~sgg_jax.errors.ConfigError` naming the differing
 keys, before anything is written, unless ``allow_config_change``: then the old configuration is
@@ -33,6 +45,7 @@ cadence) anywhere in the configuration, and ``num_steps`` when it grows (a run e
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -64,6 +77,7 @@ OPERATIONAL_KEYS = frozenset(
 )
 STATE_ITEM = "state"
 CONFIG_ITEM = "config"
+EXTERNAL_ITEM = "external"
 
 _LOG = logging.getLogger(__name__)
 
@@ -99,6 +113,92 @@ def write_json(path: str | os.PathLike, document: Any) -> None:
         json.dump(document, handle, indent=2)
         handle.write("\n")
     os.replace(temporary, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalVariables:
+    """A frozen subtree of the variables that checkpoints leave out (see the module docstring).
+
+    Attributes:
+      path: the subtree's keys inside every variable collection, e.g. ``("features",
+        "detector")``.
+      source: JSON-able record of where the values come from (stored in every checkpoint),
+        e.g. ``{"detector_checkpoint": "/x/model_final.pth", "detector_checkpoint_sha256": ...}``.
+      name: the file or folder named in errors.
+    """
+
+    path: tuple[str, ...]
+    source: Mapping[str, Any]
+    name: str
+
+    def __post_init__(self):
+        if not self.path or not all(isinstance(key, str) and key for key in self.path):
+            raise ConfigError("external_variables", f"path must be keys, got {self.path!r}")
+        object.__setattr__(self, "path", tuple(self.path))
+
+
+class SourceMismatchError(DataError):
+    """The source of left-out variables is not the one a checkpoint was trained with."""
+
+
+def _split_subtree(tree: Mapping[str, Any], path: tuple[str, ...]) -> tuple[dict, Any]:
+    """``(tree without tree[path], tree[path] or None)``, copying only the dicts on the way."""
+    tree = dict(tree)
+    head, rest = path[0], path[1:]
+    if head not in tree:
+        return tree, None
+    if not rest:
+        return tree, tree.pop(head)
+    if not isinstance(tree[head], Mapping):
+        return tree, None
+    inner, found = _split_subtree(tree[head], rest)
+    tree[head] = inner
+    return tree, found
+
+
+def _put_subtree(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> dict:
+    tree = dict(tree)
+    if len(path) == 1:
+        tree[path[0]] = value
+    else:
+        tree[path[0]] = _put_subtree(tree.get(path[0], {}), path[1:], value)
+    return tree
+
+
+def split_external(state: Any, path: tuple[str, ...]) -> tuple[Any, dict[str, Any]]:
+    """``(state without the subtree at path of every collection, {collection: subtree})``."""
+    params, found = _split_subtree(state.params, path)
+    parts = {} if found is None else {"params": found}
+    collections = {}
+    for name, collection in state.collections.items():
+        collections[name], found = _split_subtree(collection, path)
+        if found is not None:
+            parts[name] = found
+    return state.replace(params=params, collections=collections), parts
+
+
+def merge_external(state: Any, path: tuple[str, ...], parts: Mapping[str, Any]) -> Any:
+    """The inverse of :func:`split_external`."""
+    params, collections = state.params, dict(state.collections)
+    for name, subtree in parts.items():
+        if name == "params":
+            params = _put_subtree(params, path, subtree)
+        else:
+            collections[name] = _put_subtree(collections.get(name, {}), path, subtree)
+    return state.replace(params=params, collections=collections)
+
+
+def tree_digest(tree: Any) -> str:
+    """sha256 over every array leaf of ``tree``: its path, dtype, shape and bytes (host copy)."""
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)  # a replicated array: every copy is the same
+        array = np.ascontiguousarray(jax.device_get(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
@@ -153,6 +253,8 @@ class Checkpointer:
       allow_config_change: resume even when ``config`` differs from the configuration stored with
         the newest intact checkpoint (see the module docstring); False = a
         :class:`~sgg_jax.errors.ConfigError` naming the differing keys.
+      external: a frozen subtree left out of the saved states (:class:`ExternalVariables`);
+        restores take it from the template.
 
     Raises:
       ConfigError: ``config`` differs from the stored one and not ``allow_config_change``.
@@ -168,6 +270,7 @@ class Checkpointer:
         config: Mapping[str, Any] | None = None,
         read_only: bool = False,
         allow_config_change: bool = False,
+        external: ExternalVariables | None = None,
     ):
         if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 0:
             raise ConfigError("checkpoint_every", f"must be an integer >= 0, got {save_every!r}")
@@ -191,8 +294,12 @@ class Checkpointer:
             item_handlers={
                 STATE_ITEM: ocp.PyTreeCheckpointHandler(),
                 CONFIG_ITEM: ocp.JsonCheckpointHandler(),
+                EXTERNAL_ITEM: ocp.JsonCheckpointHandler(),
             },
         )
+        self.external = external
+        self._external_digest: str | None = None  # of the subtree this run started with
+        self._external_checked = False
         self.broken_steps: set[int] = set()
         if config is not None and not read_only:
             try:
@@ -251,18 +358,35 @@ class Checkpointer:
             return False
         if step in self.manager.all_steps():
             return False
-        return bool(
-            self.manager.save(
-                step,
-                args=ocp.args.Composite(
-                    **{
-                        STATE_ITEM: ocp.args.PyTreeSave(state),
-                        CONFIG_ITEM: ocp.args.JsonSave(self.config),
-                    }
-                ),
-                force=True,
-            )
-        )
+        items = {CONFIG_ITEM: ocp.args.JsonSave(self.config)}
+        if self.external is not None:
+            state, record = self._leave_out_external(state)
+            items[EXTERNAL_ITEM] = ocp.args.JsonSave(record)
+        items[STATE_ITEM] = ocp.args.PyTreeSave(state)
+        return bool(self.manager.save(step, args=ocp.args.Composite(**items), force=True))
+
+    def _leave_out_external(self, state: Any) -> tuple[Any, dict[str, Any]]:
+        """The state without the external subtree, and the record saved in its place."""
+        path = self.external.path
+        state, parts = split_external(state, path)
+        if not self._external_checked:  # once per run: the subtree must not have trained
+            digest = tree_digest(parts)
+            if self._external_digest is None:
+                self._external_digest = digest
+            elif digest != self._external_digest:
+                raise ConfigError(
+                    "external_variables",
+                    f"the variables under {'/'.join(path)} changed during training, so they "
+                    f"cannot be left out of checkpoints (they are not frozen; source "
+                    f"{self.external.name})",
+                )
+            self._external_checked = True
+        record = {
+            "path": list(path),
+            "source": jsonable(dict(self.external.source)),
+            "digest": self._external_digest,
+        }
+        return state, record
 
     def maybe_save(self, step: int, state: Any, *, final: bool = False) -> bool:
         """Saves when ``step`` is a multiple of ``save_every`` or ``final``; True if it saved."""
@@ -313,6 +437,8 @@ class Checkpointer:
         for step in steps:
             try:
                 return read(step), int(step)
+            except SourceMismatchError:
+                raise
             except Exception as error:  # orbax / tensorstore / JSON errors of a damaged step
                 self.broken_steps.add(int(step))
                 _LOG.warning(
@@ -337,6 +463,10 @@ class Checkpointer:
         Returns:
           The restored state, every leaf with ``template``'s sharding.
         """
+        record = self.external_reference(step)
+        parts = None
+        if record is not None:
+            template, parts = self._check_external(step, record, template)
         target = abstract_like(template)
         restored = self.manager.restore(
             int(step),
@@ -359,7 +489,47 @@ class Checkpointer:
                 self.directory,
                 ", ".join(changed),
             )
+        if parts is not None:
+            return merge_external(restored[STATE_ITEM], self.external.path, parts)
         return restored[STATE_ITEM]
+
+    def external_reference(self, step: int | None = None) -> dict[str, Any] | None:
+        """The ``external`` record of checkpoint ``step`` (default: the newest): ``{"path",
+        "source", "digest"}`` of the subtree it leaves out; None for a whole state."""
+        step = self.latest_step() if step is None else step
+        if step is None or not os.path.isdir(
+            os.path.join(self.step_directory(step), EXTERNAL_ITEM)
+        ):
+            return None
+        restored = self.manager.restore(
+            int(step), args=ocp.args.Composite(**{EXTERNAL_ITEM: ocp.args.JsonRestore()})
+        )
+        return restored[EXTERNAL_ITEM]
+
+    def _check_external(self, step: int, record: Mapping[str, Any], template: Any):
+        """``(template without the external subtree, the subtree)`` once the template's subtree
+        is the one checkpoint ``step`` was trained with; else a one-line SourceMismatchError."""
+        recorded_source = record.get("source")
+        if self.external is None or tuple(record.get("path", ())) != self.external.path:
+            raise SourceMismatchError(
+                f"checkpoint {step} leaves out the variables under "
+                f"{'/'.join(record.get('path', ()))} (source {json.dumps(recorded_source)}); "
+                "resume it with that source and the same frozen settings",
+                path=self.directory,
+            )
+        template, parts = split_external(template, self.external.path)
+        if self._external_digest is None:
+            self._external_digest = tree_digest(parts)
+        if record.get("digest") != self._external_digest:
+            raise SourceMismatchError(
+                f"the variables under {'/'.join(self.external.path)} are not those checkpoint "
+                f"{step} of {self.directory} was trained with (sha256 of the arrays "
+                f"{self._external_digest[:12]}… here, {str(record.get('digest'))[:12]}… "
+                f"recorded; recorded source {json.dumps(recorded_source)}); use the original "
+                "source or another workdir",
+                path=self.external.name,
+            )
+        return template, parts
 
     def restore_latest(self, template: Any) -> tuple[Any, int] | None:
         """Restores the newest intact checkpoint; None when there is none.
@@ -373,6 +543,9 @@ class Checkpointer:
         Raises:
           DataError: checkpoints exist but none is intact (names the checkpoint folder).
         """
+        if self.external is not None and self._external_digest is None:
+            # What the run starts from: the first save checks the subtree did not train.
+            self._external_digest = tree_digest(split_external(template, self.external.path)[1])
         return self._newest_intact(lambda step: self.restore(step, template))
 
     def restore_config(self, step: int | None = None) -> dict[str, Any]:
@@ -391,7 +564,8 @@ class Checkpointer:
         """Restores only the model variables (params and other collections) of a checkpoint.
 
         Needs no template: shapes come from the checkpoint's metadata, so this works without the
-        model code, on any device count.
+        model code, on any device count. A checkpoint that leaves out an external subtree
+        (:meth:`external_reference`) returns the variables without it.
 
         Args:
           step: the checkpoint; None = the newest intact one (a broken one is named in a warning

@@ -326,6 +326,14 @@ def export(
         with Checkpointer(workdir, read_only=True) as checkpointer:
             if checkpointer.latest_step() is None:
                 raise ConfigError("source", f"{workdir} holds no checkpoint to export")
+            reference = checkpointer.external_reference()
+            if reference is not None:
+                raise ConfigError(
+                    "source",
+                    f"the checkpoints of {workdir} leave out the frozen variables under "
+                    f"{'/'.join(reference['path'])} (source {reference['source']}): export the "
+                    "trained state instead (its variables are whole)",
+                )
             variables = checkpointer.restore_variables()
         if out_dir is None:
             out_dir = os.path.join(workdir, EXPORT_DIR)

@@ -56,7 +56,7 @@ from sgg_jax.data.pipeline import SceneGraphLoader
 from sgg_jax.errors import ConfigError, check_bool, check_int
 from sgg_jax.structures import SceneGraphBatch
 from sgg_jax.train import mesh as mesh_lib
-from sgg_jax.train.checkpoint import Checkpointer, jsonable
+from sgg_jax.train.checkpoint import Checkpointer, ExternalVariables, jsonable
 from sgg_jax.train.optim import OptimConfig, Schedule, freeze, make_optimizer
 from sgg_jax.train.state import TrainState, create_train_state
 
@@ -351,6 +351,7 @@ def fit(
     eval_fn: EvalFn | None = None,
     batch_transform: BatchTransform | None = None,
     throughput: tuple[str, Callable[[Any], int]] | None = None,
+    external_variables: ExternalVariables | None = None,
     on_log: Callable[[int, Mapping[str, float]], None] | None = None,
     on_step: StepHook | None = None,
     export_fn: Callable[[TrainState], Any] | None = None,
@@ -381,6 +382,10 @@ def fit(
       throughput: optional ``(name, count_fn)``: ``perf/<name>_per_sec`` is logged with
         ``count_fn(host_batch)`` examples per batch (e.g. relations); ``perf/steps_per_sec``
         always is.
+      external_variables: a frozen subtree of ``state``'s variables that checkpoints leave out
+        (:class:`~sgg_jax.train.checkpoint.ExternalVariables`, e.g. a pretrained detector read
+        from a file): ``state`` must hold it (re-read from its source), and a resumed checkpoint
+        takes it from ``state`` once its digest matches (else one DataError naming the source).
       on_log: ``on_log(step, metrics)`` at every logged step, with the training metrics and
         ``perf/*`` (e.g. a line on stdout).
       on_step: ``on_step(step, state, metrics, eval_metrics)`` after every update, its evaluation
@@ -419,6 +424,7 @@ def fit(
             async_save=train_config.async_checkpointing,
             config={"train": recorded_train, **jsonable(dict(config or {}))},
             allow_config_change=train_config.allow_config_change,
+            external=external_variables,
         )
     writer = None
     progress = None
@@ -600,6 +606,7 @@ def train(
     init_variables: Mapping[str, Any] | Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
     example_batch: SceneGraphBatch | None = None,
     trainable: Callable[[Any], Any] | None = None,
+    external_variables: ExternalVariables | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
     """Trains ``model`` for ``train_config.num_steps`` updates, resuming from ``workdir``.
 
@@ -633,6 +640,8 @@ def train(
         batch); needed when ``batch_transform`` adds inputs the model reads, e.g. images.
       trainable: optional ``mask_fn(params) -> bool tree``: parameters with False get zero
         updates (no gradient step, no weight decay), e.g. a frozen detector.
+      external_variables: a frozen subtree (e.g. that detector, merged by ``init_variables``)
+        left out of the checkpoints (see :func:`fit`).
 
     Returns:
       ``(state, metrics)``: the final state (on the mesh) and the metrics of the last step (train
@@ -673,6 +682,7 @@ def train(
         eval_fn=eval_fn,
         batch_transform=batch_transform,
         throughput=("relations", _count_relations),
+        external_variables=external_variables,
     )
 
 

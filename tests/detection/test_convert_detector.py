@@ -7,7 +7,6 @@ head are each compiled once for the module (module-scoped fixtures).
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -17,9 +16,9 @@ from sgg_jax.detection.backbone import BackboneConfig
 from sgg_jax.detection.detector import DetectorConfig, FasterRCNN
 from sgg_jax.detection.roi_align import multilevel_roi_align
 from sgg_jax.errors import ConfigError, DataError
+from tests.detection import IMAGE_SIZES, random_detector_variables
 
 CONFIG = DetectorConfig.tiny()
-IMAGE_SIZES = np.array([[64, 60]], np.float32)  # (height, width); the image is padded on the right
 VG_RATIOS = DetectorConfig.resnext101_fpn().aspect_ratios
 
 # Compiling, not running, is what these tests spend their time on.
@@ -38,24 +37,6 @@ def assert_trees_equal(actual, expected):
     assert set(flat_actual) == set(flat_expected)
     for path, value in flat_expected.items():
         np.testing.assert_array_equal(flat_actual[path], value, err_msg="/".join(path))
-
-
-def random_detector_variables(config: DetectorConfig, seed: int = 0):
-    """``FasterRCNN(config)`` variables filled on the host (shapes from a traced ``init``)."""
-    images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-    shapes = jax.eval_shape(FasterRCNN(config).init, jax.random.key(0), images, IMAGE_SIZES)
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for path, leaf in traverse_util.flatten_dict(dict(shapes)).items():
-        shape, name = leaf.shape, path[-1]
-        if name == "kernel":
-            value = rng.normal(0.0, np.sqrt(1.0 / np.prod(shape[:-1])), shape)
-        elif name in ("scale", "var"):
-            value = rng.uniform(0.5, 1.5, shape)
-        else:  # biases, BN shifts / means
-            value = rng.normal(0.0, 0.1, shape)
-        flat[path] = value.astype(np.float32)
-    return traverse_util.unflatten_dict(flat)
 
 
 def checkpoint_of(state_dict):

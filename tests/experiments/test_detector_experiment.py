@@ -1,7 +1,9 @@
 """The detector experiment runs end to end (smoke flags) and rejects bad flags in one line; the
 relation experiment then runs SGDet from pixels on top of the smoke detector, and its export draws
 scene graphs of images with experiments.predict (SGCls from pixels differs by the task flag only: its
-pieces are covered by the model tests and experiments/flags/penet_synthetic_sgcls.flags)."""
+pieces are covered by the model tests and experiments/flags/penet_synthetic_sgcls.flags). A pixel
+run killed after a checkpoint resumes with the frozen detector re-merged from its source, and
+SGCls runs with a Scene-Graph-Benchmark ``.pth`` as its detector (``--detector_checkpoint``)."""
 
 import json
 import math
@@ -199,13 +201,20 @@ def test_sgdet_from_pixels_end_to_end_then_predict_on_images(detector_workdir, t
         assert math.isfinite(penet[key]) and 0.0 <= penet[key] <= 1.0
     test_images = results["runs"]["FREQ (predcls)"]["num_images_evaluated"]
     assert penet["num_images_evaluated"] + penet["num_images_skipped_no_gt"] >= test_images
-    # The frozen detector kept its pretrained weights: compare one leaf with the detector's run.
+    # The frozen detector kept its pretrained weights: compare one leaf of the (self-contained)
+    # export with the detector's run. The periodic checkpoints leave the frozen detector out and
+    # record its source instead.
     from sgg_jax.train.checkpoint import Checkpointer
+    from sgg_jax.train.export import restore_variables
 
     with Checkpointer(str(detector_workdir), read_only=True) as checkpointer:
         detector = checkpointer.restore_variables()
     with Checkpointer(str(workdir), read_only=True) as checkpointer:
-        relation = checkpointer.restore_variables()
+        stored = checkpointer.restore_variables()
+        reference = checkpointer.external_reference()
+    assert "detector" not in stored["params"]["features"]
+    assert reference["source"] == {"detector_workdir": str(detector_workdir)}
+    relation = restore_variables(workdir / "export" / "params")
     import numpy as np
 
     np.testing.assert_array_equal(
@@ -240,3 +249,108 @@ def test_sgdet_from_pixels_end_to_end_then_predict_on_images(detector_workdir, t
         assert item["label"] in config["vocab"]["object_names"][1:]
     assert (out / "big_scene_graph.png").stat().st_size > 0
     assert (out / "big_graph.png").stat().st_size > 0
+
+
+@pytest.mark.e2e
+def test_pixel_run_killed_after_a_checkpoint_resumes_with_the_detector_re_merged(
+    detector_workdir, tmp_path
+):
+    import shutil
+
+    import jax
+    import numpy as np
+
+    from sgg_jax.train.checkpoint import Checkpointer
+
+    flags = (
+        "--flagfile=experiments/flags/penet_pixels_smoke.flags",
+        f"--detector_workdir={detector_workdir}",
+        "--task=sgcls",
+        "--checkpoint_every=2",
+    )
+    whole = tmp_path / "whole"
+    result = _relation_run(*flags, f"--workdir={whole}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # As if killed after checkpoint 2: checkpoint 4, the results and the export are gone.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "4")
+    shutil.rmtree(resumed / "export")
+    (resumed / "results.json").unlink()
+    result = _relation_run(*flags, f"--workdir={resumed}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def stored(workdir):
+        with Checkpointer(str(workdir), read_only=True) as checkpointer:
+            assert checkpointer.steps == [2, 4]
+            reference = checkpointer.external_reference(4)
+            return checkpointer.restore_variables(4), reference
+
+    (got, got_reference), (expected, expected_reference) = stored(resumed), stored(whole)
+    assert "detector" not in got["params"]["features"]  # left out, recorded by its digest
+    assert got_reference == expected_reference
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    results = json.loads((resumed / "results.json").read_text())
+    assert results["runs"] == json.loads((whole / "results.json").read_text())["runs"]
+
+
+@pytest.mark.e2e
+def test_sgcls_from_an_sgb_checkpoint_on_a_data_prep_dataset(detector_workdir, tmp_path):
+    """A Scene-Graph-Benchmark ``.pth`` (tiny, random weights, torch's zip format) as the detector
+    of a PE-Net SGCls run on a data_prep dataset of the smoke run's images: the SGB convention
+    (BGR, 600 / 1000 resize) end to end, the file's path and sha256 in the run config."""
+    import hashlib
+
+    from data_prep import common as prep
+    from sgg_jax.data.validation import ReadReport
+    from sgg_jax.experiment import relation
+    from tests.detection import write_sgb_checkpoint
+
+    data = relation.DataConfig(
+        dataset="synthetic_pixels", feature_source="roi", detector_workdir=str(detector_workdir)
+    )
+    splits, vocab = relation.load_splits(data)
+
+    class Pixels(prep.SceneGraphBuilder, skip_registration=True):
+        name = "pixels"
+
+        def _read_splits(self):
+            return {name: (list(graphs), ReadReport()) for name, graphs in splits.items()}, vocab
+
+    prep.prepare(Pixels, tmp_path / "tfds", {}, verify=False)
+    checkpoint = tmp_path / "model_final.pth"
+    write_sgb_checkpoint(checkpoint, vocab.num_classes + 1)
+    workdir = tmp_path / "sgcls"
+    result = _relation_run(
+        "--flagfile=experiments/flags/penet_pixels_smoke.flags",
+        "--dataset=tfds",
+        f"--tfds_data_dir={tmp_path / 'tfds'}",
+        "--tfds_name=pixels",
+        "--detector_workdir=",
+        f"--detector_checkpoint={checkpoint}",
+        "--task=sgcls",
+        "--num_steps=2",
+        "--checkpoint_every=1",
+        f"--workdir={workdir}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["detector_checkpoint"] == str(checkpoint)
+    assert (
+        config["detector_checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    )
+    from sgg_jax.train.checkpoint import Checkpointer
+
+    with Checkpointer(str(workdir), read_only=True) as checkpointer:
+        assert checkpointer.steps == [1, 2]
+        reference = checkpointer.external_reference(1)
+        assert "detector" not in checkpointer.restore_variables(1)["params"]["features"]
+    assert reference["source"] == {
+        key: config[key] for key in ("detector_checkpoint", "detector_checkpoint_sha256")
+    }
+    export = json.loads((workdir / "export" / "config.json").read_text())
+    assert export["image_transform"]["image_size"] == 1000 and export["image_transform"]["bgr"]
+    penet = json.loads((workdir / "results.json").read_text())["runs"]["PE-Net"]
+    assert 0.0 <= penet["R@100"] <= 1.0

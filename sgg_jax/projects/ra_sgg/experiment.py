@@ -269,6 +269,7 @@ def run(config: RASGGExperimentConfig, workdir: str) -> dict[str, Any]:
     """
     check_writable_dir(workdir, "workdir")
     splits, vocab = relation.load_splits(config.data)
+    relation.check_detector_classes(config.data, vocab)
     if config.method == "data":
         return run_data_stage(config, workdir, splits, vocab)
     if config.method == "ra_sgg":
@@ -439,7 +440,7 @@ class _Experiment:
             },
         }
         if self.pixels is not None:
-            self.run_config["detector_workdir"] = os.path.abspath(data.detector_workdir)
+            self.run_config.update(self.pixels.source_config())
 
     def fresh_variables(self, variables):
         """Fresh variables with the pretrained detector (feature_source=roi) and the tables."""
@@ -507,6 +508,7 @@ class _Experiment:
                 trainable=relation_trainable_mask(
                     self.model_config.detector, self.model_config.freeze_detector
                 ),
+                external_variables=self.pixels.external_variables(self.data.freeze_detector),
             )
         if init_variables is None and (self.tables or self.pixels is not None):
             init_variables = self.fresh_variables
