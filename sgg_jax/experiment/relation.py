@@ -174,8 +174,6 @@ class DataConfig:
                 "synthetic_pixels is the pixel dataset of --feature_source=roi (or precomputed "
                 "features of its images)",
             )
-        if self.dataset == "synthetic_pixels" and not self.detector_workdir:
-            raise ConfigError("detector_workdir", "is required with --dataset=synthetic_pixels")
         if self.detector_checkpoint and self.feature_source != "roi":
             raise ConfigError("detector_checkpoint", "is read with --feature_source=roi only")
         if self.feature_source == "roi" and self.detector_checkpoint:
@@ -198,7 +196,9 @@ class DataConfig:
                 raise ConfigError(
                     "detector_checkpoint", f"{self.detector_checkpoint} does not exist"
                 )
-        elif self.feature_source == "roi":
+        if self.dataset == "synthetic_pixels" and not self.detector_workdir:
+            raise ConfigError("detector_workdir", "is required with --dataset=synthetic_pixels")
+        if self.feature_source == "roi" and not self.detector_checkpoint:
             if not self.detector_workdir:
                 raise ConfigError(
                     "detector_workdir",
@@ -272,7 +272,8 @@ def load_splits(
 
     With ``feature_source="roi"`` (and ``check_images``) every image's header size is checked
     against its annotation (:func:`sgg_jax.data.image_check.check_splits`: VG150's known wrong
-    ``image_data.json`` sizes corrected with one warning line, anything else one DataError).
+    ``image_data.json`` sizes corrected with one warning line, anything else one DataError), after
+    the detector's classes (:func:`check_detector_classes`).
     """
     if data.dataset == "synthetic_pixels":
         from sgg_jax.data.pixel_dataset import PixelDatasetConfig, pixel_splits
@@ -299,6 +300,8 @@ def load_splits(
             vocab = split_vocab
     if data.feature_source == "roi" and check_images:  # header sizes checked before training
         from sgg_jax.data import image_check
+
+        check_detector_classes(data, vocab)  # the cheaper check first
 
         kind = "vg150" if is_vg150(data.dataset, vocab) else data.dataset
         splits = image_check.check_splits(splits, dataset=kind, max_pixels=data.max_image_pixels)

@@ -137,13 +137,9 @@ def write_vg150_fixture(
         h5_file.create_dataset("labels", data=np.asarray(tables["labels"], np.int64))
         h5_file.create_dataset("boxes_1024", data=boxes_1024)
         h5_file.create_dataset("boxes_512", data=boxes_1024 // 2)
-        h5_file.create_dataset(
-            "relationships", data=np.asarray(tables["relationships"], np.int32)
-        )
+        h5_file.create_dataset("relationships", data=np.asarray(tables["relationships"], np.int32))
         h5_file.create_dataset("predicates", data=np.asarray(tables["predicates"], np.int64))
-        h5_file.create_dataset(
-            "attributes", data=np.zeros((boxes_1024.shape[0], 10), np.int64)
-        )
+        h5_file.create_dataset("attributes", data=np.zeros((boxes_1024.shape[0], 10), np.int64))
     image_data_path = os.path.join(root, "image_data.json")
     with open(image_data_path, "w") as handle:
         json.dump(image_data, handle)
