@@ -10,7 +10,8 @@ Methods (``--method``):
   inverse-propensity augmentation of tail predicates and the multi-prototype loss
   (``sgg_jax.projects.ra_sgg.ra_sgg``). ``--ablations`` trains the variants without selection, without
   inverse-propensity weighting and a same-length PE-Net continuation (the control), and every
-  variant is evaluated on test next to PE-Net and FREQ.
+  variant is evaluated on test next to PE-Net and FREQ. From pixels too (``--feature_source=roi``,
+  PredCls / SGCls / SGDet: ``experiments/flags/ra_sgg_synthetic_{predcls,sgcls,sgdet}.flags``).
 * ``penet`` — phase 1 of RA-SGG alone: the PE-Net base model (Zheng et al., CVPR 2023) trained on the
   device mesh with checkpoints (auto-resume from ``--workdir``), periodic evaluation on val, a final
   evaluation on test next to the frequency baseline (FREQ: the predicate distribution of the

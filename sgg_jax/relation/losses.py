@@ -266,8 +266,30 @@ def penet_losses(
 def targets_of(aux: Mapping[str, Any], batch: SceneGraphBatch) -> SceneGraphBatch:
     """The batch a relation loss reads: in SGDet the model's batch over the detections
     (``aux["targets"]``: assigned object labels, sampled pairs and their predicates), else the
-    input batch."""
-    return aux.get("targets", batch) if isinstance(aux, Mapping) else batch
+    input batch.
+
+    In SGDet the input batch's ``soft_targets`` (RA-SGG phase 2) are carried over to the
+    detection batch; they must have been built over the detection batch's pairs, i.e. be
+    f32[B, P_train, C] with P_train its pair budget (the retrieval augmenter computes them from the
+    training forward pass with the update's dropout key, so the sampled pairs are the same).
+
+    Raises:
+      ConfigError: SGDet ``soft_targets`` whose [B, P] is not the detection batch's.
+    """
+    if not isinstance(aux, Mapping) or "targets" not in aux:
+        return batch
+    targets = aux["targets"]
+    soft = getattr(batch, "soft_targets", None)
+    if soft is None:
+        return targets
+    expected = tuple(np.shape(targets.pair_labels))
+    if tuple(np.shape(soft)[:-1]) != expected:
+        raise ConfigError(
+            "soft_targets",
+            f"have pairs of shape {tuple(np.shape(soft)[:-1])} but the SGDet detection batch "
+            f"has {expected}: build them over the detection batch's sampled pairs",
+        )
+    return targets.replace(soft_targets=soft)
 
 
 def make_penet_loss(

@@ -8,7 +8,7 @@
   :class:`ExternalVariables` (a frozen subtree left out of checkpoints, digest-checked on resume).
 * :mod:`~sgg_jax.train.loop` — the one trainer: :func:`fit` (any step, any random-access loader,
   hooks), :func:`make_step`, :func:`make_train_step`, :class:`TrainConfig`, :func:`train`
-  (relation models).
+  (relation models), :class:`ComposedTransform` (batch transforms in sequence).
 * :mod:`~sgg_jax.train.loaders` — :class:`EpochBatches` (in-memory examples as a loader).
 * :mod:`~sgg_jax.train.export` — ``export.export``, :func:`load_exported` (``jax.export``), and
   the variables / function files every export is made of.
@@ -39,6 +39,7 @@ _EXPORTS = {
     "create_train_state": "state",
     "Checkpointer": "checkpoint",
     "ExternalVariables": "checkpoint",
+    "ComposedTransform": "loop",
     "TrainConfig": "loop",
     "check_finite": "loop",
     "fit": "loop",

@@ -80,6 +80,36 @@ TENSORBOARD_DIR = "tensorboard"
 _LOG = logging.getLogger(__name__)
 
 
+class ComposedTransform:
+    """Several batch transforms as one: each sees the batch the previous one returned.
+
+    ``ComposedTransform(images, augment)`` puts the pixels into a batch, then hands it to a
+    transform that runs the model on it (RA-SGG's retrieval with RoI features). Metrics of the
+    transforms are merged (a later one's value wins on a shared name). ``wants_dropout_key`` is
+    true when any part wants the update's dropout key; only those parts are given it.
+
+    Args:
+      transforms: ``transform(variables, step, batch[, dropout_key]) -> (batch, metrics)``; None
+        entries are skipped.
+    """
+
+    def __init__(self, *transforms: BatchTransform | None):
+        self.transforms = tuple(t for t in transforms if t is not None)
+        self.wants_dropout_key = any(
+            getattr(t, "wants_dropout_key", False) for t in self.transforms
+        )
+
+    def __call__(self, variables, step: int, batch: Any, dropout_key: Any = None):
+        metrics: dict[str, float] = {}
+        for transform in self.transforms:
+            if getattr(transform, "wants_dropout_key", False):
+                batch, extra = transform(variables, step, batch, dropout_key=dropout_key)
+            else:
+                batch, extra = transform(variables, step, batch)
+            metrics.update(extra)
+        return batch, metrics
+
+
 class Loader(Protocol):
     """What :func:`fit` reads batches from (e.g. :class:`~sgg_jax.data.pipeline.SceneGraphLoader`).
 

@@ -92,11 +92,6 @@ def test_official_flagfiles_ask_for_their_data():
             "error: option 'task': sgdet detects objects from pixels: it needs "
             "--feature_source=roi",
         ),
-        (
-            ["--method=ra_sgg", "--detector_workdir=."],
-            "error: option 'method': ra_sgg's memory bank embeds ground-truth relations without "
-            "pixels: use --method=penet with --feature_source=roi",
-        ),
     ],
 )
 def test_pixel_flags_are_checked_before_any_work(flags, message, tmp_path):

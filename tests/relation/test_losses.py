@@ -464,3 +464,30 @@ def test_multi_prototype_euclidean_with_tied_distances():
             rtol=1e-4,
             err_msg=f"k={k}",
         )
+
+
+def test_sgdet_soft_targets_move_to_the_detection_batch():
+    """In SGDet the loss reads aux["targets"] (the detection batch); the input batch's soft targets,
+    built over the detection pairs, go with it; any other pair shape is a one-line ConfigError."""
+    outputs, aux, detection_batch = make_inputs(seed=21)
+    _, _, targets = mixed_targets(detection_batch, seed=22)
+    ground_truth = detection_batch.replace(  # the loader's batch: other pairs, other budget
+        pairs=np.zeros((B, 3, 2), np.int32),
+        pair_labels=np.ones((B, 3), np.int32),
+        pair_mask=np.ones((B, 3), bool),
+        soft_targets=targets,
+    )
+    aux = {**aux, "targets": detection_batch}
+    moved = losses.targets_of(aux, ground_truth)
+    np.testing.assert_array_equal(moved.pair_labels, detection_batch.pair_labels)
+    np.testing.assert_array_equal(moved.soft_targets, targets)
+    assert losses.targets_of(aux, ground_truth.replace(soft_targets=None)) is detection_batch
+    assert losses.targets_of({}, ground_truth) is ground_truth
+    config = PENetConfig.small(K, C - 1)
+    loss_fn = losses.make_penet_loss(config, num_negatives=4, multi_prototype=True)
+    expected, _ = losses.ra_sgg_losses(
+        outputs, aux, detection_batch.replace(soft_targets=targets), num_negatives=4
+    )
+    np.testing.assert_allclose(loss_fn(outputs, aux, ground_truth)[0], expected, rtol=1e-6)
+    with pytest.raises(ConfigError, match="option 'soft_targets': have pairs of shape"):
+        losses.targets_of(aux, ground_truth.replace(soft_targets=targets[:, :3]))

@@ -133,3 +133,26 @@ def test_a_transform_asking_for_it_gets_the_dropout_key_of_its_update(tmp_path):
         expected = jax.random.key_data(state.step_key(step - 1))
         np.testing.assert_array_equal(key, np.asarray(expected))
     assert not np.array_equal(recorder.keys[0][1], recorder.keys[1][1])
+
+
+def test_composed_transform_chains_batches_merges_metrics_and_routes_the_key():
+    seen = []
+
+    def add_one(variables, step, batch):
+        seen.append(("add_one", batch))
+        return batch + 1, {"a": 1.0, "shared": 1.0}
+
+    class WithKey:
+        wants_dropout_key = True
+
+        def __call__(self, variables, step, batch, dropout_key=None):
+            seen.append(("with_key", batch, dropout_key, step))
+            return batch * 10, {"b": 2.0, "shared": 2.0}
+
+    composed = loop.ComposedTransform(add_one, None, WithKey())
+    assert composed.wants_dropout_key
+    batch, metrics = composed({}, 7, 1, dropout_key="key")
+    assert batch == 20 and metrics == {"a": 1.0, "b": 2.0, "shared": 2.0}
+    assert seen == [("add_one", 1), ("with_key", 2, "key", 7)]
+    plain = loop.ComposedTransform(add_one)
+    assert not plain.wants_dropout_key and plain({}, 1, 5)[0] == 6

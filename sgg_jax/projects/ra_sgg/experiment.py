@@ -10,7 +10,11 @@ built: one-line :class:`~sgg_jax.errors.ConfigError` naming the flag, before any
   inverse-propensity augmentation of tail predicates and the multi-prototype loss
   (``sgg_jax.projects.ra_sgg.ra_sgg``). ``ablations`` trains the variants without selection, without
   inverse-propensity weighting and a same-length PE-Net continuation (the control), and every
-  variant is evaluated on test next to PE-Net and FREQ.
+  variant is evaluated on test next to PE-Net and FREQ. With ``feature_source="roi"`` (PredCls,
+  SGCls, SGDet from pixels) the bank embeds the training images' RoI features and phase 2 applies
+  the image transform, then the augmenter; in SGDet the bank holds the ground-truth-matched
+  detection pairs and the queries are the update's sampled detection pairs
+  (:class:`~sgg_jax.projects.ra_sgg.memory_bank.DetectionMemoryBank`).
 * ``penet`` — phase 1 of RA-SGG alone: the PE-Net base model (Zheng et al., CVPR 2023) trained on the
   device mesh with checkpoints (auto-resume from the workdir), periodic evaluation on val, a final
   evaluation on test next to the frequency baseline (FREQ: the predicate distribution of the
@@ -213,12 +217,6 @@ class RASGGExperimentConfig:
 
     def _validate_phase2(self) -> None:
         phase2 = self.phase2
-        if self.data.feature_source == "roi":
-            raise ConfigError(
-                "method",
-                "ra_sgg's memory bank embeds ground-truth relations without pixels: use "
-                "--method=penet with --feature_source=roi",
-            )
         unknown = sorted(set(phase2.ablations) - set(ABLATIONS))
         if unknown:
             raise ConfigError(
@@ -499,10 +497,12 @@ class _Experiment:
         pixel_options = {}
         if self.pixels is not None:
             from sgg_jax.relation.features import relation_trainable_mask
+            from sgg_jax.train import ComposedTransform
 
-            if batch_transform is not None:
-                raise ConfigError("feature_source", "'roi' takes no other batch transform")
-            batch_transform = self.pixels.transform(self.splits["train"])
+            # The pixels first: a later transform (RA-SGG's retrieval) runs the model on them.
+            batch_transform = ComposedTransform(
+                self.pixels.transform(self.splits["train"]), batch_transform
+            )
             pixel_options = dict(
                 example_batch=self.pixels.example_batch(self.splits["train"], self.loader),
                 trainable=relation_trainable_mask(
@@ -690,11 +690,26 @@ def run_penet(config: RASGGExperimentConfig, workdir: str, splits, vocab) -> dic
 # ----------------------------------------------------------------------------------------------
 
 
+def _bank_input_batches(experiment) -> list:
+    """SGDet bank: one pass of the evaluation pipeline over the training split (every annotated
+    relation of each image as a foreground pair, no pixels yet)."""
+    loader = pipeline.make_loader(
+        experiment.splits["train"], relation.eval_pipeline_config(experiment.data, experiment.vocab)
+    )
+    batches = []
+    for batch in loader.iter_from(0):
+        batches.append(batch)
+        if len(batches) == loader.num_batches_per_epoch:
+            break
+    return batches
+
+
 def run_ra_sgg(config: RASGGExperimentConfig, workdir: str, splits, vocab) -> dict:
     """Phase 1 (PE-Net), phase 2 (RA-SGG) and the requested ablations, all evaluated on test."""
-    from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank
+    from sgg_jax.projects.ra_sgg.memory_bank import DetectionMemoryBank, MemoryBank
     from sgg_jax.projects.ra_sgg.ra_sgg import (
         RetrievalAugmenter,
+        make_detection_bank_fn,
         make_embed_fn,
         make_train_embed_fn,
     )
@@ -712,8 +727,16 @@ def run_ra_sgg(config: RASGGExperimentConfig, workdir: str, splits, vocab) -> di
     phase1_variables = phase1_state.variables
     runs = {"FREQ (predcls)": experiment.frequency_metrics()}
     runs["PE-Net"] = experiment.test_metrics(phase1_variables)
-    embed = make_embed_fn(experiment.model, experiment.mesh, shard_batch)
-    train_embed = make_train_embed_fn(experiment.model, experiment.mesh, shard_batch)
+    detection = data.task == "sgdet"
+    mesh = experiment.mesh
+    if detection:  # the bank's keys: matched detection pairs, eval mode (DetectionMemoryBank)
+        embed = make_detection_bank_fn(experiment.model, mesh, shard_batch, budget=data.max_pairs)
+    else:
+        embed = make_embed_fn(experiment.model, mesh, shard_batch)
+    train_embed = make_train_embed_fn(experiment.model, mesh, shard_batch, with_targets=detection)
+    # feature_source=roi: the bank's batches get their pixels (image_index indexes the training
+    # split, as the training loader's does).
+    bank_transform = experiment.pixels.transform(splits["train"]) if experiment.pixels else None
     banks = {}
 
     def bank_of(kind):
@@ -721,23 +744,39 @@ def run_ra_sgg(config: RASGGExperimentConfig, workdir: str, splits, vocab) -> di
             options = {}
             if phase2.retrieval_backend == "scann":
                 options["brute_force_threshold"] = phase2.scann_brute_force_threshold
-            bank = MemoryBank(
-                splits["train"],
-                max_objects=data.max_objects,
-                num_predicates=vocab.num_predicates,
-                backend=phase2.retrieval_backend,
-                index_options=options,
-                batch_size=data.eval_batch_size,
-                object_features=experiment.features["train"],
-                max_per_triplet=phase2.memory_size if kind == "official" else None,
-                cap_seed=data.seed,
-            )
+            cap = phase2.memory_size if kind == "official" else None
+            if detection:
+                bank = DetectionMemoryBank(
+                    _bank_input_batches(experiment),
+                    num_detections=experiment.model_config.detector.detections_per_image,
+                    num_predicates=vocab.num_predicates,
+                    backend=phase2.retrieval_backend,
+                    index_options=options,
+                    batch_transform=bank_transform,
+                    max_per_triplet=cap,
+                    cap_seed=data.seed,
+                )
+            else:
+                bank = MemoryBank(
+                    splits["train"],
+                    max_objects=data.max_objects,
+                    num_predicates=vocab.num_predicates,
+                    backend=phase2.retrieval_backend,
+                    index_options=options,
+                    batch_size=data.eval_batch_size,
+                    object_features=experiment.features["train"],
+                    max_per_triplet=cap,
+                    cap_seed=data.seed,
+                    batch_transform=bank_transform,
+                )
             if kind == "official":  # built once from the phase-1 model in eval mode
                 bank.refresh(lambda b: embed(phase1_variables, b))
                 print(
                     f"official memory bank: {bank.size} of {bank.num_relations} training "
                     f"relations (at most {phase2.memory_size} per triplet), never refreshed"
                 )
+            elif detection:
+                print("memory bank: matched detection pairs of the training split (built at start)")
             else:
                 print(f"memory bank: {bank.size} training relations")
             banks[kind] = bank
@@ -764,8 +803,9 @@ def run_ra_sgg(config: RASGGExperimentConfig, workdir: str, splits, vocab) -> di
                 embed,
                 vocab.predicate_counts,
                 ra_config,
-                foreground_slots=data.max_fg,
+                foreground_slots=None if detection else data.max_fg,
                 train_embed=train_embed,
+                detection=detection,
             )
         print(f"phase 2: {label} ({phase2.phase2_steps} updates from the phase-1 model)")
         state, last = experiment.train_phase(

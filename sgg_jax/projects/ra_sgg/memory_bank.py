@@ -22,14 +22,20 @@ model in eval mode, and for a triplet with more than ``max_per_triplet`` relatio
 sample of them (seeded, ``cap_seed``), kept in training order (:func:`cap_per_triplet`).
 
 Building the keys runs the model batched and jitted on the mesh (``embed_fn``); only the search runs
-on the host (:mod:`sgg_jax.retrieval.index`).
+on the host (:mod:`sgg_jax.retrieval.index`). From pixels (``feature_source="roi"``) the bank's
+batches get their images from ``batch_transform`` (the experiment's image transform over the
+training split) before the model sees them.
+
+In SGDet the relations are pairs of detections: :class:`DetectionMemoryBank` holds the detection
+pairs of each training image that match a ground-truth relation (its docstring cites the official
+code).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -117,9 +123,15 @@ def cap_per_triplet(entries: BankEntries, max_per_triplet: int, seed: int) -> Ba
     Returns:
       The kept entries, still in (image, relation row) order.
     """
+    keep = _cap_mask(entries, max_per_triplet, seed)
+    return BankEntries(**{name: getattr(entries, name)[keep] for name in _ENTRY_FIELDS})
+
+
+def _cap_mask(entries: BankEntries, max_per_triplet: int, seed: int) -> np.ndarray:
+    """bool[M]: the entries :func:`cap_per_triplet` keeps."""
     check_int("max_per_triplet", max_per_triplet, minimum=1)
     if entries.size == 0:
-        return entries
+        return np.zeros(0, bool)
     _, triplet = np.unique(entries.triplets, axis=0, return_inverse=True)
     triplet = triplet.reshape(-1)
     rng = np.random.default_rng(seed)
@@ -131,7 +143,7 @@ def cap_per_triplet(entries: BankEntries, max_per_triplet: int, seed: int) -> Ba
     position = np.arange(entries.size) - starts
     keep = np.zeros(entries.size, bool)
     keep[order[position < max_per_triplet]] = True
-    return BankEntries(**{name: getattr(entries, name)[keep] for name in _ENTRY_FIELDS})
+    return keep
 
 
 class MemoryBank:
@@ -151,6 +163,10 @@ class MemoryBank:
       max_per_triplet: keep at most this many entries per triplet (the official bank's
         ``MEMORY_SIZE``); None keeps every relation.
       cap_seed: seed of the choice under ``max_per_triplet``.
+      batch_transform: optional ``transform(None, 0, batch) -> (batch, metrics)`` applied to each
+        embedding batch before the model sees it, e.g. the pixels of the ``roi`` feature source
+        (:class:`~sgg_jax.data.images.ImageBatchTransform` over ``graphs``: the batches'
+        ``image_index`` indexes ``graphs``, as the training loader's does).
 
     Raises:
       DataError: the training split holds no relation.
@@ -170,6 +186,7 @@ class MemoryBank:
         object_features: Sequence[np.ndarray] | None = None,
         max_per_triplet: int | None = None,
         cap_seed: int = 0,
+        batch_transform: Callable | None = None,
     ):
         check_int("max_objects", max_objects, minimum=1)
         check_int("num_predicates", num_predicates, minimum=1)
@@ -184,6 +201,7 @@ class MemoryBank:
         self.batch_size = int(batch_size)
         self.pair_budget = int(pair_budget)
         self.object_features = object_features
+        self.batch_transform = batch_transform
         self.entries = enumerate_relations(graphs, self.max_objects)
         self.num_relations = self.entries.size
         if max_per_triplet is not None:
@@ -209,6 +227,12 @@ class MemoryBank:
         self.index: Index | None = None
         self.last_refresh: dict[str, float] = {}
         self._batches: list | None = None
+
+    def _model_input(self, batch: SceneGraphBatch) -> SceneGraphBatch:
+        """``batch`` as the model reads it (``batch_transform`` applied, e.g. its pixels)."""
+        if self.batch_transform is None:
+            return batch
+        return self.batch_transform(None, 0, batch)[0]
 
     @property
     def size(self) -> int:
@@ -304,7 +328,8 @@ class MemoryBank:
 
         Args:
           embed_fn: ``embed_fn(host_batch) -> float32[B, P, H]`` relation embeddings (e.g.
-            :func:`make_embed_fn` bound to the current variables).
+            :func:`make_embed_fn` bound to the current variables); the batch is
+            ``batch_transform``'s output when one is given.
 
         Returns:
           ``{"bank/size", "bank/embed_seconds", "bank/index_seconds"}``.
@@ -315,7 +340,7 @@ class MemoryBank:
         if self._batches is None:
             self._batches = self.embedding_batches()
         for batch, ids, rows, slots in self._batches:
-            embeddings = np.asarray(embed_fn(batch), np.float32)
+            embeddings = np.asarray(embed_fn(self._model_input(batch)), np.float32)
             if keys is None:
                 keys = np.zeros((self.size, embeddings.shape[-1]), np.float32)
             keys[ids] = embeddings[rows, slots]
@@ -342,3 +367,138 @@ class MemoryBank:
         if self.index is None:
             raise ConfigError("memory_bank", "the bank is empty: call refresh() first")
         return self.index.search(queries, k, exclude_ids)
+
+
+class DetectionMemoryBank(MemoryBank):
+    """The SGDet memory bank: ground-truth-matched pairs of the detector's detections.
+
+    In SGDet the relation model never sees a ground-truth box: its relations are pairs of
+    detections. The bank's entries are, for each training image, the foreground pairs of the
+    detection batch (:func:`sgg_jax.relation.sgdet.detection_batch` rules: a detection matches a
+    ground-truth object with the same assigned label and IoU > ``fg_iou_thresh``; a pair is
+    foreground when its two detections match a ground-truth relation's subject and object), embedded
+    by the model in eval mode. Key: the pair's relation embedding; value: (subject class, object
+    class, predicate) of the matched ground-truth relation (the detections' assigned labels are the
+    matched objects' classes). Entry identity is ``(image_index, subject detection, object
+    detection, predicate)``, so a training query (a pair of the same detections) excludes itself.
+
+    The official code builds its bank with ``tools/relation_memory_extractor.py`` (eval mode,
+    ``TYPE=ra_extract``): the relation head then samples with ``gtbox_relsample``
+    (``relation_head.py``:63-64 of ``KanghoonYoon/torch-rasgg`` at e8be01b), which asserts ground-truth
+    boxes (``sampling.py``:49), and the predictor stores the foreground pairs' embeddings by triplet
+    (``roi_relation_predictors.py``:236-260). Its SGDet bank file
+    (``featurebank/sgdet_bg_processed_fb_train_8.npy``, loaded at ``roi_relation_predictors.py``:463)
+    cannot be made by the public code; ours extends its reading to detections: the foreground
+    detection pairs above, eval mode, the official cap per triplet with ``max_per_triplet``.
+
+    Entries are recomputed at every :meth:`refresh` (they depend on the detector's detections,
+    which change when the detector is trained). An image contributes at most ``pair_budget`` pairs
+    (its first foreground pairs in subject-major order of the detections).
+
+    Args:
+      batches: host batches of the training split with every annotated relation as a foreground
+        pair (the evaluation pipeline over the training split); ``image_index`` indexes the
+        training graphs.
+      num_detections: the detector's detections per image (D).
+      num_predicates: P.
+      backend, index_options: as :class:`MemoryBank`.
+      batch_transform: the pixels of each batch (``transform(None, 0, batch)``).
+      max_per_triplet, cap_seed: the official cap per triplet (None: every matched pair).
+    """
+
+    def __init__(
+        self,
+        batches: Sequence[SceneGraphBatch],
+        *,
+        num_detections: int,
+        num_predicates: int,
+        backend: str = "scann",
+        index_options: dict[str, Any] | None = None,
+        batch_transform: Callable | None = None,
+        max_per_triplet: int | None = None,
+        cap_seed: int = 0,
+    ):
+        check_int("num_detections", num_detections, minimum=2)
+        check_int("num_predicates", num_predicates, minimum=1)
+        make_index(backend, **(index_options or {}))
+        if max_per_triplet is not None:
+            check_int("max_per_triplet", max_per_triplet, minimum=1)
+        self.input_batches = list(batches)
+        self.max_objects = int(num_detections)  # the radix of entry codes: detection indices
+        self.num_predicates = int(num_predicates)
+        self.backend = backend
+        self.index_options = dict(index_options or {})
+        self.batch_transform = batch_transform
+        self.max_per_triplet = max_per_triplet
+        self.cap_seed = int(cap_seed)
+        self.entries = BankEntries(**{name: np.zeros(0, np.int64) for name in _ENTRY_FIELDS})
+        self.num_relations = 0
+        self._codes = np.zeros(0, np.int64)
+        self._code_order = np.zeros(0, np.int64)
+        self.keys = None
+        self.index = None
+        self.last_refresh = {}
+
+    def embedding_batches(self):
+        raise NotImplementedError("the SGDet bank's pairs are the model's detections: refresh()")
+
+    def refresh(self, embed_fn: Callable[[SceneGraphBatch], Mapping[str, np.ndarray]]):
+        """Runs the model over every training image and rebuilds entries, keys and index.
+
+        Args:
+          embed_fn: ``embed_fn(host_batch) -> {"embedding" f32[B, K, H], "subject", "object",
+            "subject_class", "object_class", "predicate" int[B, K], "mask" bool[B, K]}``: the
+            matched foreground detection pairs of each image
+            (:func:`sgg_jax.projects.ra_sgg.ra_sgg.make_detection_bank_fn`).
+
+        Returns:
+          ``{"bank/size", "bank/embed_seconds", "bank/index_seconds"}``.
+
+        An image without any matched pair contributes nothing; a training split without any
+        leaves the bank empty (``size`` 0, no index).
+        """
+        start = time.perf_counter()
+        columns: dict[str, list[np.ndarray]] = {name: [] for name in _ENTRY_FIELDS}
+        keys = []
+        for batch in self.input_batches:
+            found = embed_fn(self._model_input(batch))
+            mask = np.asarray(found["mask"], bool) & np.asarray(batch.graph_mask, bool)[:, None]
+            rows, slots = np.nonzero(mask)
+            image_index = np.asarray(batch.image_index, np.int64)[rows]
+            columns["image_index"].append(image_index)
+            for name in _ENTRY_FIELDS[1:]:
+                columns[name].append(np.asarray(found[name], np.int64)[rows, slots])
+            keys.append(np.asarray(found["embedding"], np.float32)[rows, slots])
+        entries = BankEntries(**{name: np.concatenate(parts) for name, parts in columns.items()})
+        keys = np.concatenate(keys) if keys else np.zeros((0, 1), np.float32)
+        self.num_relations = entries.size
+        if self.max_per_triplet is not None:
+            keep = _cap_mask(entries, self.max_per_triplet, self.cap_seed)
+            entries = BankEntries(**{name: getattr(entries, name)[keep] for name in _ENTRY_FIELDS})
+            keys = keys[keep]
+        embedded = time.perf_counter()
+        if not np.all(np.isfinite(keys)):
+            raise FloatingPointError("memory bank: the model produced non-finite embeddings")
+        self.entries = entries
+        self._codes = self._encode(
+            entries.image_index, entries.subject, entries.object, entries.predicate
+        )
+        self._code_order = np.argsort(self._codes, kind="stable")
+        self.keys = keys
+        # No match at all (e.g. an untrained detector): an empty bank, no index; the augmenter
+        # then leaves the batch's one-hot targets as they are.
+        self.index = None
+        if entries.size:
+            self.index = make_index(self.backend, **self.index_options).build(keys)
+        built = time.perf_counter()
+        self.last_refresh = {
+            "bank/size": float(self.size),
+            "bank/embed_seconds": embedded - start,
+            "bank/index_seconds": built - embedded,
+        }
+        return dict(self.last_refresh)
+
+    def entry_ids(self, image_index, subject, obj, predicate) -> np.ndarray:
+        if self.size == 0:
+            return np.full(np.shape(image_index), PAD_ID, np.int64)
+        return super().entry_ids(image_index, subject, obj, predicate)

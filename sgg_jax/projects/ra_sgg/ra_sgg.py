@@ -29,6 +29,22 @@
 * with ``bank="official"`` the bank is built once, by the caller, from the phase-1 model and never
   refreshed (``bank_refresh_steps`` is ignored).
 
+From pixels (``feature_source="roi"``) the batch reaching the augmenter already holds its images
+(the experiment composes the image transform before it, :class:`sgg_jax.train.ComposedTransform`),
+and the bank embeds its own batches with the same transform. In SGDet (``detection=True``) the
+relations are pairs of the detector's detections, sampled inside the model with the update's
+dropout key (:func:`sgg_jax.relation.sgdet.detection_batch`); so, for both variants, the queries
+are the update's own pairs embedded by the training forward pass with that key
+(:func:`make_train_embed_fn` ``with_targets=True``, which also returns their predicates), as the
+official code does in every mode (``query_rels = rel_rep`` over the sampled
+``rel_pair_idxs``, ``roi_relation_predictors.py``:625, sampled by ``detect_relsample`` in SGDet,
+``relation_head.py``:61). The soft targets are f32[B, P_train, C] over those pairs; the loss moves
+them to the detection batch (:func:`sgg_jax.relation.losses.targets_of`). The paper variant's
+self-exclusion uses the entry ``(image, subject detection, object detection, predicate)`` of the
+:class:`~sgg_jax.projects.ra_sgg.memory_bank.DetectionMemoryBank`. An empty SGDet bank (no
+detection matches a ground-truth relation, e.g. an untrained detector) leaves the one-hot targets
+(metric ``ra/bank_empty``).
+
 Randomness is ``numpy.random.default_rng((seed, step))``, so a step's targets depend only on the
 seed, the step and the model. A resumed run rebuilds the bank from the restored model at its first
 update, which is the same bank as an uninterrupted run only when the resume step is a refresh step.
@@ -42,6 +58,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sgg_jax.errors import ConfigError, check_int, is_finite_number
@@ -181,17 +198,25 @@ def make_embed_fn(model: Any, mesh: Any, shard: Callable) -> Callable:
     return run
 
 
-def make_train_embed_fn(model: Any, mesh: Any, shard: Callable) -> Callable:
+def make_train_embed_fn(
+    model: Any, mesh: Any, shard: Callable, *, with_targets: bool = False
+) -> Callable:
     """``embed(variables, host_batch, dropout_key) -> float32[B, P, H]`` in train mode.
 
     The relation embeddings of the training forward pass: with the update's dropout key and the same
     batch they equal the ``r`` the update computes (mutable collections such as batch statistics
-    are computed and discarded).
+    are computed and discarded). In SGDet the pairs are sampled inside the model from the same key
+    (the ``"dropout"`` rng), so they are the update's pairs too.
 
     Args:
       model: a module returning ``(outputs, aux)`` with ``aux["relation_embedding"]``.
       mesh: the device mesh.
       shard: ``shard(batch, mesh)`` placing a host batch on the mesh.
+      with_targets: also return the pairs the embeddings belong to: ``(embeddings, {"pairs"
+        int[B, P, 2], "pair_labels" int[B, P], "pair_mask" bool[B, P], "boxes" f32[B, N, 4]})``,
+        those of the model's
+        ``aux["targets"]`` (SGDet: the detection batch with its assigned predicates), else the
+        input batch's.
     """
 
     @jax.jit
@@ -202,10 +227,105 @@ def make_train_embed_fn(model: Any, mesh: Any, shard: Callable) -> Callable:
             (_, aux), _ = model.apply(variables, batch, train=True, rngs=rngs, mutable=mutable)
         else:
             _, aux = model.apply(variables, batch, train=True, rngs=rngs)
-        return aux["relation_embedding"]
+        if not with_targets:
+            return aux["relation_embedding"]
+        targets = aux.get("targets", batch)
+        pairs = {
+            "pairs": targets.pairs,
+            "pair_labels": targets.pair_labels,
+            "pair_mask": targets.pair_mask,
+            "boxes": targets.boxes,
+        }
+        return aux["relation_embedding"], pairs
 
-    def run(variables, batch: SceneGraphBatch, dropout_key) -> np.ndarray:
-        return np.asarray(embed(variables, shard(batch, mesh), dropout_key))
+    def run(variables, batch: SceneGraphBatch, dropout_key):
+        found = embed(variables, shard(batch, mesh), dropout_key)
+        if not with_targets:
+            return np.asarray(found)
+        return np.asarray(found[0]), {k: np.asarray(v) for k, v in found[1].items()}
+
+    return run
+
+
+def make_detection_bank_fn(model: Any, mesh: Any, shard: Callable, *, budget: int) -> Callable:
+    """``bank_fn(variables, host_batch) -> dict``: the SGDet bank's matched detection pairs.
+
+    One eval-mode forward over every ordered pair of the detections
+    (:func:`sgg_jax.relation.sgdet.detection_batch` at inference), then, inside the same jit, the
+    training matching rules of :mod:`sgg_jax.relation.sgdet` against the batch's ground truth:
+    detections take the labels of the ground-truth boxes they overlap (``assign_labels``), a pair is
+    foreground when it matches a ground-truth relation (``pair_labels_of_matches``, with a fixed key
+    where a pair matches several). Each image keeps its first ``budget`` foreground pairs.
+
+    Args:
+      model: an SGDet relation model (``model.config.sgdet``; outputs ``boxes``, ``object_mask``,
+        ``pairs``, ``pair_mask``; ``aux["relation_embedding"]``).
+      mesh, shard: as :func:`make_embed_fn`.
+      budget: most pairs per image.
+
+    Returns:
+      ``bank_fn`` returning host arrays ``embedding`` f32[B, K, H], ``subject``, ``object``
+      (detection indices), ``subject_class``, ``object_class``, ``predicate`` int[B, K] and
+      ``mask`` bool[B, K] (:class:`~sgg_jax.projects.ra_sgg.memory_bank.DetectionMemoryBank`).
+    """
+    from sgg_jax.relation import sgdet
+
+    config = sgdet.SGDetConfig.from_mapping(getattr(model.config, "sgdet", None))
+    check_int("budget", budget, minimum=1)
+
+    @jax.jit
+    def bank_fn(variables, batch):
+        outputs, aux = model.apply(variables, batch, train=False)
+        num_pairs = outputs["pairs"].shape[1]
+        keep = min(budget, num_pairs)
+
+        def one_image(boxes, mask, gt_boxes, gt_labels, gt_mask, gt_pairs, gt_pl, gt_pm, pairs, pm):
+            labels, is_match = sgdet.assign_labels(
+                boxes, mask, gt_boxes, gt_labels, gt_mask, config
+            )
+            table = sgdet.pair_labels_of_matches(
+                is_match, gt_pairs, gt_pl, gt_pm, jax.random.key(0)
+            )
+            predicate = jnp.where(pm, table[pairs[:, 0], pairs[:, 1]], 0)
+            order = jnp.where(predicate > 0, num_pairs - jnp.arange(num_pairs), 0)
+            score, index = jax.lax.top_k(order, keep)  # the first foreground pairs, in order
+            chosen = pairs[index]
+            return (
+                index,
+                chosen[:, 0],
+                chosen[:, 1],
+                labels[chosen[:, 0]],
+                labels[chosen[:, 1]],
+                predicate[index],
+                score > 0,
+            )
+
+        index, subject, obj, subject_class, object_class, predicate, valid = jax.vmap(one_image)(
+            jnp.asarray(outputs["boxes"], jnp.float32),
+            jnp.asarray(outputs["object_mask"], bool),
+            jnp.asarray(batch.boxes, jnp.float32),
+            jnp.asarray(batch.labels, jnp.int32),
+            jnp.asarray(batch.object_mask, bool),
+            jnp.asarray(batch.pairs, jnp.int32),
+            jnp.asarray(batch.pair_labels, jnp.int32),
+            jnp.asarray(batch.pair_mask, bool),
+            jnp.asarray(outputs["pairs"], jnp.int32),
+            jnp.asarray(outputs["pair_mask"], bool),
+        )
+        embedding = jnp.take_along_axis(aux["relation_embedding"], index[..., None], axis=1)
+        return {
+            "embedding": embedding,
+            "subject": subject,
+            "object": obj,
+            "subject_class": subject_class,
+            "object_class": object_class,
+            "predicate": predicate,
+            "mask": valid,
+        }
+
+    def run(variables, batch: SceneGraphBatch) -> dict[str, np.ndarray]:
+        found = bank_fn(variables, shard(batch, mesh))
+        return {name: np.asarray(value) for name, value in found.items()}
 
     return run
 
@@ -222,6 +342,11 @@ class RetrievalAugmenter:
         slots of a training image, so only they are embedded (None = embed every slot).
       train_embed: ``train_embed(variables, host_batch, dropout_key)`` (:func:`make_train_embed_fn`),
         required by ``variant="official"``, whose queries come from the training forward pass.
+      detection: SGDet: the relations are the detection pairs the model samples in its training
+        forward pass; ``train_embed`` (built ``with_targets=True``) gives the queries and the
+        detection batch's pairs, predicates and mask, and the soft targets are f32[B, P_train, C]
+        over those pairs (:func:`sgg_jax.relation.losses.targets_of` moves them to the detection
+        batch). Both variants use these train-mode queries (module docstring).
     """
 
     def __init__(
@@ -232,7 +357,8 @@ class RetrievalAugmenter:
         config: RASGGConfig,
         *,
         foreground_slots: int | None = None,
-        train_embed: Callable[[Mapping[str, Any], SceneGraphBatch, Any], np.ndarray] | None = None,
+        train_embed: Callable[[Mapping[str, Any], SceneGraphBatch, Any], Any] | None = None,
+        detection: bool = False,
     ):
         counts = np.asarray(predicate_counts, np.int64)
         if counts.shape != (bank.num_predicates + 1,):
@@ -252,15 +378,19 @@ class RetrievalAugmenter:
         self.official = config.variant == "official"
         if self.official and train_embed is None:
             raise ConfigError("variant", "'official' needs train_embed (the training forward pass)")
+        self.detection = bool(detection)
+        if self.detection and train_embed is None:
+            raise ConfigError("task", "sgdet needs train_embed (the training forward pass)")
         self.train_embed = train_embed
         # The training loop passes the update's dropout key to transforms that ask for it.
-        self.wants_dropout_key = self.official
+        self.wants_dropout_key = self.official or self.detection
         self._refreshed_at: int | None = None
+        self._warned_empty = False
         self.totals = {"foreground": 0, "selected": 0, "augmented": 0, "background_relabelled": 0}
 
     def _refresh_due(self, step: int) -> bool:
         if self.config.bank == "official":
-            if self.bank.index is None:
+            if not self.bank.last_refresh:
                 raise ConfigError("bank", "the official bank must be built before phase 2")
             return False
         if self._refreshed_at is None:
@@ -293,31 +423,50 @@ class RetrievalAugmenter:
         if self._refresh_due(step):
             metrics.update(self.bank.refresh(lambda b: self.embed(variables, b)))
             self._refreshed_at = step - 1
+            if self.bank.size == 0 and not self._warned_empty:
+                print(
+                    "RA-SGG: the memory bank is empty (no detection pair matches a ground-truth "
+                    "relation); batches keep their one-hot targets until a refresh fills it"
+                )
+                self._warned_empty = True
+        if self.bank.size == 0:
+            metrics["ra/bank_empty"] = 1.0
+            return batch, metrics
         rng = np.random.default_rng((config.seed, 0xA5, int(step)))
         if self.official:
             return self._official(variables, batch, dropout_key, rng, metrics)
-        pair_labels = np.asarray(batch.pair_labels)
-        pair_mask = np.asarray(batch.pair_mask) & np.asarray(batch.graph_mask)[:, None]
+        graph_mask = np.asarray(batch.graph_mask)[:, None]
         num_classes = self.bank.num_predicates + 1
-        foreground = pair_mask & (pair_labels > 0)
-        slots = pair_labels.shape[1]
-        if not config.relabel_background and self.foreground_slots is not None:
-            slots = min(slots, self.foreground_slots)
-            if foreground[:, slots:].any():
-                raise ConfigError(
-                    "max_fg", "foreground pairs found beyond the first max_fg slots of an image"
-                )
-        view = batch.replace(
-            pairs=np.asarray(batch.pairs)[:, :slots],
-            pair_labels=pair_labels[:, :slots],
-            pair_mask=np.asarray(batch.pair_mask)[:, :slots],
-            soft_targets=None,
-        )
-        embeddings = self.embed(variables, view)
+        if self.detection:  # the update's own detection pairs, embedded in train mode
+            embeddings, batch_pairs, pair_labels, pair_mask = self._training_pairs(
+                variables, batch, dropout_key
+            )
+            pair_mask = pair_mask & graph_mask
+            foreground = pair_mask & (pair_labels > 0)
+            slots = pair_labels.shape[1]
+        else:
+            batch_pairs = np.asarray(batch.pairs)
+            pair_labels = np.asarray(batch.pair_labels)
+            pair_mask = np.asarray(batch.pair_mask) & graph_mask
+            foreground = pair_mask & (pair_labels > 0)
+            slots = pair_labels.shape[1]
+            if not config.relabel_background and self.foreground_slots is not None:
+                slots = min(slots, self.foreground_slots)
+                if foreground[:, slots:].any():
+                    raise ConfigError(
+                        "max_fg", "foreground pairs found beyond the first max_fg slots of an image"
+                    )
+            view = batch.replace(
+                pairs=batch_pairs[:, :slots],
+                pair_labels=pair_labels[:, :slots],
+                pair_mask=np.asarray(batch.pair_mask)[:, :slots],
+                soft_targets=None,
+            )
+            embeddings = self.embed(variables, view)
         start = time.perf_counter()
         rows, columns = np.nonzero(foreground[:, :slots])
         image_index = np.asarray(batch.image_index)[rows]
-        pairs = np.asarray(batch.pairs)[rows, columns]
+        pairs = batch_pairs[rows, columns]
         gt = pair_labels[rows, columns]
         own = self.bank.entry_ids(image_index, pairs[:, 0], pairs[:, 1], gt)
         k = config.num_neighbours
@@ -388,10 +537,15 @@ class RetrievalAugmenter:
         if dropout_key is None:
             raise ConfigError("variant", "'official' needs the update's dropout key")
         config = self.config
-        pair_labels = np.asarray(batch.pair_labels)
-        pair_mask = np.asarray(batch.pair_mask) & np.asarray(batch.graph_mask)[:, None]
         num_classes = self.bank.num_predicates + 1
-        embeddings = self.train_embed(variables, batch.replace(soft_targets=None), dropout_key)
+        if self.detection:
+            embeddings, _, pair_labels, pair_mask = self._training_pairs(
+                variables, batch, dropout_key
+            )
+        else:
+            pair_labels, pair_mask = np.asarray(batch.pair_labels), np.asarray(batch.pair_mask)
+            embeddings = self.train_embed(variables, batch.replace(soft_targets=None), dropout_key)
+        pair_mask = pair_mask & np.asarray(batch.graph_mask)[:, None]
         start = time.perf_counter()
         rows, columns = np.nonzero(pair_mask)  # image by image, in pair order
         labels = pair_labels[rows, columns]
@@ -432,6 +586,21 @@ class RetrievalAugmenter:
             }
         )
         return batch.replace(soft_targets=targets), metrics
+
+    def _training_pairs(self, variables, batch, dropout_key):
+        """SGDet: ``(embeddings, pairs, pair_labels, pair_mask)`` of the detection pairs the
+        update samples (same variables, batch and dropout key as the update)."""
+        if dropout_key is None:
+            raise ConfigError("task", "sgdet queries need the update's dropout key")
+        embeddings, targets = self.train_embed(
+            variables, batch.replace(soft_targets=None), dropout_key
+        )
+        return (
+            np.asarray(embeddings),
+            np.asarray(targets["pairs"]),
+            np.asarray(targets["pair_labels"]),
+            np.asarray(targets["pair_mask"], bool),
+        )
 
     def _lambdas(self, rng: np.random.Generator, size: int) -> np.ndarray:
         if self.config.lambda_mode == "fixed":
