@@ -569,7 +569,13 @@ class PixelInputs:
     * :meth:`transform`: the :class:`~sgg_jax.data.images.ImageBatchTransform` of a split, in the
       detector's convention;
     * :meth:`merge_detector`: fresh relation-model variables with the detector run's newest
-      checkpoint under ``features/detector`` (every collection: params, frozen BN constants).
+      checkpoint under ``features/detector`` (every collection: params, frozen BN constants);
+    * :meth:`model_fields`: the relation-model config fields of the run (detector, freezing,
+      SGDet candidates); :meth:`train_options`: the pixel arguments of
+      :func:`sgg_jax.train.train` (image transform, example batch, trainable mask).
+
+    ``scope`` (:meth:`merge_detector`, :meth:`train_options`): the name of the relation model's
+    subtree when it is wrapped by another module (e.g. ``"base"``), None at the top.
     """
 
     def __init__(self, data: DataConfig, convention: Any = None):
@@ -588,6 +594,38 @@ class PixelInputs:
             raise ConfigError("image_size", "is required: the detector run records none")
         self.workdir = data.detector_workdir
         self.max_image_pixels = data.max_image_pixels
+        self.freeze_detector = data.freeze_detector
+        self.sgdet = sgdet_config(data)
+
+    def model_fields(self) -> dict[str, Any]:
+        """``detector``, ``freeze_detector`` and ``sgdet`` of a PE-Net / MotifNet config."""
+        return {
+            "detector": self.detector,
+            "freeze_detector": self.freeze_detector,
+            "sgdet": self.sgdet,
+        }
+
+    def train_options(
+        self, graphs: Sequence[SceneGraph], loader, scope: str | None = None
+    ) -> dict[str, Any]:
+        """``batch_transform``, ``example_batch`` and ``trainable`` of :func:`sgg_jax.train.train`
+        on ``loader`` (over ``graphs``): the detector's parameters stay fixed with
+        ``freeze_detector`` (:func:`sgg_jax.relation.features.relation_trainable_mask`)."""
+        from sgg_jax.relation.features import relation_trainable_mask
+
+        mask_fn = relation_trainable_mask(self.detector, self.freeze_detector)
+        trainable = mask_fn
+        if scope is not None:
+
+            def trainable(params):
+                mask = jax.tree.map(lambda _: True, params)
+                return {**mask, scope: mask_fn(params[scope])}
+
+        return {
+            "batch_transform": self.transform(graphs),
+            "example_batch": self.example_batch(graphs, loader),
+            "trainable": trainable,
+        }
 
     def transform(self, graphs: Sequence[SceneGraph], convention: Any = None):
         """The image transform of ``graphs`` in the detector's convention (``convention``, when
@@ -617,8 +655,8 @@ class PixelInputs:
             "input_convention": convention.to_dict(),
         }
 
-    def merge_detector(self, fresh: Mapping[str, Any]) -> dict[str, Any]:
-        """``fresh`` with the pretrained detector's variables under ``features/detector``."""
+    def merge_detector(self, fresh: Mapping[str, Any], scope: str | None = None) -> dict[str, Any]:
+        """``fresh`` with the pretrained detector's variables under ``[scope/]features/detector``."""
         from sgg_jax.train.checkpoint import Checkpointer
 
         with Checkpointer(self.workdir, read_only=True) as checkpointer:
@@ -629,7 +667,8 @@ class PixelInputs:
 
         merged = {name: dict(collection) for name, collection in fresh.items()}
         for name, collection in merged.items():
-            target = collection.get("features", {}).get("detector")
+            model = dict(collection.get(scope, {})) if scope is not None else collection
+            target = model.get("features", {}).get("detector")
             if target is None:
                 continue
             # SGCls pools features only: the model holds a subset (no RPN, no predictor) of the
@@ -648,7 +687,9 @@ class PixelInputs:
                     f"{len(missing)} '{name}' variables missing, {len(wrong)} of another shape "
                     f"(first: {first})",
                 )
-            features = dict(collection["features"])
+            features = dict(model["features"])
             features["detector"] = traverse_util.unflatten_dict({p: source[p] for p in wanted})
-            merged[name]["features"] = features
+            model["features"] = features
+            if scope is not None:
+                collection[scope] = model
         return merged

@@ -1,7 +1,8 @@
 """The detector experiment runs end to end (smoke flags) and rejects bad flags in one line; the
 relation experiment then runs SGDet from pixels on top of the smoke detector, and its export draws
 scene graphs of images with experiments.predict (SGCls from pixels differs by the task flag only: its
-pieces are covered by the model tests and experiments/flags/penet_synthetic_sgcls.flags)."""
+pieces are covered by the model tests and experiments/flags/penet_synthetic_sgcls.flags); the CCE +
+Scorer experiment runs SGDet from pixels on the same smoke detector."""
 
 import json
 import math
@@ -240,3 +241,46 @@ def test_sgdet_from_pixels_end_to_end_then_predict_on_images(detector_workdir, t
         assert item["label"] in config["vocab"]["object_names"][1:]
     assert (out / "big_scene_graph.png").stat().st_size > 0
     assert (out / "big_graph.png").stat().st_size > 0
+
+
+@pytest.mark.e2e
+def test_cce_scorer_sgdet_from_pixels_on_both_base_models(detector_workdir, tmp_path):
+    # CE and +CCE+Scorer of MotifNet and PE-Net on the smoke detector's detections (SGCls and
+    # PredCls differ by --task only; the pieces are covered by tests/projects/cce_scorer).
+    workdir = tmp_path / "cce_scorer"
+    result = _relation_run(
+        "--flagfile=experiments/flags/cce_scorer_pixels_smoke.flags",
+        f"--detector_workdir={detector_workdir}",
+        f"--workdir={workdir}",
+        module="experiments.cce_scorer",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["task"] == "sgdet" and results["dataset"] == "synthetic_pixels"
+    expected = {
+        f"{base}/{row}"
+        for base in ("motifs", "penet")
+        for row in ("ce", "cce_scorer", "cce_scorer/scorer_x_predicate")
+    }
+    assert set(results["runs"]) == expected
+    for metrics in results["runs"].values():
+        for key in ("R@20", "R@100", "mR@100", "ngR@100"):
+            assert math.isfinite(metrics[key]) and 0.0 <= metrics[key] <= 1.0
+        assert metrics["num_images_evaluated"] + metrics["num_images_skipped_no_gt"] == 4
+    assert results["cce_scorer"]["train_confusion"] == {}  # no confusion on detection pairs
+    # Every row loaded the pretrained detector under base/features/detector and kept it frozen.
+    import numpy as np
+
+    from sgg_jax.train.checkpoint import Checkpointer
+
+    with Checkpointer(str(detector_workdir), read_only=True) as checkpointer:
+        detector = checkpointer.restore_variables()
+    for row in ("motifs/ce", "penet/cce_scorer"):
+        with Checkpointer(str(workdir / row), read_only=True) as checkpointer:
+            relation = checkpointer.restore_variables()
+        np.testing.assert_array_equal(
+            relation["params"]["base"]["features"]["detector"]["fc7"]["kernel"],
+            detector["params"]["fc7"]["kernel"],
+        )
+    assert "scorer" in relation["params"]
