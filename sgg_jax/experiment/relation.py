@@ -594,38 +594,42 @@ class PixelInputs:
             raise ConfigError("image_size", "is required: the detector run records none")
         self.workdir = data.detector_workdir
         self.max_image_pixels = data.max_image_pixels
-        self.freeze_detector = data.freeze_detector
-        self.sgdet = sgdet_config(data)
+        self.data = data
 
     def model_fields(self) -> dict[str, Any]:
         """``detector``, ``freeze_detector`` and ``sgdet`` of a PE-Net / MotifNet config."""
         return {
             "detector": self.detector,
-            "freeze_detector": self.freeze_detector,
-            "sgdet": self.sgdet,
+            "freeze_detector": self.data.freeze_detector,
+            "sgdet": sgdet_config(self.data),
         }
 
     def train_options(
         self, graphs: Sequence[SceneGraph], loader, scope: str | None = None
     ) -> dict[str, Any]:
-        """``batch_transform``, ``example_batch`` and ``trainable`` of :func:`sgg_jax.train.train`
-        on ``loader`` (over ``graphs``): the detector's parameters stay fixed with
-        ``freeze_detector`` (:func:`sgg_jax.relation.features.relation_trainable_mask`)."""
-        from sgg_jax.relation.features import relation_trainable_mask
-
-        mask_fn = relation_trainable_mask(self.detector, self.freeze_detector)
-        trainable = mask_fn
-        if scope is not None:
-
-            def trainable(params):
-                mask = jax.tree.map(lambda _: True, params)
-                return {**mask, scope: mask_fn(params[scope])}
-
+        """``batch_transform``, ``example_batch`` and ``trainable`` (:meth:`trainable`) of
+        :func:`sgg_jax.train.train` on ``loader`` (over ``graphs``)."""
         return {
             "batch_transform": self.transform(graphs),
             "example_batch": self.example_batch(graphs, loader),
-            "trainable": trainable,
+            "trainable": self.trainable(scope),
         }
+
+    def trainable(self, scope: str | None = None) -> Callable[[Mapping[str, Any]], Any]:
+        """``mask_fn(params)``: everything trains but the detector under
+        ``[scope/]features/detector`` (all of it with ``freeze_detector``, else its frozen
+        backbone stages: :func:`sgg_jax.relation.features.relation_trainable_mask`)."""
+        from sgg_jax.relation.features import relation_trainable_mask
+
+        mask_fn = relation_trainable_mask(self.detector, self.data.freeze_detector)
+        if scope is None:
+            return mask_fn
+
+        def scoped(params):
+            mask = jax.tree.map(lambda _: True, params)
+            return {**mask, scope: mask_fn(params[scope])}
+
+        return scoped
 
     def transform(self, graphs: Sequence[SceneGraph], convention: Any = None):
         """The image transform of ``graphs`` in the detector's convention (``convention``, when

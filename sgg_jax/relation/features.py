@@ -299,11 +299,13 @@ def pooled_image_feature(
 ) -> jax.Array:
     """A global image feature: the average of the backbone's top map over the image's own area.
 
-    The map is the coarsest level the box head pools from: ``P5`` (stride 32) with FPN, the
-    RPN-only ``P6`` being a max-pool of it, and ``C4`` (stride 16) without. "Learning to Contrast
-    and Score" (Huang et al., ACCV 2020, Sec. 3.4) feeds its Scorer a global feature of the image
-    from the detector's backbone; global average pooling of the last backbone map is the usual
-    such feature, and the paper names no other. Cell ``(i, j)`` of a map of stride ``s`` covers
+    The map is the coarsest level the box head pools from: ``P5`` (stride 32) with FPN (the
+    RPN-only ``P6`` is a stride-2 max-pool of it), ``C4`` (stride 16, the only map) without.
+    "Learning to Contrast and Score" (Huang et al., ACCV 2020, Sec. 3.4) gives its Scorer a
+    global image feature pooled from the detector's backbone without naming the level, and its
+    Scorer module (``lib/ranker.py`` of ``stevehuanghe/scene_graph``) is not published; its base
+    code (neural-motifs) has a single VGG conv map at stride 16, which ``C4`` mirrors, and with
+    FPN the top pooled level is the most global one. Cell ``(i, j)`` of a map of stride ``s`` covers
     pixels ``[i·s, (i+1)·s)``: the cells with ``i·s < height`` and ``j·s < width`` are averaged,
     so the padding of smaller images in a batch (and FPN's padding to multiples of 32) never
     enters the mean.
