@@ -50,9 +50,17 @@ resumes or reuses a finished row), ``results.json`` (the project's schema; one r
 ``plots/confusion_train_<base>_<row>.png`` / ``.npy`` (predicate confusion of CE and +CCE on the
 training images' ground-truth pairs: Fig. 5).
 
-Deviations from the paper (documented where they are made): no pixels, so object / union features
-are geometry features (or precomputed ones) and the Scorer's global image feature is the mean of
-the object features; the Scorer's inputs are detached from the base model by default
+From pixels (``--feature_source=roi --detector_workdir=<experiments.detector run>``, PredCls,
+SGCls and SGDet; ``experiments/flags/cce_scorer_synthetic_{predcls,sgcls,sgdet}.flags``) every row
+runs on the RoI features of the pretrained detector (frozen with ``--freeze_detector``) and the
+Scorer's global image feature is the detector backbone's pooled top map
+(:func:`sgg_jax.relation.features.pooled_image_feature`); in SGDet the relation pairs, the losses'
+targets and the Scorer's ranking are those of the model's detections, and the training confusion
+matrices are skipped (they are taken on ground-truth pairs).
+
+Deviations from the paper (documented where they are made): without pixels (geometry or
+precomputed features) the Scorer's global image feature is the mean of the object features; the
+Scorer's inputs are detached from the base model by default
 (``--scorer_detach``; ``cce_scorer_joint`` trains it jointly, the plain reading of
 ``train_rels.py:254-257``); PE-Net's base loss is its own four terms rather than a CE.
 

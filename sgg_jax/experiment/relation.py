@@ -805,12 +805,20 @@ class PixelInputs:
     * :meth:`transform`: the :class:`~sgg_jax.data.images.ImageBatchTransform` of a split, in the
       detector's convention;
     * :meth:`merge_detector`: fresh relation-model variables with the pretrained detector under
-      ``features/detector`` (every collection: params, frozen BN constants): the detector run's
-      newest checkpoint, or the converted checkpoint; and the ``"sgb"`` union extractor's fc6 / fc7
-      copied from its box head (as SGB);
+      ``[scope/]features/detector`` (every collection: params, frozen BN constants): the detector
+      run's newest checkpoint, or the converted checkpoint; and the ``"sgb"`` union extractor's
+      fc6 / fc7 copied from its box head (as SGB);
+    * :meth:`model_fields`: the relation-model config fields of the run (detector, freezing,
+      union features, SGDet candidates); :meth:`train_options`: the pixel arguments of
+      :func:`sgg_jax.train.train` (image transform, example batch, trainable mask, the frozen
+      detector as external variables);
     * :meth:`source_config`: the run-config record of the detector (path; sha256 of a checkpoint
       file); :meth:`external_variables`: the frozen detector as the trainer's
       :class:`~sgg_jax.train.checkpoint.ExternalVariables` (left out of periodic checkpoints).
+
+    ``scope`` (:meth:`merge_detector`, :meth:`train_options`, :meth:`trainable`,
+    :meth:`external_variables`): the name of the relation model's subtree when it is wrapped by
+    another module (e.g. ``"base"``), None at the top.
     """
 
     def __init__(self, data: DataConfig, convention: Any = None):
@@ -837,6 +845,46 @@ class PixelInputs:
         if self.image_size <= 0:
             raise ConfigError("image_size", "is required: the detector run records none")
         self.max_image_pixels = data.max_image_pixels
+        self.data = data
+
+    def model_fields(self) -> dict[str, Any]:
+        """``detector``, ``freeze_detector``, ``union_features`` and ``sgdet`` of a PE-Net /
+        MotifNet config."""
+        return {
+            "detector": self.detector,
+            "freeze_detector": self.data.freeze_detector,
+            "union_features": self.data.union_features,
+            "sgdet": sgdet_config(self.data),
+        }
+
+    def train_options(
+        self, graphs: Sequence[SceneGraph], loader, scope: str | None = None
+    ) -> dict[str, Any]:
+        """``batch_transform``, ``example_batch``, ``trainable`` (:meth:`trainable`) and
+        ``external_variables`` (:meth:`external_variables`) of :func:`sgg_jax.train.train` on
+        ``loader`` (over ``graphs``)."""
+        return {
+            "batch_transform": self.transform(graphs),
+            "example_batch": self.example_batch(graphs, loader),
+            "trainable": self.trainable(scope),
+            "external_variables": self.external_variables(self.data.freeze_detector, scope),
+        }
+
+    def trainable(self, scope: str | None = None) -> Callable[[Mapping[str, Any]], Any]:
+        """``mask_fn(params)``: everything trains but the detector under
+        ``[scope/]features/detector`` (all of it with ``freeze_detector``, else its frozen
+        backbone stages: :func:`sgg_jax.relation.features.relation_trainable_mask`)."""
+        from sgg_jax.relation.features import relation_trainable_mask
+
+        mask_fn = relation_trainable_mask(self.detector, self.data.freeze_detector)
+        if scope is None:
+            return mask_fn
+
+        def scoped(params):
+            mask = jax.tree.map(lambda _: True, params)
+            return {**mask, scope: mask_fn(params[scope])}
+
+        return scoped
 
     @property
     def option(self) -> str:
@@ -853,16 +901,17 @@ class PixelInputs:
             }
         return {"detector_workdir": os.path.abspath(self.workdir)}
 
-    def external_variables(self, frozen: bool):
-        """The detector subtree as :class:`~sgg_jax.train.checkpoint.ExternalVariables` of the
-        trainer when ``frozen`` (periodic checkpoints leave it out and re-merge it from this
-        source on resume, checking its digest); None when it trains."""
+    def external_variables(self, frozen: bool, scope: str | None = None):
+        """The detector subtree (under ``scope``) as
+        :class:`~sgg_jax.train.checkpoint.ExternalVariables` of the trainer when ``frozen``
+        (periodic checkpoints leave it out and re-merge it from this source on resume, checking
+        its digest); None when it trains."""
         from sgg_jax.train.checkpoint import ExternalVariables
 
         if not frozen:
             return None
         return ExternalVariables(
-            path=DETECTOR_SUBTREE,
+            path=DETECTOR_SUBTREE if scope is None else (scope, *DETECTOR_SUBTREE),
             source=self.source_config(),
             name=self.checkpoint or os.path.abspath(self.workdir),
         )
@@ -907,15 +956,16 @@ class PixelInputs:
                 raise ConfigError("detector_workdir", f"{self.workdir} holds no checkpoint")
             return jax.device_get(checkpointer.restore_variables())
 
-    def merge_detector(self, fresh: Mapping[str, Any]) -> dict[str, Any]:
-        """``fresh`` with the pretrained detector's variables under ``features/detector``."""
+    def merge_detector(self, fresh: Mapping[str, Any], scope: str | None = None) -> dict[str, Any]:
+        """``fresh`` with the pretrained detector's variables under ``[scope/]features/detector``."""
         from flax import traverse_util
 
         pretrained = self.pretrained_variables()
         where = self.checkpoint or self.workdir
         merged = {name: dict(collection) for name, collection in fresh.items()}
         for name, collection in merged.items():
-            target = collection.get("features", {}).get("detector")
+            model = dict(collection.get(scope, {})) if scope is not None else collection
+            target = model.get("features", {}).get("detector")
             if target is None:
                 continue
             # SGCls pools features only: the model holds a subset (no RPN, no predictor) of the
@@ -934,9 +984,11 @@ class PixelInputs:
                     f"{len(missing)} '{name}' variables missing, {len(wrong)} of another shape "
                     f"(first: {first})",
                 )
-            features = dict(collection["features"])
+            features = dict(model["features"])
             features["detector"] = traverse_util.unflatten_dict({p: source[p] for p in wanted})
-            merged[name]["features"] = features
+            model["features"] = features
+            if scope is not None:
+                collection[scope] = model
         from sgg_jax.relation.features import union_head_from_detector
 
         return union_head_from_detector(merged)

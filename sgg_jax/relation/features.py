@@ -235,7 +235,12 @@ class RoIFeatures(nn.Module):
 
     @nn.compact
     def __call__(
-        self, batch: SceneGraphBatch, *, train: bool = False, detect: object | None = None
+        self,
+        batch: SceneGraphBatch,
+        *,
+        train: bool = False,
+        detect: object | None = None,
+        with_image_feature: bool = False,
     ) -> tuple[jax.Array, ...]:
         """Computes the features (of the batch's boxes, or of the detections with ``detect``).
 
@@ -247,6 +252,8 @@ class RoIFeatures(nn.Module):
           detect: None, or a :class:`~sgg_jax.relation.sgdet.SGDetConfig`: run the detector on the
             images and pool the features of the detections and of their pairs (SGDet); in
             training this draws the ``"dropout"`` rng for the pair sampling.
+          with_image_feature: also return the image feature f32[B, C] of
+            :func:`pooled_image_feature` as the last element.
 
         Returns:
           ``(object_features f32[B, N, representation_size], union_features f32[B, P, D_union])``;
@@ -266,6 +273,11 @@ class RoIFeatures(nn.Module):
             )
         detector = FasterRCNN(self.detector, name="detector")
         maps = detector.features(batch.images)
+        image_feature = None
+        if with_image_feature:
+            image_feature = pooled_image_feature(maps, batch.image_size, self.detector)
+            if self.freeze_detector:
+                image_feature = jax.lax.stop_gradient(image_feature)
         detections = None
         if detect is not None:
             from sgg_jax.relation import sgdet
@@ -303,9 +315,44 @@ class RoIFeatures(nn.Module):
             jnp.where(object_mask[..., None], object_features, 0.0),
             jnp.where(pair_mask[..., None], union_features, 0.0),
         )
-        if detect is None:
-            return features
-        return (*features, batch, detections)
+        if detect is not None:
+            features = (*features, batch, detections)
+        return features if image_feature is None else (*features, image_feature)
+
+
+def pooled_image_feature(
+    maps: Mapping[str, jax.Array], image_size: jax.Array, detector: Any
+) -> jax.Array:
+    """A global image feature: the average of the backbone's top map over the image's own area.
+
+    The map is the coarsest level the box head pools from: ``P5`` (stride 32) with FPN (the
+    RPN-only ``P6`` is a stride-2 max-pool of it), ``C4`` (stride 16, the only map) without.
+    "Learning to Contrast and Score" (Huang et al., ACCV 2020, Sec. 3.4) gives its Scorer a
+    global image feature pooled from the detector's backbone without naming the level, and its
+    Scorer module (``lib/ranker.py`` of ``stevehuanghe/scene_graph``) is not published; its base
+    code (neural-motifs) has a single VGG conv map at stride 16, which ``C4`` mirrors, and with
+    FPN the top pooled level is the most global one. Cell ``(i, j)`` of a map of stride ``s`` covers
+    pixels ``[i·s, (i+1)·s)``: the cells with ``i·s < height`` and ``j·s < width`` are averaged,
+    so the padding of smaller images in a batch (and FPN's padding to multiples of 32) never
+    enters the mean.
+
+    Args:
+      maps: :meth:`~sgg_jax.detection.detector.FasterRCNN.features` of the images.
+      image_size: [B, 2] ``(height, width)`` of each image before padding.
+      detector: its :class:`~sgg_jax.detection.detector.DetectorConfig`.
+
+    Returns:
+      f32[B, C] (C = the map's channels).
+    """
+    level = detector.pooler_levels[-1]
+    top = jnp.asarray(maps[f"P{level}" if detector.use_fpn else "C4"], jnp.float32)
+    stride = 2**level
+    size = jnp.asarray(image_size, jnp.float32)
+    rows = jnp.arange(top.shape[1])[None, :] * stride < size[:, :1]  # [B, H']
+    cols = jnp.arange(top.shape[2])[None, :] * stride < size[:, 1:]  # [B, W']
+    valid = (rows[:, :, None] & cols[:, None, :])[..., None]
+    total = jnp.sum(jnp.where(valid, top, 0.0), axis=(1, 2))
+    return total / jnp.maximum(jnp.sum(valid, axis=(1, 2)), 1).astype(jnp.float32)
 
 
 def relation_trainable_mask(
@@ -518,7 +565,9 @@ def relation_model_features(
       batch over the detections (:func:`sgg_jax.relation.sgdet.detection_batch`) and
       ``sgdet_outputs`` holds ``boxes`` [B, D, 4], ``object_mask``, ``pairs``, ``pair_mask`` of
       that batch and the detector's ``detection_labels`` / ``detection_scores`` [B, D]; otherwise
-      the input batch and ``{}``.
+      the input batch and ``{}``. With ``"roi"`` (every task) ``sgdet_outputs`` also holds
+      ``image_feature`` f32[B, C], the backbone's globally pooled top map
+      (:func:`pooled_image_feature`); the models put it into their outputs.
     """
     source = make_feature_source(
         config.feature_source,
@@ -530,14 +579,16 @@ def relation_model_features(
         freeze_detector=getattr(config, "freeze_detector", True),
         union_features=getattr(config, "union_features", None) or UNION_FEATURES[0],
     )
+    pixels = {"with_image_feature": True} if config.feature_source == "roi" else {}
     if config.task != "sgdet":
-        object_features, union_features = source(batch, train=train)
-        return object_features, union_features, batch, {}
-    object_features, union_features, batch, detections = source(
-        batch, train=train, detect=config.sgdet
+        object_features, union_features, *rest = source(batch, train=train, **pixels)
+        return object_features, union_features, batch, {"image_feature": rest[0]} if rest else {}
+    object_features, union_features, batch, detections, image_feature = source(
+        batch, train=train, detect=config.sgdet, **pixels
     )
     mask = jnp.asarray(batch.object_mask, bool)
     extra = {
+        "image_feature": image_feature,
         "boxes": batch.boxes,
         "object_mask": mask,
         "pairs": batch.pairs,

@@ -31,6 +31,7 @@ scorers (``softmax(relation_logits)``, ``object_labels``, ``object_scores``) and
     outputs["object_labels"]    i32[B, N]       GT (PredCls) or 1 + argmax(logits[1:]); 0 if padded
     outputs["object_scores"]    f32[B, N]       1 (PredCls) or softmax prob of that label; 0 padded
     outputs["object_logits"]    f32[B, N, K+1]  SGCls only (the loss keys its object CE on it)
+    outputs["image_feature"]    f32[B, C]       ``roi`` source: the backbone's pooled top map
     aux["relation_embedding"]   f32[B, P, pooling_dim]  ``r_ij``, the input of the classifier
     aux["object_context"]       f32[B, N, H]    ``C`` in the original object order
     aux["edge_context"]         f32[B, N, H]    ``D`` in the original object order

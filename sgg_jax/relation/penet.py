@@ -424,7 +424,8 @@ class PENet(nn.Module):
           f32[B, N] (0 for padded objects), and in SGCls / SGDet ``object_logits`` f32[B, N, K+1];
           in SGDet N and P are those of the detections and ``outputs`` also holds ``boxes``,
           ``object_mask``, ``pairs``, ``pair_mask``, ``detection_labels``, ``detection_scores``
-          (:func:`sgg_jax.relation.features.relation_model_features`).
+          (:func:`sgg_jax.relation.features.relation_model_features`); with the ``roi`` feature
+          source (every task) ``image_feature`` f32[B, C], the backbone's pooled top map.
           ``aux``: ``relation_embedding`` f32[B, P, H] (``r`` before the projection head),
           ``relation_projection`` f32[B, P, 2H], ``prototype_embedding`` f32[C, H],
           ``prototype_projection`` f32[C, 2H], ``logit_scale`` f32[] (the log of 1/τ),

@@ -240,3 +240,33 @@ def test_relation_pixel_inputs_use_the_detector_convention(tmp_path, files):
         pixels.transform(files[0], "imagenet")
     with pytest.raises(ConfigError, match="requested imagenet.*sgb"):
         PixelInputs(data, convention="imagenet")
+
+
+def test_relation_pixel_inputs_freeze_the_detector_of_a_wrapped_model(tmp_path):
+    from sgg_jax.detection.detector import DetectorConfig
+    from sgg_jax.experiment.relation import PixelInputs
+
+    detector = DetectorConfig.tiny()
+    record = {"flags": {"image_size": 64}, "detector": dataclasses.asdict(detector)}
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    data = types.SimpleNamespace(
+        detector_workdir=str(tmp_path),
+        detections_per_image=0,
+        image_size=0,
+        max_image_pixels=10**8,
+        freeze_detector=True,
+        max_pairs=32,
+        max_fg=8,
+    )
+    pixels = PixelInputs(data)
+    fields = pixels.model_fields()
+    assert fields["detector"] == detector and fields["freeze_detector"] is True
+    assert (fields["sgdet"].train_pairs, fields["sgdet"].train_fg) == (32, 8)
+    base = {"features": {"detector": {"fc7": 1.0}, "union_mlp": 1.0}, "head": 1.0}
+    params = {"base": base, "scorer": {"score": 1.0}}
+    mask = pixels.trainable("base")(params)
+    assert mask == {
+        "base": {"features": {"detector": {"fc7": False}, "union_mlp": True}, "head": True},
+        "scorer": {"score": True},
+    }
+    assert pixels.trainable()(base) == mask["base"]

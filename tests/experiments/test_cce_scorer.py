@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from experiments import cce_scorer
-from tests.experiments import ROOT, config_error, error_line
+from tests.experiments import ROOT, config_error, config_of, error_line
 
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
@@ -140,3 +140,18 @@ def test_a_bad_flag_exits_2_with_one_line_on_stderr_and_no_output(tmp_path):
         "averages over every relation, background included"
     ]
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("task", ["predcls", "sgcls", "sgdet"])
+def test_pixel_flagfiles_build_roi_configs_and_ask_for_the_detector_run(task, tmp_path):
+    flagfile = f"--flagfile=experiments/flags/cce_scorer_synthetic_{task}.flags"
+    error = config_error(cce_scorer, flagfile, f"--detector_workdir={tmp_path}")
+    assert error_line(error) == (
+        f"error: option 'detector_workdir': {tmp_path} has no config.json "
+        "(not an experiments.detector run)"
+    )
+    (tmp_path / "config.json").write_text("{}")
+    config = config_of(cce_scorer, flagfile, f"--detector_workdir={tmp_path}")
+    assert config.data.feature_source == "roi" and config.data.task == task
+    assert config.base_models == ("motifs", "penet")
+    assert config.rows == ("ce", "cce", "cce_scorer")

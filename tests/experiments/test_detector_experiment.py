@@ -3,7 +3,8 @@ relation experiment then runs SGDet from pixels on top of the smoke detector, an
 scene graphs of images with experiments.predict (SGCls from pixels differs by the task flag only: its
 pieces are covered by the model tests and experiments/flags/penet_synthetic_sgcls.flags). A pixel
 run killed after a checkpoint resumes with the frozen detector re-merged from its source, and
-SGCls runs with a Scene-Graph-Benchmark ``.pth`` as its detector (``--detector_checkpoint``)."""
+SGCls runs with a Scene-Graph-Benchmark ``.pth`` as its detector (``--detector_checkpoint``); RA-SGG
+and the CCE + Scorer experiment run from pixels on the same smoke detector."""
 
 import json
 import math
@@ -387,3 +388,43 @@ def test_ra_sgg_from_pixels_end_to_end(detector_workdir, tmp_path, task):
     else:
         assert bank_size >= 0 and "memory bank" in result.stdout
     assert (workdir / "phase2" / "metrics.jsonl").stat().st_size > 0
+
+
+@pytest.mark.e2e
+def test_cce_scorer_sgdet_from_pixels_on_both_base_models(detector_workdir, tmp_path):
+    # CE and +CCE+Scorer of MotifNet and PE-Net on the smoke detector's detections (SGCls and
+    # PredCls differ by --task only; the pieces are covered by tests/projects/cce_scorer).
+    workdir = tmp_path / "cce_scorer"
+    result = _relation_run(
+        "--flagfile=experiments/flags/cce_scorer_pixels_smoke.flags",
+        f"--detector_workdir={detector_workdir}",
+        f"--workdir={workdir}",
+        module="experiments.cce_scorer",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["task"] == "sgdet" and results["dataset"] == "synthetic_pixels"
+    expected = {
+        f"{base}/{row}"
+        for base in ("motifs", "penet")
+        for row in ("ce", "cce_scorer", "cce_scorer/scorer_x_predicate")
+    }
+    assert set(results["runs"]) == expected
+    for metrics in results["runs"].values():
+        for key in ("R@20", "R@100", "mR@100", "ngR@100"):
+            assert math.isfinite(metrics[key]) and 0.0 <= metrics[key] <= 1.0
+        assert metrics["num_images_evaluated"] + metrics["num_images_skipped_no_gt"] == 4
+    assert results["cce_scorer"]["train_confusion"] == {}  # no confusion on detection pairs
+    # Every row kept the pretrained detector frozen: its checkpoints leave it out, recorded by
+    # the detector run it is re-merged from (checked by its digest on resume).
+    from sgg_jax.train.checkpoint import Checkpointer
+
+    for row in ("motifs/ce", "penet/cce_scorer"):
+        with Checkpointer(str(workdir / row), read_only=True) as checkpointer:
+            step = checkpointer.latest_step()
+            relation = checkpointer.restore_variables(step)
+            reference = checkpointer.external_reference(step)
+        assert "detector" not in relation["params"]["base"]["features"]
+        assert reference["source"] == {"detector_workdir": str(detector_workdir)}
+    assert "scorer" in relation["params"]

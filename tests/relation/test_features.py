@@ -17,6 +17,7 @@ from sgg_jax.relation.features import (
     gather_objects,
     make_feature_source,
     pair_geometry_features,
+    pooled_image_feature,
     union_head_from_detector,
 )
 from sgg_jax.structures import SceneGraph
@@ -328,3 +329,29 @@ def test_roi_features_with_sgb_union_features_train_the_union_head_only(graphs):
         updates["batch_stats"]["union"]["rect_bn1"]["var"],
         variables["batch_stats"]["union"]["rect_bn1"]["var"],
     )
+
+
+@pytest.mark.parametrize("use_fpn", [True, False])
+def test_pooled_image_feature_averages_the_top_map_over_the_image_only(use_fpn):
+    from sgg_jax.detection.detector import DetectorConfig
+
+    config = DetectorConfig.tiny()
+    if not use_fpn:
+        config = config.replace(use_fpn=False, anchor_strides=(16,))
+    name, stride = ("P5", 32) if use_fpn else ("C4", 16)
+    assert config.pooler_levels[-1] == int(name[1:])
+    rng = np.random.default_rng(0)
+    # Image 0 fills the 128 x 160 batch canvas; image 1 is 50 x 70 (cells 0-1 x 0-2 are its own).
+    top = rng.normal(size=(2, 128 // stride, 160 // stride, 3)).astype(np.float32)
+    sizes = np.array([[128, 160], [50, 70]], np.int32)
+    feature = np.asarray(pooled_image_feature({name: top}, sizes, config))
+    rows, cols = -(-50 // stride), -(-70 // stride)
+    np.testing.assert_allclose(feature[0], top[0].mean(axis=(0, 1)), rtol=1e-5)
+    np.testing.assert_allclose(feature[1], top[1, :rows, :cols].mean(axis=(0, 1)), rtol=1e-5)
+    # The padding (here garbage) and the canvas size never enter the mean.
+    garbage = top.copy()
+    garbage[1, rows:] = 1e6
+    garbage[1, :, cols:] = -1e6
+    np.testing.assert_array_equal(pooled_image_feature({name: garbage}, sizes, config), feature)
+    cropped = np.asarray(pooled_image_feature({name: top[1:, :rows, :cols]}, sizes[1:], config))
+    np.testing.assert_allclose(cropped[0], feature[1], rtol=1e-6)

@@ -79,7 +79,8 @@ class CCEScorerExperimentConfig:
     Every field is the flag of the same name (``experiments/cce_scorer.py`` documents them).
 
     Attributes:
-      data: dataset, task and budgets (``feature_source`` geometry or precomputed).
+      data: dataset, task and budgets; ``feature_source`` geometry, precomputed or roi (the
+        pixels of ``detector_workdir``: PredCls, SGCls and SGDet on the pretrained detector).
       optim: the optimizer of every row (``images_per_batch`` = ``data.batch_size``).
       base_models, rows: some of :data:`BASE_MODELS` and :data:`ROWS`.
       model_size: base model and Scorer sizes, ``small`` or ``official``.
@@ -93,7 +94,8 @@ class CCEScorerExperimentConfig:
       num_steps, eval_every, checkpoint_every, keep_checkpoints, log_every, progress: training.
       eval_object_buckets: object-count buckets of the evaluation batches (ascending, in
         ``[2, max_objects)``).
-      confusion, confusion_images: training-set confusion matrices of CE and +CCE.
+      confusion, confusion_images: training-set confusion matrices of CE and +CCE (on the
+        ground-truth pairs: not in SGDet, whose pairs are the detections').
     """
 
     data: DataConfig = DataConfig()
@@ -134,12 +136,6 @@ class CCEScorerExperimentConfig:
 
     def validate(self) -> None:
         """One-line ConfigErrors naming the flag (``data`` and ``optim`` check themselves)."""
-        if self.data.feature_source == "roi":
-            raise ConfigError(
-                "feature_source",
-                "'roi' (SGCls / SGDet from pixels) runs in experiments.ra_sgg --method=penet; this "
-                "experiment's Table 2 rows use the geometry or precomputed features",
-            )
         if self.num_steps <= 0:
             raise ConfigError("num_steps", f"must be positive, got {self.num_steps}")
         buckets = list(self.eval_object_buckets)
@@ -265,8 +261,9 @@ class CCEScorerExperimentConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-def _base_config(config: CCEScorerExperimentConfig, base: str, vocab, frequency):
-    """The base model's config and the tables its ``with_tables`` puts into fresh variables."""
+def _base_config(config: CCEScorerExperimentConfig, base: str, vocab, frequency, pixels=None):
+    """The base model's config and the tables its ``with_tables`` puts into fresh variables
+    (``pixels``: the :class:`~sgg_jax.experiment.relation.PixelInputs` of ``roi``)."""
     from sgg_jax.relation.motifs import MotifsConfig
     from sgg_jax.relation.penet import PENetConfig
 
@@ -281,6 +278,8 @@ def _base_config(config: CCEScorerExperimentConfig, base: str, vocab, frequency)
     make = kind.small if config.model_size == "small" else kind.official
     vectors = extra.get("predicate_word_vectors")
     sizes = {} if vectors is None else {"embed_dim": int(np.shape(vectors)[-1])}
+    if pixels is not None:
+        sizes.update(pixels.model_fields())
     base_config = make(
         vocab.num_classes,
         vocab.num_predicates,
@@ -312,7 +311,13 @@ def _build_model(config: CCEScorerExperimentConfig, base: str, base_config, row:
 
 
 def predict_fn(model, rankings):
-    """Jitted ``(variables, batch) -> ({ranking: scores[B,P,C]}, labels, object_scores)``."""
+    """Jitted ``(variables, batch) -> ({ranking: scores[B,P,C]}, objects)``.
+
+    ``objects``: ``object_labels`` / ``object_scores`` [B, N] and, in SGDet, the model's own
+    detections and pairs (``boxes``, ``object_mask``, ``pairs``, ``pair_mask``,
+    ``detection_labels``, ``detection_scores``: :func:`sgg_jax.experiment.relation.predict_outputs`),
+    which the scores of every ranking (the Scorer's included) refer to.
+    """
     import jax
 
     from sgg_jax.projects.cce_scorer.model import rank_predicate_scores
@@ -323,33 +328,55 @@ def predict_fn(model, rankings):
         distribution = jax.nn.softmax(outputs["relation_logits"], axis=-1)
         scorer_logits = outputs.get("scorer_logits")
         scores = {r: rank_predicate_scores(distribution, scorer_logits, r) for r in rankings}
-        return scores, outputs["object_labels"], outputs["object_scores"]
+        objects = {k: v for k, v in outputs.items() if k in _OBJECT_KEYS}
+        return scores, objects
 
     return predict
 
 
+# What predict_fn returns besides the scores: relation.predict_outputs' keys but the scores.
+_OBJECT_KEYS = ("object_labels", "object_scores", "boxes", "object_mask", "pairs", "pair_mask")
+_OBJECT_KEYS += ("detection_labels", "detection_scores")
+
+
 def multi_scorer(predict, variables, mesh, only=None) -> relation.MultiScorer:
-    """``batch -> {ranking: (scores, labels, object_scores)}``; ``only``: a ranking or a list."""
+    """``batch -> {ranking: (scores, labels, object_scores)}``, or in SGDet ``{ranking: the dict
+    of relation.predict_outputs}`` over the model's detection pairs; ``only``: a ranking or a
+    list."""
     from sgg_jax.train import shard_batch
 
     keep = None if only is None else ({only} if isinstance(only, str) else set(only))
 
     def scorers(batch):
-        scores, labels, object_scores = predict(variables, shard_batch(batch, mesh))
-        labels, object_scores = np.asarray(labels), np.asarray(object_scores)
-        return {
-            r: (np.asarray(s), labels, object_scores)
-            for r, s in scores.items()
-            if keep is None or r in keep
-        }
+        scores, objects = _to_numpy(predict(variables, shard_batch(batch, mesh)))
+        scores = {r: s for r, s in scores.items() if keep is None or r in keep}
+        if "boxes" in objects:  # SGDet: the model's detections and pairs
+            return {r: {**objects, "predicate_scores": s} for r, s in scores.items()}
+        labels, object_scores = objects["object_labels"], objects["object_scores"]
+        return {r: (s, labels, object_scores) for r, s in scores.items()}
 
     return scorers
 
 
+def _to_numpy(tree):
+    """Numpy copies of a tree of device arrays."""
+    import jax
+
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
 def training_confusion(
-    config: CCEScorerExperimentConfig, predict, variables, mesh, graphs, vocab, features
+    config: CCEScorerExperimentConfig,
+    predict,
+    variables,
+    mesh,
+    graphs,
+    vocab,
+    features,
+    image_transform=None,
 ) -> np.ndarray:
-    """Predicate confusion on the ground-truth pairs of ``graphs`` (report.predicate_confusion)."""
+    """Predicate confusion on the ground-truth pairs of ``graphs`` (report.predicate_confusion;
+    PredCls / SGCls: the pairs are the ground truth's)."""
     from sgg_jax.evaluation import report
 
     predictions = relation.collect_predictions(
@@ -358,6 +385,7 @@ def training_confusion(
         vocab,
         config.data,
         object_features=features,
+        image_transform=image_transform,
         object_buckets=config.eval_object_buckets,
     )["predicate"]
     return report.predicate_confusion(graphs, predictions, vocab.num_predicates)
@@ -406,7 +434,8 @@ def _run_row(
     loss_fn = make_cce_scorer_loss(loss_config, base_config)
     rankings = config.rankings(row)  # ce / cce (the confusion matrices' rows): ["predicate"]
     predict = predict_fn(model, rankings)
-    mesh = context["mesh"]
+    mesh, pixels = context["mesh"], context["pixels"]
+    image_transform = None if pixels is None else pixels.transform
 
     def evaluate(variables, graphs, features, only, zeroshot=None):
         return relation.evaluate_scorers(
@@ -417,6 +446,7 @@ def _run_row(
             mode=data.task,
             zeroshot_triplets=zeroshot,
             object_features=features,
+            image_transform=image_transform,
             object_buckets=config.eval_object_buckets,
         )
 
@@ -441,6 +471,17 @@ def _run_row(
         "rankings": rankings,
         "model": {k: v for k, v in vars(base_config).items() if not isinstance(v, np.ndarray)},
     }
+    init_variables, pixel_options = None, {}
+    if tables:
+        init_variables = functools.partial(with_tables, scope="base", **tables)
+    if pixels is not None:  # the pretrained detector under base/features/detector, then the tables
+        run_config.update(pixels.source_config())
+        pixel_options = pixels.train_options(context["splits"]["train"], context["loader"], "base")
+
+        def init_variables(fresh):
+            fresh = pixels.merge_detector(fresh, scope="base")
+            return with_tables(fresh, scope="base", **tables) if tables else fresh
+
     start = time.perf_counter()
     state, last = train(
         model,
@@ -461,7 +502,8 @@ def _run_row(
         eval_fn=eval_fn,
         mesh=mesh,
         config=run_config,
-        init_variables=functools.partial(with_tables, scope="base", **tables) if tables else None,
+        init_variables=init_variables,
+        **pixel_options,
     )
     train_seconds = time.perf_counter() - start
     variables = state.variables
@@ -482,13 +524,15 @@ def _run_row(
         if name in last:
             timing[f"final_{name}"] = float(last[name])
     confusion = None
-    if config.confusion and row in ("ce", "cce"):
+    if config.confusion and row in ("ce", "cce") and data.task != "sgdet":
         graphs = context["splits"]["train"]
         features = context["features"]["train"]
         if config.confusion_images:
             graphs = graphs[: config.confusion_images]
             features = None if features is None else features[: config.confusion_images]
-        confusion = training_confusion(config, predict, variables, mesh, graphs, vocab, features)
+        confusion = training_confusion(
+            config, predict, variables, mesh, graphs, vocab, features, image_transform
+        )
     label = f"{BASE_LABELS[base]} {ROW_LABELS[row]}"
     print(
         f"{label}: trained {train_seconds:.0f} s, evaluated {eval_seconds:.0f} s; "
@@ -526,7 +570,9 @@ def run_rows(config: CCEScorerExperimentConfig, workdir: str, splits, vocab) -> 
     if data.eval_images:
         val_graphs = val_graphs[: data.eval_images]
         val_features = None if val_features is None else val_features[: data.eval_images]
+    pixels = relation.PixelInputs(data) if data.feature_source == "roi" else None
     context = {
+        "pixels": pixels,
         "splits": splits,
         "vocab": vocab,
         "features": features,
@@ -542,7 +588,7 @@ def run_rows(config: CCEScorerExperimentConfig, workdir: str, splits, vocab) -> 
     }
     runs, timings, confusions = {}, {}, {}
     for base in config.base_models:
-        base_config, tables = _base_config(config, base, vocab, frequency)
+        base_config, tables = _base_config(config, base, vocab, frequency, pixels)
         for row in config.rows:
             row_runs, timing, confusion = _run_row(
                 config, workdir, context, base, base_config, row, tables

@@ -22,9 +22,15 @@ Scorer inputs (per image of the batch):
   inference only, so ``outputs["relation_logits"]`` would differ between training and test and the
   Scorer would be tested on inputs it never saw), else ``outputs["relation_logits"]`` (MotifNet adds
   its trainable bias in both);
-* global image feature ``g`` = the masked mean of the object features
-  (:func:`~sgg_jax.projects.cce_scorer.scorer.global_image_feature` of ``aux["object_features"]``): there are no
-  pixels here, so no CNN image feature as in the paper.
+* global image feature ``g``: from pixels (``roi`` feature source) the base model's
+  ``outputs["image_feature"]``, the detector backbone's top map averaged over the image
+  (:func:`sgg_jax.relation.features.pooled_image_feature`), the CNN image feature of the paper;
+  without pixels (``geometry`` / ``precomputed``) the masked mean of the object features
+  (:func:`~sgg_jax.projects.cce_scorer.scorer.global_image_feature` of ``aux["object_features"]``).
+
+In SGDet the pairs are the detections' pairs the base model makes (``aux["targets"]``, the batch
+over the detections, :func:`sgg_jax.relation.losses.targets_of`): the Scorer scores and ranks
+those pairs, with that batch's pair and object masks.
 
 Gradient: with ``detach_scorer_inputs=True`` (default) all three inputs pass
 ``jax.lax.stop_gradient``: the Scorer's BCE trains the Scorer only and the base model is trained by
@@ -70,6 +76,7 @@ import jax.numpy as jnp
 
 from sgg_jax.errors import ConfigError
 from sgg_jax.projects.cce_scorer.scorer import Scorer, ScorerConfig, global_image_feature
+from sgg_jax.relation.losses import targets_of
 from sgg_jax.structures import SceneGraphBatch
 
 RANKINGS = ("predicate", "scorer_x_predicate", "scorer")
@@ -113,16 +120,19 @@ class CCEScorerModel(nn.Module):
                 raise ConfigError(
                     "base", f"the base model's aux has no {key!r}; the Scorer needs it"
                 )
+        pairs = targets_of(aux, batch)  # SGDet: the batch over the detections
         logits = aux.get("unbiased_relation_logits", outputs["relation_logits"])
         relation_features = aux["relation_embedding"]
         predicate_distribution = jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
-        image_features = global_image_feature(aux["object_features"], batch.object_mask)
+        image_features = outputs.get("image_feature")
+        if image_features is None:
+            image_features = global_image_feature(aux["object_features"], pairs.object_mask)
         if self.detach_scorer_inputs:
             relation_features, predicate_distribution, image_features = jax.lax.stop_gradient(
                 (relation_features, predicate_distribution, image_features)
             )
         score_logits, scorer_aux = Scorer(self.scorer_config, name="scorer")(
-            relation_features, predicate_distribution, image_features, batch.pair_mask
+            relation_features, predicate_distribution, image_features, pairs.pair_mask
         )
         outputs = {**outputs, "scorer_logits": score_logits}
         aux = {**aux, **{f"scorer_{name}": value for name, value in scorer_aux.items()}}

@@ -36,8 +36,9 @@ Choices where the paper leaves room (documented so they can be changed in one pl
   (``jax.lax.stop_gradient`` before the call detaches them;
   :class:`sgg_jax.projects.cce_scorer.model.CCEScorerModel` ``detach_scorer_inputs``).
 
-When the images have no pixels, :func:`global_image_feature` gives ``g`` as the masked mean of the
-object features.
+With pixels (``roi`` feature source) ``g`` is the detector backbone's globally pooled top map
+(:func:`sgg_jax.relation.features.pooled_image_feature`); when the images have no pixels,
+:func:`global_image_feature` gives ``g`` as the masked mean of the object features.
 """
 
 from __future__ import annotations

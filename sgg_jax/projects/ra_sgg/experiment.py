@@ -369,12 +369,7 @@ def _model_config(config: RASGGExperimentConfig, vocab, frequency=None, pixels=N
         vectors["predicate_word_vectors"] = table
         print(f"predicate_word_vectors: {missing} of {len(table)} names not in the bundled table")
     if pixels is not None:
-        vectors.update(
-            detector=pixels.detector,
-            freeze_detector=config.data.freeze_detector,
-            union_features=config.data.union_features,
-            sgdet=relation.sgdet_config(config.data),
-        )
+        vectors.update(pixels.model_fields())
     names = ("object_word_vectors", "predicate_word_vectors", "frequency_bias")
     tables = {name: vectors.pop(name) for name in names if name in vectors}
     for table in (tables.get("object_word_vectors"), tables.get("predicate_word_vectors")):
@@ -496,19 +491,12 @@ class _Experiment:
 
         pixel_options = {}
         if self.pixels is not None:
-            from sgg_jax.relation.features import relation_trainable_mask
             from sgg_jax.train import ComposedTransform
 
+            pixel_options = self.pixels.train_options(self.splits["train"], self.loader)
             # The pixels first: a later transform (RA-SGG's retrieval) runs the model on them.
             batch_transform = ComposedTransform(
-                self.pixels.transform(self.splits["train"]), batch_transform
-            )
-            pixel_options = dict(
-                example_batch=self.pixels.example_batch(self.splits["train"], self.loader),
-                trainable=relation_trainable_mask(
-                    self.model_config.detector, self.model_config.freeze_detector
-                ),
-                external_variables=self.pixels.external_variables(self.data.freeze_detector),
+                pixel_options.pop("batch_transform"), batch_transform
             )
         if init_variables is None and (self.tables or self.pixels is not None):
             init_variables = self.fresh_variables
