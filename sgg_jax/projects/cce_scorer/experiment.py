@@ -285,7 +285,6 @@ def _base_config(config: CCEScorerExperimentConfig, base: str, vocab, frequency,
         vocab.num_predicates,
         task=config.data.task,
         feature_source=config.data.feature_source,
-        union_features=config.data.union_features,
         frequency_bias="frequency_bias" in extra,
         **sizes,
     )
