@@ -91,3 +91,86 @@ def test_every_base_flagfile_is_included_and_only_holds_flags():
         assert any(f"--flagfile=experiments/flags/{base}\n" in t for t in text.values()), base
         lines = [line for line in text[base].splitlines() if line.strip()]
         assert all(line.startswith(("#", "--")) for line in lines), base
+
+
+# The papers' settings on the RoI features of a Scene-Graph-Benchmark detector: every flagfile that
+# includes base_sgb_roi.flags, built with the files its command names (a VG150 fixture in the
+# released formats, the bundled GQA-200 files, a tiny SGB-layout .pth), alone and with the laptop
+# overrides of its experiment.
+def _includes(name: str) -> set[str]:
+    """The flagfiles ``name`` includes, at any depth."""
+    found = set()
+    for line in (FLAGS_DIR / name).read_text().splitlines():
+        if line.startswith("--flagfile=experiments/flags/"):
+            child = line.split("/", 2)[2]
+            found |= {child, *_includes(child)}
+    return found
+
+
+PAPER_ROI = sorted(name for name in RELATION if "base_sgb_roi.flags" in _includes(name))
+
+
+@pytest.fixture(scope="module")
+def paper_files(tmp_path_factory):
+    from sgg_jax.data import vg150
+    from tests.detection import write_sgb_checkpoint
+    from tests.experiments.vg150_fixture import write_vg150_fixture
+
+    root = tmp_path_factory.mktemp("paper_files")
+    vg = write_vg150_fixture(root / "vg150", num_train=4, num_test=2)
+    checkpoint = root / "model_final.pth"
+    write_sgb_checkpoint(checkpoint, 151)
+    resources = os.path.join(os.path.dirname(vg150.__file__), "resources")
+    gqa_test = os.path.join(resources, "GQA_200_Test.json.gz")
+    return {
+        "vg150": (
+            f"--vg150_h5={vg['h5']}",
+            f"--vg150_dicts={vg['dicts']}",
+            f"--vg150_image_data={vg['image_data']}",
+            f"--vg150_image_dir={vg['image_dir']}",
+            f"--detector_checkpoint={checkpoint}",
+        ),
+        "gqa200": (
+            f"--gqa200_train={gqa_test}",
+            f"--gqa200_test={gqa_test}",
+            f"--gqa200_id_info={os.path.join(resources, 'GQA_200_ID_Info.json.gz')}",
+            f"--gqa200_image_dir={root}",
+            f"--detector_checkpoint={checkpoint}",
+        ),
+    }
+
+
+def test_every_paper_task_has_a_roi_flagfile():
+    expected = {
+        f"{method}_{dataset}_{task}.flags"
+        for method in ("ra_sgg", "cce_scorer")
+        for dataset in ("vg150", "gqa200")
+        for task in ("predcls", "sgcls", "sgdet")
+    }
+    assert expected <= set(PAPER_ROI)
+
+
+@pytest.mark.parametrize("laptop", [False, True], ids=["paper", "laptop"])
+@pytest.mark.parametrize("name", PAPER_ROI)
+def test_paper_roi_flagfile_builds_with_its_files(name, laptop, paper_files):
+    method = "cce_scorer" if name.startswith("cce_scorer") else "ra_sgg"
+    module = cce_scorer if method == "cce_scorer" else ra_sgg
+    dataset = "gqa200" if "gqa200" in name else "vg150"
+    args = [f"--flagfile=experiments/flags/{name}"]
+    if laptop:
+        args.append(f"--flagfile=experiments/flags/laptop/{method}.flags")
+    config = config_of(module, *args, *paper_files[dataset])
+    data = config.data
+    assert data.dataset == dataset and name.endswith(f"_{data.task}.flags")
+    assert (data.feature_source, data.union_features, data.freeze_detector) == ("roi", "sgb", True)
+    assert data.detector_checkpoint and data.detections_per_image == (8 if laptop else 80)
+    if not laptop:
+        assert config.num_steps >= 20000 and config.model_size == "official"
+        return
+    # Scaled down with every milestone inside its shortened phase: no hand-edited schedule.
+    assert config.num_steps == 6 and config.model_size == "small" and data.batch_size == 2
+    assert all(0 < step < config.num_steps for step in config.optim.decay_steps)
+    if method == "ra_sgg":
+        phase2 = config.phase2
+        assert all(0 < step < phase2.phase2_steps for step in phase2.phase2_decay_steps)
+        assert phase2.ablations == ("continue_penet",)
