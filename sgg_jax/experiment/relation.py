@@ -275,6 +275,11 @@ def load_splits(
     ``image_data.json`` sizes corrected with one warning line, anything else one DataError), after
     the detector's classes (:func:`check_detector_classes`).
     """
+    if data.task == "sgcls" and data.feature_source == "geometry":
+        print(
+            "warning: --task=sgcls with --feature_source=geometry classifies objects from box "
+            "geometry alone (no pixels); the papers use --feature_source=roi (or precomputed)"
+        )
     if data.dataset == "synthetic_pixels":
         from sgg_jax.data.pixel_dataset import PixelDatasetConfig, pixel_splits
 

@@ -84,3 +84,15 @@ def test_data_config_names_the_flag_of_a_bad_value(options, option, message):
     # replace() checks again: a config is valid whenever it exists
     with pytest.raises(ConfigError):
         dataclasses.replace(DataConfig(), **options)
+
+
+def test_sgcls_on_box_geometry_warns_in_one_line(capsys):
+    data = relation.DataConfig(dataset="synthetic", synthetic_images=20, task="sgcls")
+    relation.load_splits(data)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert lines == [
+        "warning: --task=sgcls with --feature_source=geometry classifies objects from box "
+        "geometry alone (no pixels); the papers use --feature_source=roi (or precomputed)"
+    ]
+    relation.load_splits(relation.DataConfig(dataset="synthetic", synthetic_images=20))
+    assert "warning" not in capsys.readouterr().out  # PredCls: the objects are given

@@ -112,32 +112,9 @@ PAPER_ROI = sorted(name for name in RELATION if "base_sgb_roi.flags" in _include
 
 @pytest.fixture(scope="module")
 def paper_files(tmp_path_factory):
-    from sgg_jax.data import vg150
-    from tests.detection import write_sgb_checkpoint
-    from tests.experiments.vg150_fixture import write_vg150_fixture
+    from tests.experiments.vg150_fixture import paper_flag_args
 
-    root = tmp_path_factory.mktemp("paper_files")
-    vg = write_vg150_fixture(root / "vg150", num_train=4, num_test=2)
-    checkpoint = root / "model_final.pth"
-    write_sgb_checkpoint(checkpoint, 151)
-    resources = os.path.join(os.path.dirname(vg150.__file__), "resources")
-    gqa_test = os.path.join(resources, "GQA_200_Test.json.gz")
-    return {
-        "vg150": (
-            f"--vg150_h5={vg['h5']}",
-            f"--vg150_dicts={vg['dicts']}",
-            f"--vg150_image_data={vg['image_data']}",
-            f"--vg150_image_dir={vg['image_dir']}",
-            f"--detector_checkpoint={checkpoint}",
-        ),
-        "gqa200": (
-            f"--gqa200_train={gqa_test}",
-            f"--gqa200_test={gqa_test}",
-            f"--gqa200_id_info={os.path.join(resources, 'GQA_200_ID_Info.json.gz')}",
-            f"--gqa200_image_dir={root}",
-            f"--detector_checkpoint={checkpoint}",
-        ),
-    }
+    return paper_flag_args(tmp_path_factory.mktemp("paper_files"), num_train=4, num_test=2)
 
 
 def test_every_paper_task_has_a_roi_flagfile():

@@ -149,3 +149,39 @@ def write_vg150_fixture(
         "image_data": image_data_path,
         "image_dir": image_dir,
     }
+
+
+def paper_flag_args(root: str | os.PathLike, **fixture_options) -> dict[str, tuple[str, ...]]:
+    """The data and detector flags the paper flagfiles' commands name, per dataset.
+
+    Writes under ``root`` a VG150 fixture (:func:`write_vg150_fixture`) and a tiny
+    Scene-Graph-Benchmark-layout ``model_final.pth`` of 151 classes (random weights, torch's zip
+    format); GQA-200 uses the bundled test split as both its train and test file.
+
+    Returns:
+      ``{"vg150": flags, "gqa200": flags}``.
+    """
+    from tests.detection import write_sgb_checkpoint
+
+    root = os.fspath(root)
+    vg = write_vg150_fixture(os.path.join(root, "vg150"), **fixture_options)
+    checkpoint = os.path.join(root, "model_final.pth")
+    write_sgb_checkpoint(checkpoint, 151)
+    resources = os.path.join(os.path.dirname(vg150.__file__), "resources")
+    gqa_test = os.path.join(resources, "GQA_200_Test.json.gz")
+    return {
+        "vg150": (
+            f"--vg150_h5={vg['h5']}",
+            f"--vg150_dicts={vg['dicts']}",
+            f"--vg150_image_data={vg['image_data']}",
+            f"--vg150_image_dir={vg['image_dir']}",
+            f"--detector_checkpoint={checkpoint}",
+        ),
+        "gqa200": (
+            f"--gqa200_train={gqa_test}",
+            f"--gqa200_test={gqa_test}",
+            f"--gqa200_id_info={os.path.join(resources, 'GQA_200_ID_Info.json.gz')}",
+            f"--gqa200_image_dir={root}",
+            f"--detector_checkpoint={checkpoint}",
+        ),
+    }
