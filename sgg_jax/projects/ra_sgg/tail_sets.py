@@ -62,18 +62,24 @@ def official_tail_ids(dataset: str) -> tuple[int, ...] | None:
 
 
 def rarest_predicates(predicate_counts, fraction: float) -> np.ndarray:
-    """The rarest ``ceil(fraction * P)`` predicates by training count (ties: lower id first).
+    """The rarest ``ceil(fraction * P_seen)`` of the ``P_seen`` predicates seen in training, by
+    training count (ties: lower id first).
 
-    The tail set of a dataset without an official one (e.g. the synthetic data).
+    The tail set of a dataset without an official one (e.g. the synthetic data). A predicate never
+    seen in training has no memory-bank entry, so no neighbour can carry it: counting it as tail
+    would only shrink the tail set that can fire (the synthetic pixel data keeps 18 of its 50
+    predicates; with every predicate counted its rarest third were all unseen and the official rule
+    never fired). With every predicate seen this is the rarest ``ceil(fraction * P)``.
 
     Args:
       predicate_counts: int[P+1] (index 0 ignored).
       fraction: in (0, 1].
 
     Returns:
-      int64 sorted predicate ids.
+      int64 sorted predicate ids (empty when no predicate is seen).
     """
     counts = np.asarray(predicate_counts, np.int64)[1:]
-    number = int(np.ceil(fraction * counts.shape[0]))
-    order = np.lexsort((np.arange(counts.shape[0]), counts))  # ascending count, then id
+    seen = np.flatnonzero(counts > 0)
+    number = int(np.ceil(fraction * seen.shape[0]))
+    order = seen[np.lexsort((seen, counts[seen]))]  # ascending count, then id
     return np.sort(order[:number] + 1).astype(np.int64)

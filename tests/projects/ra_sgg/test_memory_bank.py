@@ -127,6 +127,12 @@ def test_tail_predicates_are_the_rarest():
     np.testing.assert_array_equal(tail_predicates([0, 5, 1], 1.0), [1, 2])
 
 
+def test_tail_predicates_are_the_rarest_of_those_seen_in_training():
+    # 2 and 4 never occur: no bank entry can carry them, so the rarest third of the 4 seen ones.
+    np.testing.assert_array_equal(tail_predicates([0, 50, 0, 9, 0, 100, 1], 1 / 3), [3, 6])
+    np.testing.assert_array_equal(tail_predicates([0, 0, 0], 0.5), np.zeros(0, np.int64))
+
+
 # ----------------------------------------------------------------------------------------------
 # The batch transform on a hand-built bank
 # ----------------------------------------------------------------------------------------------
