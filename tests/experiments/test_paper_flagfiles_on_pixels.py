@@ -30,7 +30,6 @@ def _flag(args, name):
 @pytest.mark.parametrize(
     "module, flagfile",
     [
-        ("experiments.ra_sgg", "ra_sgg_vg150_predcls"),
         ("experiments.ra_sgg", "ra_sgg_vg150_sgdet"),
         ("experiments.cce_scorer", "cce_scorer_vg150_sgdet"),
     ],
