@@ -174,6 +174,11 @@ class DataConfig:
                 "synthetic_pixels is the pixel dataset of --feature_source=roi (or precomputed "
                 "features of its images)",
             )
+        for name in _REQUIRED_PATHS.get(self.dataset, ()):
+            if not getattr(self, name):
+                raise ConfigError(name, f"is required with --dataset={self.dataset}")
+            if name != "tfds_name" and not os.path.exists(getattr(self, name)):
+                raise ConfigError(name, f"{getattr(self, name)} does not exist")
         if self.detector_checkpoint and self.feature_source != "roi":
             raise ConfigError("detector_checkpoint", "is read with --feature_source=roi only")
         if self.feature_source == "roi" and self.detector_checkpoint:
@@ -224,11 +229,6 @@ class DataConfig:
             value = getattr(self, name)
             if value and not os.path.isdir(value):
                 raise ConfigError(name, f"{value} is not a directory")
-        for name in _REQUIRED_PATHS.get(self.dataset, ()):
-            if not getattr(self, name):
-                raise ConfigError(name, f"is required with --dataset={self.dataset}")
-            if name != "tfds_name" and not os.path.exists(getattr(self, name)):
-                raise ConfigError(name, f"{getattr(self, name)} does not exist")
 
     def paths(self) -> dict[str, str]:
         """The raw files as the ``paths`` of :func:`sgg_jax.data.datasets.load`."""

@@ -227,6 +227,7 @@ def test_relation_pixel_inputs_use_the_detector_convention(tmp_path, files):
     (tmp_path / "config.json").write_text(json.dumps(record))
     data = types.SimpleNamespace(
         detector_workdir=str(tmp_path),
+        detector_checkpoint=None,
         detections_per_image=0,
         image_size=0,
         max_image_pixels=10**8,
@@ -251,9 +252,11 @@ def test_relation_pixel_inputs_freeze_the_detector_of_a_wrapped_model(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(record))
     data = types.SimpleNamespace(
         detector_workdir=str(tmp_path),
+        detector_checkpoint=None,
         detections_per_image=0,
         image_size=0,
         max_image_pixels=10**8,
+        union_features=None,
         freeze_detector=True,
         max_pairs=32,
         max_fg=8,

@@ -111,10 +111,13 @@ def test_bad_phase2_flags_are_one_line_errors(args, message):
 
 @pytest.mark.parametrize("dataset, option", [("vg150", "vg150_h5"), ("gqa200", "gqa200_train")])
 @pytest.mark.parametrize("task", ["predcls", "sgcls"])
-def test_official_ra_sgg_flagfiles_parse_and_ask_for_their_data(dataset, option, task):
+def test_official_ra_sgg_flagfiles_parse_and_ask_for_their_data(dataset, option, task, tmp_path):
     error = config_error(ra_sgg, f"--flagfile=experiments/flags/ra_sgg_{dataset}_{task}.flags")
     assert error_line(error) == f"error: option '{option}': is required with --dataset={dataset}"
-    # with the files given (any existing path passes the check) the flagfile is a valid config
+    # with the files given (any existing path passes the check; the checkpoint's contents are
+    # read when the run starts) the flagfile is a valid config
+    checkpoint = tmp_path / "model_final.pth"
+    checkpoint.write_bytes(b"")
     paths = {
         "vg150": ("vg150_h5", "vg150_dicts", "vg150_image_data"),
         "gqa200": ("gqa200_train", "gqa200_test", "gqa200_id_info"),
@@ -123,6 +126,8 @@ def test_official_ra_sgg_flagfiles_parse_and_ask_for_their_data(dataset, option,
         ra_sgg,
         f"--flagfile=experiments/flags/ra_sgg_{dataset}_{task}.flags",
         *(f"--{name}={__file__}" for name in paths),
+        f"--detector_checkpoint={checkpoint}",
     )
     assert (config.method, config.data.dataset, config.data.task) == ("ra_sgg", dataset, task)
+    assert config.data.feature_source == "roi" and config.data.union_features == "sgb"
     assert config.phase2.variant == "official" and config.phase2.bank == "official"

@@ -167,6 +167,7 @@ def _detection_bank(sgdet, max_per_triplet=None):
     return bank
 
 
+@pytest.mark.e2e  # compiles the SGDet model (~1 min of CPU)
 def test_sgdet_bank_holds_the_ground_truth_matched_detection_pairs(sgdet):
     bank = _detection_bank(sgdet)
     expected, classes = _expected_entries(sgdet["detections"], sgdet["graphs"])
@@ -188,6 +189,7 @@ def test_sgdet_bank_holds_the_ground_truth_matched_detection_pairs(sgdet):
     assert capped.size == len({tuple(t) for t in bank.entries.triplets})
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("variant", ["paper", "official"])
 def test_sgdet_soft_targets_follow_the_updates_detection_pairs(sgdet, variant):
     bank = _detection_bank(sgdet)
