@@ -11,8 +11,9 @@ import shutil
 
 import pytest
 
+from sgg_jax.data.images import InputConvention
 from sgg_jax.errors import DataError
-from tests.experiments import ROOT, config_of
+from tests.experiments import config_of
 from tests.experiments.test_detector_experiment import _relation_run
 from tests.experiments.vg150_fixture import paper_flag_args
 
@@ -62,7 +63,7 @@ def test_paper_flagfile_runs_on_a_vg150_fixture_with_an_sgb_pth(
         assert results["runs"].keys() >= {"PE-Net", "RA-SGG"}
         export = json.loads((workdir / "export" / "config.json").read_text())
         transform = export["image_transform"]
-        assert transform["bgr"] and transform["input_convention"]["name"] == "sgb"
+        assert transform["bgr"] and transform["input_convention"] == InputConvention.sgb().to_dict()
     else:
         assert {"motifs/ce", "penet/cce_scorer"} <= results["runs"].keys()
 
@@ -88,4 +89,3 @@ def test_a_missing_image_stops_the_paper_run_in_one_line_before_training(vg150_f
     message = str(caught.value)
     assert "\n" not in message and missing in message and "image_path" in message
     assert not (tmp_path / "run" / "phase1" / "checkpoints").exists()
-    assert ROOT.exists()
