@@ -145,7 +145,7 @@ def test_paper_roi_flagfile_builds_with_its_files(name, laptop, paper_files):
         assert config.num_steps >= 20000 and config.model_size == "official"
         return
     # Scaled down with every milestone inside its shortened phase: no hand-edited schedule.
-    assert config.num_steps == 6 and config.model_size == "small" and data.batch_size == 2
+    assert config.num_steps == 6 and config.model_size == "small" and data.batch_size == 4
     assert all(0 < step < config.num_steps for step in config.optim.decay_steps)
     if method == "ra_sgg":
         phase2 = config.phase2
