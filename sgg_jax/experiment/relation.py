@@ -270,10 +270,11 @@ def load_splits(
 ) -> tuple[dict[str, Sequence[SceneGraph]], Vocab]:
     """Train / val / test graphs of ``data.dataset`` and the vocabulary (train counts).
 
-    With ``feature_source="roi"`` (and ``check_images``) every image's header size is checked
+    With ``feature_source="roi"`` (and ``check_images``) the detector's classes are checked
+    against the vocabulary (:func:`check_detector_classes`), then every image's header size
     against its annotation (:func:`sgg_jax.data.image_check.check_splits`: VG150's known wrong
-    ``image_data.json`` sizes corrected with one warning line, anything else one DataError), after
-    the detector's classes (:func:`check_detector_classes`).
+    ``image_data.json`` sizes corrected with one warning line, anything else one DataError; the
+    rendered ``synthetic_pixels`` images are the detector run's own).
     """
     if data.task == "sgcls" and data.feature_source == "geometry":
         print(
@@ -287,6 +288,8 @@ def load_splits(
         recipe = PixelDatasetConfig.from_manifest(detector_flags)
         image_dir = os.path.join(data.detector_workdir, "images")
         splits, vocab, _ = pixel_splits(recipe, image_dir)
+        if check_images:
+            check_detector_classes(data, vocab)
         return splits, vocab
     splits = {}
     vocab = None
@@ -307,7 +310,6 @@ def load_splits(
         from sgg_jax.data import image_check
 
         check_detector_classes(data, vocab)  # the cheaper check first
-
         kind = "vg150" if is_vg150(data.dataset, vocab) else data.dataset
         splits = image_check.check_splits(splits, dataset=kind, max_pixels=data.max_image_pixels)
     return splits, vocab
@@ -770,8 +772,8 @@ def detector_num_classes(data: DataConfig) -> int:
 
 def check_detector_classes(data: DataConfig, vocab: Vocab) -> None:
     """With ``feature_source="roi"``: the detector's box predictor must classify the vocabulary's
-    objects (``num_classes == vocab.num_classes + 1``, background included); call it after
-    :func:`load_splits`, before anything is built.
+    objects (``num_classes == vocab.num_classes + 1``, background included). :func:`load_splits`
+    calls it, so a relation experiment fails here before anything is built.
 
     Raises:
       ConfigError: one line naming the flag, the file and both counts.

@@ -551,7 +551,6 @@ def run(config: CCEScorerExperimentConfig, workdir: str) -> dict[str, Any]:
     """
     check_writable_dir(workdir, "workdir")
     splits, vocab = relation.load_splits(config.data)
-    relation.check_detector_classes(config.data, vocab)
     return run_rows(config, workdir, splits, vocab)
 
 

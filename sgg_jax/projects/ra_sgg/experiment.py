@@ -267,7 +267,6 @@ def run(config: RASGGExperimentConfig, workdir: str) -> dict[str, Any]:
     """
     check_writable_dir(workdir, "workdir")
     splits, vocab = relation.load_splits(config.data)
-    relation.check_detector_classes(config.data, vocab)
     if config.method == "data":
         return run_data_stage(config, workdir, splits, vocab)
     if config.method == "ra_sgg":
