@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from absl import logging
 
+from sgg_jax import distributed
 from sgg_jax.errors import ConfigError, DataError
 
 
@@ -41,6 +42,8 @@ def run_command(
         print(f"error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
         return 2
     try:
+        if distributed.launch_environment() is not None:  # started by python -m sgg_jax.launch
+            distributed.initialize()
         body()
     except (DataError, ConfigError, *extra_errors) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -21,7 +21,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sgg_jax"
 
-CORE_MODULES = {"structures", "boxes", "masked", "errors", "nn"}
+CORE_MODULES = {"structures", "boxes", "masked", "errors", "nn", "distributed", "launch"}
 SHARED = ("core", "data", "detection", "relation", "retrieval", "train", "evaluation", "experiment")
 # What each shared layer may import (besides itself); a project may import all of SHARED.
 ALLOWED = {

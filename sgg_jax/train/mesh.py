@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sgg_jax import distributed
 from sgg_jax.errors import ConfigError
 
 DATA_AXIS = "data"
@@ -40,22 +41,16 @@ def initialize_distributed(enabled: bool, **options: Any) -> bool:
     Args:
       enabled: whether to initialise; False does nothing.
       **options: passed to ``jax.distributed.initialize`` (``coordinator_address``,
-        ``num_processes``, ``process_id``, ...); empty = detect the cluster (SLURM, TPU pods, ...).
+        ``num_processes``, ``process_id``, ...); empty = the variables of ``python -m
+        sgg_jax.launch``, else JAX's cluster detection (Slurm, TPU pods, ...). See
+        :func:`sgg_jax.distributed.initialize`.
 
     Returns:
       True when ``jax.distributed.initialize`` was called.
     """
     if not enabled:
         return False
-    jax.distributed.initialize(**options)
-    _LOG.info(
-        "process %d of %d, %d local / %d global devices",
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-    )
-    return True
+    return distributed.initialize(**options)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
