@@ -99,6 +99,9 @@ def initialize(**options: Any) -> bool:
     options.setdefault("initialization_timeout", timeout)
     options.setdefault("heartbeat_timeout_seconds", max(10, timeout))
     options.setdefault("shutdown_timeout_seconds", max(10, timeout))
+    address, process_id = options.get("coordinator_address"), options.get("process_id")
+    if address and process_id:  # not the coordinator: is anyone listening there?
+        wait_for_coordinator(address, int(process_id), timeout)
     # CPU processes exchange arrays through gloo; harmless for GPU / TPU backends.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**options)
@@ -111,6 +114,35 @@ def initialize(**options: Any) -> bool:
         jax.device_count(),
     )
     return True
+
+
+def wait_for_coordinator(address: str, process_id: int, timeout: float) -> None:
+    """Waits until the coordinator at ``host:port`` accepts connections.
+
+    JAX's own client aborts the process (a C++ fatal error and a stack dump) when the coordinator
+    never answers; this check turns the common case (process 0 did not start, or listens
+    elsewhere) into one line.
+
+    Raises:
+      ConfigError: nothing accepts connections at ``address`` within ``timeout`` seconds.
+    """
+    import socket
+    import time
+
+    host, _, port = address.rpartition(":")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    ENV_COORDINATOR,
+                    f"process {process_id}: no coordinator accepts connections at {address} "
+                    f"after {timeout:g} s (did process 0 start?)",
+                ) from None
+            time.sleep(0.2)
 
 
 def process_index() -> int:

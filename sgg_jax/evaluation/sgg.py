@@ -66,6 +66,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from sgg_jax import boxes as box_ops
+from sgg_jax.distributed import allgather_rows
 from sgg_jax.errors import ConfigError, DataError
 from sgg_jax.structures import Prediction, SceneGraph
 
@@ -634,6 +635,15 @@ class _RecallSums:
                     zeroshot_hits[has_zeroshot] / zeroshot_counts[has_zeroshot]
                 )
 
+    def gather(self) -> None:
+        """Replaces the terms of this process by those of every process (same per-image values)."""
+        for terms in (self._recall, self._class_recall, self._zeroshot):
+            for k in self.ks:
+                terms[k] = [allgather_rows(np.concatenate([np.zeros(0), *terms[k]]))]
+        self._class_ids = [
+            allgather_rows(np.concatenate([np.zeros(0, np.int64), *self._class_ids]))
+        ]
+
     def recall(self, k) -> float:
         """Sum over images of the image's recall."""
         return math.fsum(np.concatenate([[], *self._recall[k]]))
@@ -673,9 +683,12 @@ def _zeroshot_mask(chunk: _Chunk, zeroshot_triplets: np.ndarray) -> np.ndarray:
 
 
 def _iterate_chunks(
-    groundtruths, predictions, empty_prediction, chunk_size, counts
+    groundtruths, predictions, empty_prediction, chunk_size, counts, local=None
 ) -> Iterator[list[tuple[int, SceneGraph, Prediction]]]:
-    """Groups the evaluated images into chunks of at most ``chunk_size`` predicted pairs."""
+    """Groups the evaluated images into chunks of at most ``chunk_size`` predicted pairs.
+
+    ``local``: bool[num_images], the images this process evaluates (None = all).
+    """
     items, pairs_in_chunk = [], 0
     first_index: dict[str, int] = {}
     for index in range(len(groundtruths)):
@@ -694,6 +707,8 @@ def _iterate_chunks(
                 field="groundtruths",
             )
         first_index[graph.image_id] = index
+        if local is not None and not local[index]:
+            continue
         if graph.num_relations == 0:
             counts["num_images_skipped_no_gt"] += 1
             continue
@@ -738,6 +753,7 @@ def evaluate(
     phrdet: bool = False,
     empty_prediction: str = "skip",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    images: Sequence[int] | np.ndarray | None = None,
 ) -> dict:
     """Scene Graph Benchmark metrics of predictions against ground-truth scene graphs.
 
@@ -763,6 +779,14 @@ def evaluate(
       chunk_size: images are processed in chunks of at most this many predicted pairs (an image
         with more forms a chunk alone). Working memory is about ``chunk_size * (P + 1) * 13`` bytes
         (the results do not depend on it).
+      images: several processes: the indices of the images this process evaluates (its
+        predictions; the other entries of ``predictions`` are not read and may be None). Every
+        process of the job calls ``evaluate`` with its own images (disjoint, together every
+        image) and gets the metrics of all of them: the per-image terms (recalls per image, per
+        image and predicate, zero-shot recalls, pair-accuracy hits and counts) are gathered
+        (:func:`sgg_jax.distributed.allgather_rows`, bit for bit) and summed exactly as one process
+        sums them, so the result equals a single-process evaluation exactly. No process holds
+        the others' predictions. None = every image, nothing gathered.
 
     Returns:
       dict of python floats in [0, 1]: ``R@K``, ``ngR@K``, ``mR@K``, ``ngmR@K``, ``zR@K`` and
@@ -804,7 +828,15 @@ def evaluate(
     accuracy_hits = dict.fromkeys(ks, 0.0)
     accuracy_count = 0.0
 
-    for items in _iterate_chunks(groundtruths, predictions, empty_prediction, chunk_size, counts):
+    local = None
+    if images is not None:
+        local = np.zeros(len(groundtruths), bool)
+        chosen = np.asarray(images, np.int64).reshape(-1)
+        if chosen.size and (chosen.min() < 0 or chosen.max() >= len(groundtruths)):
+            raise ConfigError("images", f"indices must lie in [0, {len(groundtruths)})")
+        local[chosen] = True
+    chunks = _iterate_chunks(groundtruths, predictions, empty_prediction, chunk_size, counts, local)
+    for items in chunks:
         chunk = _Chunk(items, mode, num_predicates)
         counts["num_images_evaluated"] += chunk.num_images
         matcher = _Matcher(chunk, num_predicates, iou_threshold, phrdet)
@@ -859,6 +891,33 @@ def evaluate(
             ng_predicate,
         )
         free_sums.add(matcher.first_hits(ng_prediction, ng_gt, ng_rank), *args)
+
+    if images is not None:  # every process's per-image terms, summed as one process does
+        for sums in (graph_sums, free_sums, all_sums):
+            sums.gather()
+        totals = allgather_rows(
+            np.array(
+                [
+                    [
+                        counts["num_images_evaluated"],
+                        counts["num_images_skipped_no_gt"],
+                        counts["num_images_empty_prediction"],
+                        num_images_zeroshot,
+                        accuracy_count,
+                        *(accuracy_hits[k] for k in ks),
+                        *class_images,
+                    ]
+                ],
+                np.float64,
+            )
+        ).sum(axis=0)
+        names_of_counts = ("num_images_evaluated", "num_images_skipped_no_gt")
+        for position, name in enumerate((*names_of_counts, "num_images_empty_prediction")):
+            counts[name] = int(totals[position])
+        num_images_zeroshot = int(totals[3])
+        accuracy_count = float(totals[4])
+        accuracy_hits = {k: float(totals[5 + i]) for i, k in enumerate(ks)}
+        class_images = totals[5 + len(ks) :]
 
     return _finalise(
         ks=ks,

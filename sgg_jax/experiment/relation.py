@@ -29,6 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from sgg_jax import distributed
 from sgg_jax.data import datasets, pipeline
 from sgg_jax.data.feature_store import take
 from sgg_jax.data.image_io import DEFAULT_MAX_PIXELS
@@ -36,6 +37,7 @@ from sgg_jax.errors import ConfigError, DataError, check_bool, check_choice, che
 from sgg_jax.evaluation import evaluate, frequency_groups
 from sgg_jax.evaluation.collect import batch_predictions, detection_predictions
 from sgg_jax.structures import SceneGraph, SceneGraphBatch, Vocab
+from sgg_jax.train import mesh as mesh_lib
 
 DATASETS = (*datasets.DATASETS, "synthetic_pixels")
 TASKS = ("predcls", "sgcls", "sgdet")
@@ -76,7 +78,8 @@ class DataConfig:
         ``(lo, hi)`` or None.
       task: ``predcls``, ``sgcls`` or ``sgdet``.
       seed: seed of shuffling, pair sampling and initialisation.
-      batch_size, max_objects, max_pairs, max_fg: training batch and budgets per image.
+      batch_size, max_objects, max_pairs, max_fg: training batch (images per update over all
+        processes) and budgets per image.
       eval_max_pairs, eval_batch_size: evaluation budgets.
       eval_images: periodic evaluation on the first N val images (0 = all).
       feature_source: ``geometry``, ``precomputed`` (``object_features``) or ``roi``
@@ -401,12 +404,31 @@ def detector_identity(data: DataConfig) -> dict[str, Any]:
     return identity
 
 
+def per_process(batch_size: int, flag: str = "batch_size") -> int:
+    """This process's share of a global batch of ``batch_size`` images.
+
+    ``--batch_size`` and ``--eval_batch_size`` count the images of one update (one evaluation
+    batch) over the whole job, as SGB's ``IMS_PER_BATCH``: a flagfile trains the same way on one
+    process or on several, each process reading ``batch_size / process_count`` images.
+
+    Raises:
+      ConfigError: ``flag`` when the batch does not split evenly over the processes.
+    """
+    count = distributed.process_count()
+    if batch_size % count:
+        raise ConfigError(
+            flag, f"{batch_size} images per batch do not split evenly over {count} processes"
+        )
+    return batch_size // count
+
+
 def train_pipeline_config(
     data: DataConfig, vocab: Vocab, **options: Any
 ) -> pipeline.PipelineConfig:
-    """The training pipeline of ``data`` (SGB pair sampling, reshuffled every epoch)."""
+    """The training pipeline of ``data`` (SGB pair sampling, reshuffled every epoch); this
+    process's share of the global batch (:func:`per_process`)."""
+    options.setdefault("batch_size", per_process(data.batch_size))
     return pipeline.PipelineConfig(
-        batch_size=data.batch_size,
         max_objects=data.max_objects,
         max_pairs=data.max_pairs,
         max_fg=data.max_fg,
@@ -430,7 +452,7 @@ def eval_pipeline_config(
     if max_objects < data.max_objects:
         max_pairs = min(max_objects * (max_objects - 1), data.eval_max_pairs)
     return pipeline.PipelineConfig.evaluation(
-        data.eval_batch_size,
+        per_process(data.eval_batch_size, "eval_batch_size"),
         max_objects,
         max_pairs,
         num_predicates=vocab.num_predicates,
@@ -521,7 +543,9 @@ def collect_predictions(
         empty = every image with the full budgets.
 
     Returns:
-      ``{name: [prediction of graphs[0], ...]}``.
+      ``{name: [prediction of graphs[0], ...]}``. With several processes the evaluation pipeline
+      gives each process its shard of every bucket's images, so an entry is None where another
+      process holds the prediction.
     """
     buckets = [*object_buckets, data.max_objects]
     kept = np.minimum([g.num_objects for g in graphs], data.max_objects)
@@ -608,7 +632,15 @@ def evaluate_predictions(
     mode: str,
     zeroshot_triplets: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The evaluator's metrics of ``predictions`` (one per graph), with the head/body/tail groups."""
+    """The evaluator's metrics of ``predictions`` (one per graph), with the head/body/tail groups.
+
+    With several processes each holds the predictions of its shard of the images (the others are
+    None, :func:`collect_predictions`) and the per-image terms are gathered (``evaluate``'s
+    ``images``): every process returns the metrics of the whole split.
+    """
+    images = None
+    if distributed.process_count() > 1:
+        images = [i for i, prediction in enumerate(predictions) if prediction is not None]
     return evaluate(
         graphs,
         predictions,
@@ -617,6 +649,7 @@ def evaluate_predictions(
         zeroshot_triplets=zeroshot_triplets,
         predicate_names=vocab.predicate_names,
         predicate_groups=predicate_groups_of(vocab),
+        images=images,
     )
 
 
@@ -660,7 +693,7 @@ def model_scorer(model, variables_fn: Callable[[], Mapping[str, Any]], mesh, sha
     predict = jax.jit(predict_outputs(model))
 
     def scorer(batch: SceneGraphBatch):
-        outputs = jax.device_get(predict(variables_fn(), shard(batch, mesh)))
+        outputs = mesh_lib.process_local(predict(variables_fn(), shard(batch, mesh)))
         if "boxes" in outputs:  # SGDet: objects and pairs are the model's (detection_predictions)
             return {k: np.asarray(v) for k, v in outputs.items()}
         return (

@@ -697,7 +697,11 @@ def train(
         state = _with_variables(state, init_variables, optimizer, mesh)
     config = {
         "optim": jsonable(optim_config),
-        "pipeline": jsonable(loader.config),
+        # The global batch: a run resumes on another number of processes with the same record.
+        "pipeline": {
+            **jsonable(loader.config),
+            "batch_size": loader.config.batch_size * loader.config.resolved_shards()[1],
+        },
         **jsonable(dict(config or {})),
     }
     train_step = make_train_step(model, loss_fn, optimizer, mesh=mesh, learning_rate_fn=schedule)

@@ -136,3 +136,26 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(
         lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), batch
     )
+
+
+def process_local(tree: Any) -> Any:
+    """Numpy copies of this process's rows of the (batch-sharded) arrays of ``tree``.
+
+    An array whose devices all belong to this process (one process), or that is replicated, is
+    copied whole; a ``P("data")`` array of a multi-process mesh gives this process's rows, in
+    order: the rows of the batch this process passed to :func:`shard_batch`. Non-array leaves
+    pass through ``np.asarray``.
+    """
+
+    def local(leaf):
+        if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+            return np.asarray(leaf)
+        if leaf.is_fully_replicated:
+            return np.asarray(leaf.addressable_shards[0].data)
+        blocks: dict[int, np.ndarray] = {}
+        for shard in leaf.addressable_shards:
+            start = (shard.index[0].start or 0) if shard.index else 0
+            blocks.setdefault(start, np.asarray(shard.data))
+        return np.concatenate([blocks[start] for start in sorted(blocks)])
+
+    return jax.tree.map(local, tree)

@@ -358,10 +358,10 @@ def multi_scorer(predict, variables, mesh, only=None) -> relation.MultiScorer:
 
 
 def _to_numpy(tree):
-    """Numpy copies of a tree of device arrays."""
-    import jax
+    """Numpy copies of this process's rows of a tree of device arrays."""
+    from sgg_jax.train.mesh import process_local
 
-    return jax.tree.map(np.asarray, jax.device_get(tree))
+    return process_local(tree)
 
 
 def training_confusion(

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from sgg_jax import distributed
 from sgg_jax.data import pipeline
 from sgg_jax.data.fileio import check_writable_dir
 from sgg_jax.data.summary import (
@@ -331,6 +332,8 @@ def run_data_stage(config: RASGGExperimentConfig, workdir: str, splits, vocab) -
     print("input pipeline, one pass per split:")
     print("\n".join(text_table(rows)))
     os.makedirs(workdir, exist_ok=True)
+    if not distributed.is_chief():
+        return summary
     with open(os.path.join(workdir, "data_summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
     print(f"Data stage done; summary in {os.path.join(workdir, 'data_summary.json')}.")
@@ -620,6 +623,10 @@ def _report(experiment, runs, *, model_name, baseline_name, extra=None):
     from sgg_jax.evaluation import report
 
     data, workdir = experiment.data, experiment.workdir
+    if not distributed.is_chief():  # process 0 writes results and plots
+        return report.results_document(
+            experiment="ra_sgg", dataset=data.dataset, task=data.task, seed=data.seed, runs=runs
+        ) | dict(extra or {})
     document = report.write_results(
         workdir,
         experiment="ra_sgg",
@@ -773,8 +780,10 @@ def run_ra_sgg(config: RASGGExperimentConfig, workdir: str, splits, vocab) -> di
     if phase2.phase2_batch_size and phase2.phase2_batch_size != data.batch_size:
         loader = pipeline.make_loader(
             splits["train"],
-            dataclasses.replace(
-                relation.train_pipeline_config(data, vocab), batch_size=phase2.phase2_batch_size
+            relation.train_pipeline_config(
+                data,
+                vocab,
+                batch_size=relation.per_process(phase2.phase2_batch_size, "phase2_batch_size"),
             ),
             object_features=experiment.features["train"],
         )
