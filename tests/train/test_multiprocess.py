@@ -275,6 +275,9 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "results:" in result.stdout and "[p0] results:" in result.stdout
     assert "[p1] results:" not in result.stdout  # only process 0 reports and writes
+    import sgg_jax
+
+    sgg_jax.load_exported(two / "export")  # every file's sha256 checked: written once, intact
 
     # Same updates: losses and gradient norms of every logged step, and the final parameters.
     records_one, records_two = _records(one), _records(two)

@@ -578,7 +578,8 @@ class _Experiment:
             config=config,
             out_dir=os.path.join(self.workdir, "export"),
         )
-        print(f"exported the predict function to {path}")
+        if distributed.is_chief():
+            print(f"exported the predict function to {path}")
 
 
 _COLUMNS = [f"{m}@{k}" for m in ("R", "mR", "F") for k in (20, 50, 100)]

@@ -66,6 +66,7 @@ from sgg_jax.projects.ra_sgg import augment as augment_lib
 from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank
 from sgg_jax.projects.ra_sgg.tail_sets import rarest_predicates
 from sgg_jax.structures import SceneGraphBatch
+from sgg_jax.train.mesh import process_local
 
 LAMBDA_MODES = ("beta", "fixed")
 BANKS = ("full", "official")
@@ -185,6 +186,8 @@ def make_embed_fn(model: Any, mesh: Any, shard: Callable) -> Callable:
       model: a module returning ``(outputs, aux)`` with ``aux["relation_embedding"]``.
       mesh: the device mesh.
       shard: ``shard(batch, mesh)`` placing a host batch on the mesh.
+
+    With several processes the result holds this process's rows (those of its ``host_batch``).
     """
 
     @jax.jit
@@ -193,7 +196,7 @@ def make_embed_fn(model: Any, mesh: Any, shard: Callable) -> Callable:
         return aux["relation_embedding"]
 
     def run(variables, batch: SceneGraphBatch) -> np.ndarray:
-        return np.asarray(embed(variables, shard(batch, mesh)))
+        return process_local(embed(variables, shard(batch, mesh)))
 
     return run
 
@@ -239,10 +242,10 @@ def make_train_embed_fn(
         return aux["relation_embedding"], pairs
 
     def run(variables, batch: SceneGraphBatch, dropout_key):
-        found = embed(variables, shard(batch, mesh), dropout_key)
+        found = process_local(embed(variables, shard(batch, mesh), dropout_key))
         if not with_targets:
-            return np.asarray(found)
-        return np.asarray(found[0]), {k: np.asarray(v) for k, v in found[1].items()}
+            return found
+        return found[0], dict(found[1])
 
     return run
 
