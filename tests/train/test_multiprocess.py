@@ -305,3 +305,35 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         assert _records(copy) == _records(source)  # nothing retrained, nothing written twice
         assert _scalars(copy) == _scalars(source)
+
+
+@pytest.mark.e2e
+def test_a_process_dying_inside_a_job_stops_the_other_in_bounded_time():
+    """Process 1 dies after connecting; process 0 waits in a collective and is stopped."""
+    code = (
+        "import os, sys\n"
+        "import numpy as np\n"
+        "from sgg_jax import distributed\n"
+        "distributed.initialize()\n"
+        "distributed.allgather_rows(np.ones((2, 3)))\n"
+        "if distributed.process_index() == 1:\n"
+        "    os._exit(7)\n"
+        "distributed.allgather_rows(np.ones((2, 3)))\n"
+        "print('never reached')\n"
+    )
+    start = time.monotonic()
+    result = _launch(
+        "--num_processes=2",
+        "--cpu_devices_per_process=1",
+        "--grace_seconds=5",
+        "--",
+        sys.executable,
+        "-c",
+        code,
+        timeout=120,
+    )
+    assert time.monotonic() - start < 90
+    assert "never reached" not in result.stdout
+    (line,) = _error_lines(result.stderr)
+    assert line.startswith("sgg_jax.launch: process 1 (pid ") and "exited with status 7" in line
+    assert result.returncode == 7
