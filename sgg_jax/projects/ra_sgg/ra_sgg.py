@@ -61,6 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sgg_jax.distributed import allgather_rows, process_count, process_index
 from sgg_jax.errors import ConfigError, check_int, is_finite_number
 from sgg_jax.projects.ra_sgg import augment as augment_lib
 from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank
@@ -333,8 +334,31 @@ def make_detection_bank_fn(model: Any, mesh: Any, shard: Callable, *, budget: in
     return run
 
 
+def _global_fields(batch: SceneGraphBatch) -> SceneGraphBatch:
+    """The fields the augmentation reads, of the global batch (every process's rows, in process
+    order); the batch itself with one process."""
+    if process_count() == 1:
+        return batch
+    names = ("pairs", "pair_labels", "pair_mask", "graph_mask", "image_index")
+    return batch.replace(
+        **{name: allgather_rows(np.asarray(getattr(batch, name))) for name in names}
+    )
+
+
+def _local_rows(values: np.ndarray, local_batch: SceneGraphBatch) -> np.ndarray:
+    """This process's rows of global-batch ``values`` (all of them with one process)."""
+    size = np.asarray(local_batch.pair_labels).shape[0]
+    start = process_index() * size if process_count() > 1 else 0
+    return values[start : start + size]
+
+
 class RetrievalAugmenter:
     """The RA-SGG batch transform (module docstring).
+
+    Several processes: each embeds its own rows (the jitted forward spans every process), then
+    the fields the rule reads (pairs, labels, masks, image indices: ints) and the query
+    embeddings are gathered, so every process searches, selects and draws on the global batch
+    with the same generator as one process would, and keeps its own rows of the soft targets.
 
     Args:
       bank: the memory bank over the training split of the loader.
@@ -438,11 +462,12 @@ class RetrievalAugmenter:
         rng = np.random.default_rng((config.seed, 0xA5, int(step)))
         if self.official:
             return self._official(variables, batch, dropout_key, rng, metrics)
+        local_batch, batch = batch, _global_fields(batch)
         graph_mask = np.asarray(batch.graph_mask)[:, None]
         num_classes = self.bank.num_predicates + 1
         if self.detection:  # the update's own detection pairs, embedded in train mode
             embeddings, batch_pairs, pair_labels, pair_mask = self._training_pairs(
-                variables, batch, dropout_key
+                variables, local_batch, dropout_key
             )
             pair_mask = pair_mask & graph_mask
             foreground = pair_mask & (pair_labels > 0)
@@ -459,13 +484,13 @@ class RetrievalAugmenter:
                     raise ConfigError(
                         "max_fg", "foreground pairs found beyond the first max_fg slots of an image"
                     )
-            view = batch.replace(
-                pairs=batch_pairs[:, :slots],
-                pair_labels=pair_labels[:, :slots],
-                pair_mask=np.asarray(batch.pair_mask)[:, :slots],
+            view = local_batch.replace(
+                pairs=np.asarray(local_batch.pairs)[:, :slots],
+                pair_labels=np.asarray(local_batch.pair_labels)[:, :slots],
+                pair_mask=np.asarray(local_batch.pair_mask)[:, :slots],
                 soft_targets=None,
             )
-            embeddings = self.embed(variables, view)
+            embeddings = allgather_rows(self.embed(variables, view))
         start = time.perf_counter()
         rows, columns = np.nonzero(foreground[:, :slots])
         image_index = np.asarray(batch.image_index)[rows]
@@ -533,7 +558,7 @@ class RetrievalAugmenter:
                 "ra/search_seconds": time.perf_counter() - start,
             }
         )
-        return batch.replace(soft_targets=targets), metrics
+        return local_batch.replace(soft_targets=_local_rows(targets, local_batch)), metrics
 
     def _official(self, variables, batch, dropout_key, rng, metrics):
         """The official rule over every real pair of the batch (module docstring)."""
@@ -546,9 +571,12 @@ class RetrievalAugmenter:
                 variables, batch, dropout_key
             )
         else:
-            pair_labels, pair_mask = np.asarray(batch.pair_labels), np.asarray(batch.pair_mask)
-            embeddings = self.train_embed(variables, batch.replace(soft_targets=None), dropout_key)
-        pair_mask = pair_mask & np.asarray(batch.graph_mask)[:, None]
+            pair_labels = allgather_rows(np.asarray(batch.pair_labels))
+            pair_mask = allgather_rows(np.asarray(batch.pair_mask))
+            embeddings = allgather_rows(
+                self.train_embed(variables, batch.replace(soft_targets=None), dropout_key)
+            )
+        pair_mask = pair_mask & allgather_rows(np.asarray(batch.graph_mask))[:, None]
         start = time.perf_counter()
         rows, columns = np.nonzero(pair_mask)  # image by image, in pair order
         labels = pair_labels[rows, columns]
@@ -588,21 +616,22 @@ class RetrievalAugmenter:
                 "ra/search_seconds": time.perf_counter() - start,
             }
         )
-        return batch.replace(soft_targets=targets), metrics
+        return batch.replace(soft_targets=_local_rows(targets, batch)), metrics
 
     def _training_pairs(self, variables, batch, dropout_key):
         """SGDet: ``(embeddings, pairs, pair_labels, pair_mask)`` of the detection pairs the
-        update samples (same variables, batch and dropout key as the update)."""
+        update samples (same variables, batch and dropout key as the update); the global batch's
+        with several processes."""
         if dropout_key is None:
             raise ConfigError("task", "sgdet queries need the update's dropout key")
         embeddings, targets = self.train_embed(
             variables, batch.replace(soft_targets=None), dropout_key
         )
         return (
-            np.asarray(embeddings),
-            np.asarray(targets["pairs"]),
-            np.asarray(targets["pair_labels"]),
-            np.asarray(targets["pair_mask"], bool),
+            allgather_rows(np.asarray(embeddings)),
+            allgather_rows(np.asarray(targets["pairs"])),
+            allgather_rows(np.asarray(targets["pair_labels"])),
+            allgather_rows(np.asarray(targets["pair_mask"], bool)),
         )
 
     def _lambdas(self, rng: np.random.Generator, size: int) -> np.ndarray:
