@@ -20,6 +20,10 @@ loss, and reports ``phase2_step_ms / phase1_step_ms`` with the breakdown. The me
 (embedding the whole training split and indexing it) is reported separately: it runs once per
 ``--bank_refresh_steps``.
 
+``--dtype bfloat16`` runs the steps in mixed precision (:func:`make_train_step` here): float32
+master parameters and optimizer state, the dense layers' matmuls (forward and backward) in
+bfloat16, the loss in float32. The matmul reference uses the same dtype.
+
     python benchmarks/bench_train_step.py [--size small|official] [--batch 8] [--pairs 512]
         [--steps 20] [--dtype float32|bfloat16] [--retrieval] [--fg 64]
 
@@ -33,6 +37,7 @@ import json
 import platform
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +46,46 @@ from sgg_jax.data import gqa200, pipeline
 from sgg_jax.relation.losses import make_penet_loss
 from sgg_jax.relation.penet import PENet, PENetConfig
 from sgg_jax.train import OptimConfig, create_train_state, make_mesh, make_optimizer, shard_batch
-from sgg_jax.train.loop import make_train_step
+from sgg_jax.train.loop import make_step, model_loss
+
+
+def _cast_floats(tree, dtype):
+    def cast(x):
+        return x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x
+
+    return jax.tree.map(cast, tree)
+
+
+def make_train_step(model, loss_fn, optimizer, *, mesh, learning_rate_fn, dtype=jnp.float32):
+    """``sgg_jax.train.loop.make_train_step``, with the model's dense layers computing in ``dtype``.
+
+    float32 is the library's step unchanged. Another dtype is mixed precision in the manner of
+    PyTorch's autocast: float32 master parameters, gradients and optimizer state; on entry to
+    ``model.apply`` the floating-point parameters are cast to ``dtype`` and every ``nn.Dense`` /
+    ``nn.Conv`` call casts its input to ``dtype`` (so its matmul runs in ``dtype``; the model casts
+    boxes and features to float32 itself, which alone would promote the matmuls back to float32);
+    the other ops follow JAX's type promotion, and the outputs are cast back to float32 for the loss.
+    """
+    if dtype == jnp.float32:
+        return make_step(
+            model_loss(model, loss_fn), optimizer, mesh=mesh, learning_rate_fn=learning_rate_fn
+        )
+
+    def loss_in_float32(outputs, aux, batch):
+        return loss_fn(*_cast_floats((outputs, aux), jnp.float32), batch)
+
+    compute = model_loss(model, loss_in_float32)
+
+    def matmuls_in_dtype(next_fun, args, kwargs, context):
+        if isinstance(context.module, (nn.Dense, nn.Conv)) and context.method_name == "__call__":
+            args = _cast_floats(args, dtype)
+        return next_fun(*args, **kwargs)
+
+    def mixed_precision_loss(params, collections, batch, dropout_key):
+        with nn.intercept_methods(matmuls_in_dtype):
+            return compute(_cast_floats(params, dtype), collections, batch, dropout_key)
+
+    return make_step(mixed_precision_loss, optimizer, mesh=mesh, learning_rate_fn=learning_rate_fn)
 
 
 def _matmul_flops_per_second(size: int, dtype, repeats: int = 10) -> float:
@@ -96,7 +140,9 @@ def main() -> None:
         traces.append(1)
         return make_penet_loss(model_config)(outputs, aux, batch)
 
-    step = make_train_step(model, loss_fn, optimizer, mesh=mesh, learning_rate_fn=schedule)
+    step = make_train_step(
+        model, loss_fn, optimizer, mesh=mesh, learning_rate_fn=schedule, dtype=dtype
+    )
     device_batches = [shard_batch(b, mesh) for b in batches]
     compiled_flops = None
     try:
@@ -125,6 +171,7 @@ def main() -> None:
     row = {
         "bench": "penet_train_step",
         "size": args.size,
+        "dtype": args.dtype,
         "task": "predcls",
         "batch": args.batch,
         "pairs_per_image": args.pairs,
@@ -163,6 +210,7 @@ def _phase2_row(args, phase1, graphs, vocab, model, model_config, batches) -> di
         optimizer,
         mesh=mesh,
         learning_rate_fn=schedule,
+        dtype=jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32,
     )
     embed = make_embed_fn(model, mesh, shard_batch)
     bank = MemoryBank(
@@ -212,6 +260,7 @@ def _phase2_row(args, phase1, graphs, vocab, model, model_config, batches) -> di
     return {
         "bench": "ra_sgg_phase2_step",
         "size": args.size,
+        "dtype": args.dtype,
         "batch": args.batch,
         "pairs_per_image": args.pairs,
         "foreground_slots": augmenter.foreground_slots,
