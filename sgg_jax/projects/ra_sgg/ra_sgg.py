@@ -178,8 +178,37 @@ class RASGGConfig:
 tail_predicates = rarest_predicates  # the name this module exported before tail_sets existed
 
 
+def _local_rows(tree: Any) -> Any:
+    """Host numpy copies of this process's rows of batch-sharded outputs.
+
+    With one process the outputs are whole (``np.asarray``). With several, a jitted function over
+    the global mesh returns global arrays; their rows on this process's devices (the leading axis
+    sharded over ``"data"``, sorted by position) are the rows of the batch this process fed
+    (:func:`sgg_jax.train.shard_batch`).
+    """
+
+    def leaf(array):
+        if not isinstance(array, jax.Array) or array.is_fully_addressable:
+            return np.asarray(array)
+        parts = {}
+        for shard in array.addressable_shards:
+            rows = shard.index[0] if shard.index else slice(None)
+            parts.setdefault(rows.start or 0, shard.data)
+        return np.concatenate([np.asarray(parts[start]) for start in sorted(parts)])
+
+    return jax.tree.map(leaf, tree)
+
+
+def _batch_sharded(mesh: Any) -> Any:
+    """Outputs split along their leading (batch) axis over the mesh's ``"data"`` axis."""
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+
 def make_embed_fn(model: Any, mesh: Any, shard: Callable) -> Callable:
     """``embed(variables, host_batch) -> float32[B, P, H]``: ``aux["relation_embedding"]``, eval mode.
+
+    With several processes every process passes its own batch and gets its own rows back (the
+    jitted forward runs once over the global batch).
 
     Args:
       model: a module returning ``(outputs, aux)`` with ``aux["relation_embedding"]``.
@@ -190,10 +219,10 @@ def make_embed_fn(model: Any, mesh: Any, shard: Callable) -> Callable:
     @jax.jit
     def embed(variables, batch):
         _, aux = model.apply(variables, batch, train=False)
-        return aux["relation_embedding"]
+        return jax.lax.with_sharding_constraint(aux["relation_embedding"], _batch_sharded(mesh))
 
     def run(variables, batch: SceneGraphBatch) -> np.ndarray:
-        return np.asarray(embed(variables, shard(batch, mesh)))
+        return _local_rows(embed(variables, shard(batch, mesh)))
 
     return run
 
@@ -228,7 +257,7 @@ def make_train_embed_fn(
         else:
             _, aux = model.apply(variables, batch, train=True, rngs=rngs)
         if not with_targets:
-            return aux["relation_embedding"]
+            return jax.lax.with_sharding_constraint(aux["relation_embedding"], _batch_sharded(mesh))
         targets = aux.get("targets", batch)
         pairs = {
             "pairs": targets.pairs,
@@ -236,13 +265,15 @@ def make_train_embed_fn(
             "pair_mask": targets.pair_mask,
             "boxes": targets.boxes,
         }
-        return aux["relation_embedding"], pairs
+        return jax.lax.with_sharding_constraint(
+            (aux["relation_embedding"], pairs), _batch_sharded(mesh)
+        )
 
     def run(variables, batch: SceneGraphBatch, dropout_key):
-        found = embed(variables, shard(batch, mesh), dropout_key)
+        found = _local_rows(embed(variables, shard(batch, mesh), dropout_key))
         if not with_targets:
-            return np.asarray(found)
-        return np.asarray(found[0]), {k: np.asarray(v) for k, v in found[1].items()}
+            return found
+        return found[0], found[1]
 
     return run
 
@@ -313,7 +344,7 @@ def make_detection_bank_fn(model: Any, mesh: Any, shard: Callable, *, budget: in
             jnp.asarray(outputs["pair_mask"], bool),
         )
         embedding = jnp.take_along_axis(aux["relation_embedding"], index[..., None], axis=1)
-        return {
+        found = {
             "embedding": embedding,
             "subject": subject,
             "object": obj,
@@ -322,10 +353,10 @@ def make_detection_bank_fn(model: Any, mesh: Any, shard: Callable, *, budget: in
             "predicate": predicate,
             "mask": valid,
         }
+        return jax.lax.with_sharding_constraint(found, _batch_sharded(mesh))
 
     def run(variables, batch: SceneGraphBatch) -> dict[str, np.ndarray]:
-        found = bank_fn(variables, shard(batch, mesh))
-        return {name: np.asarray(value) for name, value in found.items()}
+        return _local_rows(bank_fn(variables, shard(batch, mesh)))
 
     return run
 
@@ -493,8 +524,10 @@ class RetrievalAugmenter:
         if config.relabel_background:
             background = pair_mask & (pair_labels == 0)
             bg_rows, bg_columns = np.nonzero(background)
+            # Searched even without background pairs: with several processes the search is a
+            # collective every process enters.
+            bg_ids, _ = self.bank.search(embeddings[bg_rows, bg_columns], k)
             if bg_rows.size:
-                bg_ids, _ = self.bank.search(embeddings[bg_rows, bg_columns], k)
                 new = augment_lib.relabel_background(
                     self.bank.predicates_of(bg_ids),
                     bg_rows.tolist(),
