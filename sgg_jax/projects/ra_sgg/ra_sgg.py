@@ -45,6 +45,13 @@ self-exclusion uses the entry ``(image, subject detection, object detection, pre
 detection matches a ground-truth relation, e.g. an untrained detector) leaves the one-hot targets
 (metric ``ra/bank_empty``).
 
+With several processes (:mod:`sgg_jax.distributed`) each process transforms its own batch: the
+embedding functions return the process's rows of the jitted forward over the global mesh, and the
+memory bank is sharded by process (:mod:`sgg_jax.projects.ra_sgg.memory_bank`), so a refresh and
+every search are collectives that each process enters at every update (the training loop calls
+the transform at every update in every process; the background search runs even for a batch
+without background pairs).
+
 Randomness is ``numpy.random.default_rng((seed, step))``, so a step's targets depend only on the
 seed, the step and the model. A resumed run rebuilds the bank from the restored model at its first
 update, which is the same bank as an uninterrupted run only when the resume step is a refresh step.

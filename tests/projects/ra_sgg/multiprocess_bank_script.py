@@ -7,7 +7,8 @@ Every process builds the same :class:`MemoryBank` (a tiny PE-Net over precompute
 synthetic split, keys from :func:`make_embed_fn` on the global mesh), refreshes it (each process
 embeds its shard), then searches its own queries: the keys of its shard with self-exclusion, and
 three queries that only process 0 asks (the others ask none); then the same with a ScaNN bank
-(the default backend, one index per shard). Process 0 writes the gathered
+(the default backend, one index per shard); and an SGDet bank (:class:`DetectionMemoryBank`)
+whose processes hold different numbers of batches. Process 0 writes the gathered
 results to ``OUT_DIR`` as ``.npy``; with one process the same file holds the single-process bank's
 results.
 """
@@ -23,7 +24,8 @@ if distributed.launch_environment() is not None:
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank  # noqa: E402
+from sgg_jax.data import pipeline  # noqa: E402
+from sgg_jax.projects.ra_sgg.memory_bank import DetectionMemoryBank, MemoryBank  # noqa: E402
 from sgg_jax.projects.ra_sgg.ra_sgg import make_embed_fn  # noqa: E402
 from sgg_jax.relation.penet import PENet, PENetConfig  # noqa: E402
 from sgg_jax.structures import SceneGraph  # noqa: E402
@@ -48,6 +50,63 @@ def synthetic_split():
         graphs.append(SceneGraph(f"img{index}", 100, 80, boxes, labels, np.array(relations)))
         features.append(rng.normal(size=(num_objects, FEATURE_DIM)).astype(np.float32))
     return graphs, features
+
+
+def detection_pairs(batch):
+    """A stand-in for the SGDet bank's model: the annotated pairs, keys from their classes."""
+    pairs, labels = np.asarray(batch.pairs), np.asarray(batch.labels)
+    rows = np.arange(pairs.shape[0])[:, None]
+    subject_class, object_class = labels[rows, pairs[..., 0]], labels[rows, pairs[..., 1]]
+    table = np.random.default_rng(3).normal(size=(NUM_CLASSES + 1, NUM_CLASSES + 1, 6))
+    embedding = table[subject_class, object_class].astype(np.float32)
+    embedding[..., 0] += 0.25 * (np.asarray(batch.image_index) % 3 == 0)[:, None]
+    predicate = np.asarray(batch.pair_labels)
+    return {
+        "embedding": embedding,
+        "subject": pairs[..., 0],
+        "object": pairs[..., 1],
+        "subject_class": subject_class,
+        "object_class": object_class,
+        "predicate": predicate,
+        "mask": np.asarray(batch.pair_mask) & (predicate > 0),
+    }
+
+
+def detection_bank(graphs):
+    """The SGDet bank over this process's batches: process 0 the first 3 of 10, process 1 the
+    other 7 (uneven: process 0 feeds padding batches); one process all of them."""
+    batch_size = 4 if distributed.process_count() == 1 else 2
+    config = pipeline.PipelineConfig.evaluation(
+        batch_size, MAX_OBJECTS, 30, num_predicates=NUM_PREDICATES, read_threads=0
+    )
+    examples = [
+        pipeline.prepare_example(graph, image_index=i, epoch=0, config=config)
+        for i, graph in enumerate(graphs)
+    ]
+    batches = [
+        pipeline.collate(examples[start : start + batch_size], batch_size)
+        for start in range(0, len(examples), batch_size)
+    ]
+    if distributed.process_count() > 1:
+        batches = batches[:3] if distributed.process_index() == 0 else batches[3:]
+    bank = DetectionMemoryBank(
+        batches,
+        num_detections=MAX_OBJECTS,
+        num_predicates=NUM_PREDICATES,
+        backend="exact",
+        max_per_triplet=2,
+    )
+    bank.refresh(detection_pairs)
+    ids, scores = bank.search(bank.keys, K, bank.local_ids)
+    return {
+        "det_query_ids": distributed.allgather_rows(bank.local_ids),
+        "det_keys": distributed.allgather_rows(bank.keys),
+        "det_ids": distributed.allgather_rows(ids),
+        "det_scores": distributed.allgather_rows(scores),
+        "det_predicates": distributed.allgather_rows(bank.predicates_of(ids)),
+        "det_triplets": bank.entries.triplets,
+        "det_sizes": np.array([bank.size, bank.num_relations]),
+    }
 
 
 def main(out_dir: str, with_scann: bool = True) -> None:
@@ -89,7 +148,7 @@ def main(out_dir: str, with_scann: bool = True) -> None:
     ids, scores = bank.search(bank.keys, K, bank.local_ids)
     few = bank.keys[:3] if distributed.process_index() == 0 else bank.keys[:0]
     few_ids, few_scores = bank.search(few, K + 1)
-    gathered = {}
+    gathered = detection_bank(graphs)
     if with_scann:  # the default backend, ScaNN, per shard (brute force at this size)
         scann = MemoryBank(
             graphs,

@@ -210,6 +210,13 @@ def test_two_processes_search_like_one(tmp_path):
     first = int(load("two", "shard_sizes")[0])
     assert 0 < first < queries.size
     assert (ids[:first] >= first).any() and ((ids[first:] < first) & (ids[first:] >= 0)).any()
+    # the SGDet bank: entries gathered (ids, triplets, the cap over all of them), keys sharded
+    np.testing.assert_array_equal(load("two", "det_sizes"), load("one", "det_sizes"))
+    assert load("one", "det_sizes")[0] < load("one", "det_sizes")[1]  # the cap removed some
+    for name in ("det_query_ids", "det_triplets", "det_ids", "det_predicates"):
+        np.testing.assert_array_equal(load("two", name), load("one", name), err_msg=name)
+    for name in ("det_keys", "det_scores"):
+        np.testing.assert_allclose(load("two", name), load("one", name), atol=1e-6)
     # ScaNN per shard (the default backend): the same scores, self excluded
     np.testing.assert_allclose(load("two", "scann_scores"), load("one", "scores"), atol=1e-5)
     assert not (load("two", "scann_ids") == queries[:, None]).any()
