@@ -40,14 +40,23 @@ hold its shard only (``keys`` float32[M / S, D], rows ``local_ids``): a process'
 bank is about ``1 / S`` of the single-process one. :meth:`MemoryBank.refresh` embeds the shards in
 lockstep (every process runs the same number of jitted embedding batches, padded with empty ones,
 and keeps its own rows of the outputs) and each process builds an index over its shard (ScaNN by
-default). :meth:`MemoryBank.search` is a collective: the queries of every process are all-gathered
-(``Q x D`` float32, ``Q`` the total over processes, with their excluded ids), each process searches
-its shard for all of them, the per-shard top-``k`` are all-gathered (``S x Q x k`` ids and scores:
-``k`` candidates per query per shard, never the bank) and merged with
-:func:`~sgg_jax.retrieval.index.merge_topk` (equal scores: lower id); each process keeps its own
-queries' rows. A query's own entry lives in one shard, which drops it; the others cannot return it.
-With the ``exact`` backend the result equals the single-process bank's (ids; scores to float
-rounding).
+default, its parameters derived from the shard's size). :meth:`MemoryBank.search` is a collective
+(every process calls it, as often as the others, with its own queries, possibly none): the queries
+of every process are all-gathered (``Q x D`` float32 plus the excluded id, ``Q`` the total over
+processes), each process searches its shard for all of them, the per-shard top-``k`` are
+all-gathered (``S x Q x k`` ids and scores: ``k`` candidates per query per shard, never the bank)
+and merged with :func:`~sgg_jax.retrieval.index.merge_topk` (equal scores: lower id); each process
+keeps its own queries' rows. A query's own entry lives in one shard, which drops it; the others
+cannot return it. Per search each process receives ``Q x (4 D + 16)`` bytes of queries and
+``S x Q x k x 12`` bytes of candidates, against ``M x D x 4`` bytes for gathering the bank.
+
+Scores: the index only selects; the selected entries' scores are recomputed pair by pair in
+float64 (:func:`exact_scores`), because a float32 matrix product rounds one (query, key) pair
+differently in banks of different sizes, which would order equal keys differently in a shard and
+in the whole bank. So with the ``exact`` backend the result equals the single-process bank's
+(same ids, same scores), ties included (tested with 2 processes x 2 devices against 1 x 4,
+``tests/projects/ra_sgg/test_sharded_bank.py``); it could differ only where two different keys
+score within a float32 rounding of each other at the k-th place.
 """
 
 from __future__ import annotations
