@@ -6,7 +6,8 @@
 Every process builds the same :class:`MemoryBank` (a tiny PE-Net over precomputed features of a
 synthetic split, keys from :func:`make_embed_fn` on the global mesh), refreshes it (each process
 embeds its shard), then searches its own queries: the keys of its shard with self-exclusion, and
-three queries that only process 0 asks (the others ask none); then the same with a ScaNN bank
+three queries that only process 0 asks (the others ask none); runs the RA-SGG transform over its
+own training batch (its searches are collectives too); then the same with a ScaNN bank
 (the default backend, one index per shard); and an SGDet bank (:class:`DetectionMemoryBank`)
 whose processes hold different numbers of batches. Process 0 writes the gathered
 results to ``OUT_DIR`` as ``.npy``; with one process the same file holds the single-process bank's
@@ -26,7 +27,11 @@ import numpy as np  # noqa: E402
 
 from sgg_jax.data import pipeline  # noqa: E402
 from sgg_jax.projects.ra_sgg.memory_bank import DetectionMemoryBank, MemoryBank  # noqa: E402
-from sgg_jax.projects.ra_sgg.ra_sgg import make_embed_fn  # noqa: E402
+from sgg_jax.projects.ra_sgg.ra_sgg import (  # noqa: E402
+    RASGGConfig,
+    RetrievalAugmenter,
+    make_embed_fn,
+)
 from sgg_jax.relation.penet import PENet, PENetConfig  # noqa: E402
 from sgg_jax.structures import SceneGraph  # noqa: E402
 from sgg_jax.train import make_mesh, replicate, shard_batch  # noqa: E402
@@ -109,6 +114,37 @@ def detection_bank(graphs):
     }
 
 
+def augment_own_batch(bank, graphs, features, embed, variables):
+    """The RA-SGG transform over this process's training batch (its own images): a bank refresh,
+    then two searches (foreground, and background relabelling), all collectives. Returns the row
+    sums of the soft targets, which must equal the pair mask."""
+    batch_size = jax.local_device_count()
+    config = pipeline.PipelineConfig(
+        batch_size=batch_size, max_objects=MAX_OBJECTS, max_pairs=8, max_fg=8, train=True
+    )
+    first = distributed.process_index() * batch_size
+    examples = [
+        pipeline.prepare_example(
+            graphs[i], image_index=i, epoch=0, config=config, object_features=features[i]
+        )
+        for i in range(first, first + batch_size)
+    ]
+    batch = pipeline.collate(examples)
+    counts = np.bincount(bank.entries.predicate, minlength=NUM_PREDICATES + 1)
+    augmenter = RetrievalAugmenter(
+        bank,
+        embed,
+        counts,
+        RASGGConfig(num_neighbours=K, relabel_background=True, tail_fraction=0.6),
+        foreground_slots=8,
+    )
+    out, metrics = augmenter(variables, 1, batch)
+    assert all(np.isfinite(value) for value in metrics.values()), metrics
+    targets = np.asarray(out.soft_targets)
+    np.testing.assert_allclose(targets.sum(-1), np.asarray(batch.pair_mask), rtol=1e-5)
+    return targets.sum(-1)
+
+
 def main(out_dir: str, with_scann: bool = True) -> None:
     graphs, features = synthetic_split()
     model = PENet(
@@ -145,6 +181,7 @@ def main(out_dir: str, with_scann: bool = True) -> None:
     embed = make_embed_fn(model, mesh, shard_batch)
     bank.refresh(lambda batch: embed(variables, batch))
 
+    augmented = augment_own_batch(bank, graphs, features, embed, variables)
     ids, scores = bank.search(bank.keys, K, bank.local_ids)
     few = bank.keys[:3] if distributed.process_index() == 0 else bank.keys[:0]
     few_ids, few_scores = bank.search(few, K + 1)
@@ -172,6 +209,7 @@ def main(out_dir: str, with_scann: bool = True) -> None:
         "num_batches": distributed.allgather_rows(np.array([len(bank.embedding_batches())])),
         "shard_sizes": distributed.allgather_rows(np.array([bank.local_ids.size])),
         "size": np.array([bank.size]),
+        "augmented": distributed.allgather_rows(augmented),
     }
     if distributed.is_chief():
         os.makedirs(out_dir, exist_ok=True)

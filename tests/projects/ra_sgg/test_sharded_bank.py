@@ -210,6 +210,8 @@ def test_two_processes_search_like_one(tmp_path):
     first = int(load("two", "shard_sizes")[0])
     assert 0 < first < queries.size
     assert (ids[:first] >= first).any() and ((ids[first:] < first) & (ids[first:] >= 0)).any()
+    # the RA-SGG transform ran in both processes over their own batches (2 images each)
+    assert load("two", "augmented").shape[0] == 4 and load("two", "augmented").sum() > 0
     # the SGDet bank: entries gathered (ids, triplets, the cap over all of them), keys sharded
     np.testing.assert_array_equal(load("two", "det_sizes"), load("one", "det_sizes"))
     assert load("one", "det_sizes")[0] < load("one", "det_sizes")[1]  # the cap removed some
