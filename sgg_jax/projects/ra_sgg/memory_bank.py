@@ -50,11 +50,11 @@ keeps its own queries' rows. A query's own entry lives in one shard, which drops
 cannot return it. Per search each process receives ``Q x (4 D + 16)`` bytes of queries and
 ``S x Q x k x 12`` bytes of candidates, against ``M x D x 4`` bytes for gathering the bank.
 
-Scores: the index only selects; the selected entries' scores are recomputed pair by pair in
-float64 (:func:`exact_scores`), because a float32 matrix product rounds one (query, key) pair
-differently in banks of different sizes, which would order equal keys differently in a shard and
-in the whole bank. So with the ``exact`` backend the result equals the single-process bank's
-(same ids, same scores), ties included (tested with 2 processes x 2 devices against 1 x 4,
+Scores with the ``exact`` backend: the index only selects; the selected entries' scores are
+recomputed pair by pair (:func:`exact_scores`), because a float32 matrix product rounds one (query,
+key) pair differently in banks of different sizes, which would order equal keys differently in a
+shard and in the whole bank. So the result equals the single-process bank's (same ids, same
+scores), ties included (tested with 2 processes x 2 devices against 1 x 4,
 ``tests/projects/ra_sgg/test_sharded_bank.py``); it could differ only where two different keys
 score within a float32 rounding of each other at the k-th place.
 """
@@ -247,10 +247,10 @@ def exact_scores(
     An index scores a (query, key) pair inside a float32 matrix product whose rounding depends on
     the product's shape: the same pair can score one ulp apart in a bank of another size, e.g. a
     process's shard and the whole bank, which would reorder equal keys between shards. Here each
-    pair is scored alone, in float64 from the raw vectors (normalised row by row), then rounded to
-    float32, so a score depends only on the two vectors: equal keys score equally in every shard
-    and ties fall to the lower id, as in one bank. The rows are then sorted again (descending
-    score, then id; padding last).
+    pair is scored on its own (elementwise products summed along the contiguous last axis, divided
+    by the two norms computed the same way), so a score depends only on the two vectors: equal keys
+    score equally in every shard and ties fall to the lower id, as in one bank. The rows are then
+    sorted again (descending score, then id; padding last). Used with the ``exact`` backend.
 
     Args:
       queries: float32[Q, D].
@@ -268,13 +268,17 @@ def exact_scores(
         return ids, scores
     positions = np.searchsorted(local_ids, np.where(valid, ids, local_ids[0]))
     width = max(1, ids.shape[1] * keys.shape[1])
-    block = max(1, (1 << 22) // width)  # about 32 MiB of float64 candidates at once
+    block = max(1, (1 << 21) // width)  # about 8 MiB of candidate keys at once
     for start in range(0, ids.shape[0], block):
-        query = np.asarray(queries[start : start + block], np.float64)
-        query = query / np.maximum(np.sqrt((query * query).sum(-1, keepdims=True)), 1e-12)
-        key = np.asarray(keys[positions[start : start + block]], np.float64)
-        key = key / np.maximum(np.sqrt((key * key).sum(-1, keepdims=True)), 1e-12)
-        exact = (key * query[:, None, :]).sum(-1).astype(np.float32)
+        query = np.asarray(queries[start : start + block], np.float32)
+        query_norm = np.sqrt((query * query).sum(-1))
+        key = np.asarray(keys, np.float32)[positions[start : start + block]]
+        key_norm = np.sqrt((key * key).sum(-1))
+        dot = (key * query[:, None, :]).sum(-1)
+        norms = np.maximum(query_norm, np.float32(1e-12))[:, None] * np.maximum(
+            key_norm, np.float32(1e-12)
+        )
+        exact = (dot / norms).astype(np.float32)
         scores[start : start + block] = np.where(valid[start : start + block], exact, -np.inf)
     order = np.lexsort((ids, -scores.astype(np.float64)), axis=1)
     return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
@@ -624,8 +628,8 @@ class MemoryBank:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` entries per query (see :meth:`sgg_jax.retrieval.index.Index.search`).
 
-        The index selects the entries; their scores are recomputed by :func:`exact_scores`
-        (float64 per pair, rounded to float32), so equal keys score equally in any shard.
+        With the ``exact`` backend the index selects the entries and :func:`exact_scores`
+        recomputes their scores pair by pair, so equal keys score equally in any shard.
 
         With several shards (one per process) this is a collective that every process calls with
         its own queries, the same number of times (module docstring, :func:`sharded_search`).
@@ -649,15 +653,17 @@ class MemoryBank:
     def local_search(
         self, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` of this shard only (no collective): the index's entries, scores by
-        :func:`exact_scores`; padding (-1 / -inf) for an empty shard."""
+        """Top-``k`` of this shard only (no collective): the index's results (with the ``exact``
+        backend, scores by :func:`exact_scores`); padding (-1 / -inf) for an empty shard."""
         if self.index is None:
             queries = np.asarray(queries)
             return (
                 np.full((queries.shape[0], k), PAD_ID, np.int64),
                 np.full((queries.shape[0], k), -np.inf, np.float32),
             )
-        ids, _ = self.index.search(queries, k, exclude_ids)
+        ids, scores = self.index.search(queries, k, exclude_ids)
+        if self.backend != "exact":
+            return ids, scores
         return exact_scores(queries, self.keys, self.local_ids, ids)
 
 
