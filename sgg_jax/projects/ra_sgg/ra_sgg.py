@@ -73,6 +73,7 @@ from sgg_jax.projects.ra_sgg import augment as augment_lib
 from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank
 from sgg_jax.projects.ra_sgg.tail_sets import rarest_predicates
 from sgg_jax.structures import SceneGraphBatch
+from sgg_jax.train.mesh import batch_sharding
 
 LAMBDA_MODES = ("beta", "fixed")
 BANKS = ("full", "official")
@@ -206,11 +207,6 @@ def _local_rows(tree: Any) -> Any:
     return jax.tree.map(leaf, tree)
 
 
-def _batch_sharded(mesh: Any) -> Any:
-    """Outputs split along their leading (batch) axis over the mesh's ``"data"`` axis."""
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-
-
 def make_embed_fn(model: Any, mesh: Any, shard: Callable) -> Callable:
     """``embed(variables, host_batch) -> float32[B, P, H]``: ``aux["relation_embedding"]``, eval mode.
 
@@ -226,7 +222,7 @@ def make_embed_fn(model: Any, mesh: Any, shard: Callable) -> Callable:
     @jax.jit
     def embed(variables, batch):
         _, aux = model.apply(variables, batch, train=False)
-        return jax.lax.with_sharding_constraint(aux["relation_embedding"], _batch_sharded(mesh))
+        return jax.lax.with_sharding_constraint(aux["relation_embedding"], batch_sharding(mesh))
 
     def run(variables, batch: SceneGraphBatch) -> np.ndarray:
         return _local_rows(embed(variables, shard(batch, mesh)))
@@ -264,7 +260,7 @@ def make_train_embed_fn(
         else:
             _, aux = model.apply(variables, batch, train=True, rngs=rngs)
         if not with_targets:
-            return jax.lax.with_sharding_constraint(aux["relation_embedding"], _batch_sharded(mesh))
+            return jax.lax.with_sharding_constraint(aux["relation_embedding"], batch_sharding(mesh))
         targets = aux.get("targets", batch)
         pairs = {
             "pairs": targets.pairs,
@@ -273,7 +269,7 @@ def make_train_embed_fn(
             "boxes": targets.boxes,
         }
         return jax.lax.with_sharding_constraint(
-            (aux["relation_embedding"], pairs), _batch_sharded(mesh)
+            (aux["relation_embedding"], pairs), batch_sharding(mesh)
         )
 
     def run(variables, batch: SceneGraphBatch, dropout_key):
@@ -360,7 +356,7 @@ def make_detection_bank_fn(model: Any, mesh: Any, shard: Callable, *, budget: in
             "predicate": predicate,
             "mask": valid,
         }
-        return jax.lax.with_sharding_constraint(found, _batch_sharded(mesh))
+        return jax.lax.with_sharding_constraint(found, batch_sharding(mesh))
 
     def run(variables, batch: SceneGraphBatch) -> dict[str, np.ndarray]:
         return _local_rows(bank_fn(variables, shard(batch, mesh)))
