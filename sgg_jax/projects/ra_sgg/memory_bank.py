@@ -29,6 +29,34 @@ training split) before the model sees them.
 In SGDet the relations are pairs of detections: :class:`DetectionMemoryBank` holds the detection
 pairs of each training image that match a ground-truth relation (its docstring cites the official
 code).
+
+**Several processes** (:mod:`sgg_jax.distributed`, ``process_count() > 1``): the bank is sharded by
+process. Shard ``s`` of ``S`` holds a contiguous range of entry ids made of whole images
+(:func:`shard_bounds`: about ``M / S`` entries each; an image's pairs, embedded together, never
+straddle two shards). Entry ids stay the single-process ids, and every process keeps the entries'
+metadata (``entries``, six int64 per entry), so :meth:`MemoryBank.entry_ids` and
+:meth:`MemoryBank.predicates_of` work unchanged everywhere; the keys and the index of a process
+hold its shard only (``keys`` float32[M / S, D], rows ``local_ids``): a process's memory for the
+bank is about ``1 / S`` of the single-process one. :meth:`MemoryBank.refresh` embeds the shards in
+lockstep (every process runs the same number of jitted embedding batches, padded with empty ones,
+and keeps its own rows of the outputs) and each process builds an index over its shard (ScaNN by
+default, its parameters derived from the shard's size). :meth:`MemoryBank.search` is a collective
+(every process calls it, as often as the others, with its own queries, possibly none): the queries
+of every process are all-gathered (``Q x D`` float32 plus the excluded id, ``Q`` the total over
+processes), each process searches its shard for all of them, the per-shard top-``k`` are
+all-gathered (``S x Q x k`` ids and scores: ``k`` candidates per query per shard, never the bank)
+and merged with :func:`~sgg_jax.retrieval.index.merge_topk` (equal scores: lower id); each process
+keeps its own queries' rows. A query's own entry lives in one shard, which drops it; the others
+cannot return it. Per search each process receives ``Q x (4 D + 16)`` bytes of queries and
+``S x Q x k x 12`` bytes of candidates, against ``M x D x 4`` bytes for gathering the bank.
+
+Scores with the ``exact`` backend: the index only selects; the selected entries' scores are
+recomputed pair by pair (:func:`exact_scores`), because a float32 matrix product rounds one (query,
+key) pair differently in banks of different sizes, which would order equal keys differently in a
+shard and in the whole bank. So the result equals the single-process bank's (same ids, same
+scores), ties included (tested with 2 processes x 2 devices against 1 x 4,
+``tests/projects/ra_sgg/test_sharded_bank.py``); it could differ only where two different keys
+score within a float32 rounding of each other at the k-th place.
 """
 
 from __future__ import annotations
@@ -40,9 +68,10 @@ from typing import Any
 
 import numpy as np
 
+from sgg_jax import distributed
 from sgg_jax.data import pipeline
 from sgg_jax.errors import ConfigError, DataError, check_int
-from sgg_jax.retrieval.index import PAD_ID, Index, make_index
+from sgg_jax.retrieval.index import PAD_ID, Index, make_index, merge_topk
 from sgg_jax.structures import SceneGraph, SceneGraphBatch
 
 EmbedFn = Callable[[SceneGraphBatch], np.ndarray]
@@ -146,6 +175,187 @@ def _cap_mask(entries: BankEntries, max_per_triplet: int, seed: int) -> np.ndarr
     return keep
 
 
+def _padding_like(batch: SceneGraphBatch) -> SceneGraphBatch:
+    """``batch`` with every array zeroed and ``image_index`` -1: padding images only."""
+    fields = {}
+    for field in dataclasses.fields(batch):
+        value = getattr(batch, field.name)
+        if value is not None:
+            value = np.zeros_like(np.asarray(value))
+        fields[field.name] = value
+    fields["image_index"] = np.full_like(np.asarray(batch.image_index), -1)
+    return dataclasses.replace(batch, **fields)
+
+
+def shard_bounds(image_index: np.ndarray, num_shards: int) -> np.ndarray:
+    """Entry boundaries of ``num_shards`` contiguous shards made of whole images.
+
+    Shard ``s`` holds entries ``bounds[s] .. bounds[s + 1] - 1``: it starts at the image boundary
+    nearest to entry ``round(s * M / num_shards)`` (the lower one on a tie), so shards hold about
+    ``M / num_shards`` entries each and never split an image (a shard may be empty when one image
+    holds more entries than a shard's share).
+
+    Args:
+      image_index: int64[M] image of each entry, non-decreasing (the bank's order).
+      num_shards: S >= 1.
+
+    Returns:
+      int64[S + 1], ``bounds[0] = 0``, ``bounds[S] = M``, non-decreasing.
+    """
+    check_int("num_shards", num_shards, minimum=1)
+    image_index = np.asarray(image_index, np.int64)
+    size = image_index.shape[0]
+    # Image boundaries: the first entry of every image, and the end.
+    edges = np.flatnonzero(np.r_[True, np.diff(image_index) != 0, True])
+    edges[-1] = size
+    targets = (np.arange(num_shards + 1) * size + num_shards // 2) // num_shards
+    above = np.clip(np.searchsorted(edges, targets, side="left"), 0, edges.size - 1)
+    below = np.clip(above - 1, 0, None)
+    nearer_below = (targets - edges[below]) <= (edges[above] - targets)
+    bounds = np.where(nearer_below, edges[below], edges[above]).astype(np.int64)
+    bounds[0], bounds[-1] = 0, size
+    return np.maximum.accumulate(bounds)
+
+
+def _pack_rows(*columns: np.ndarray) -> np.ndarray:
+    """uint8[N, bytes]: the rows of ``columns`` (each [N, ...]) side by side as raw bytes."""
+    parts = []
+    for column in columns:
+        column = np.ascontiguousarray(column)
+        width = int(np.prod(column.shape[1:], dtype=np.int64)) * column.dtype.itemsize
+        parts.append(column.view(np.uint8).reshape(column.shape[0], width))
+    return np.concatenate(parts, axis=1)
+
+
+def _unpack_rows(packed: np.ndarray, *layouts: tuple[np.dtype, tuple[int, ...]]) -> list:
+    """The columns :func:`_pack_rows` packed, given each one's ``(dtype, row shape)``."""
+    columns, start = [], 0
+    for dtype, shape in layouts:
+        dtype = np.dtype(dtype)
+        width = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        part = np.ascontiguousarray(packed[:, start : start + width])
+        columns.append(part.view(dtype).reshape(packed.shape[0], *shape))
+        start += width
+    return columns
+
+
+def exact_scores(
+    queries: np.ndarray, keys: np.ndarray, local_ids: np.ndarray, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cosine scores of search results, recomputed the same way wherever they come from.
+
+    An index scores a (query, key) pair inside a float32 matrix product whose rounding depends on
+    the product's shape: the same pair can score one ulp apart in a bank of another size, e.g. a
+    process's shard and the whole bank, which would reorder equal keys between shards. Here each
+    pair is scored on its own (elementwise products summed along the contiguous last axis, divided
+    by the two norms computed the same way), so a score depends only on the two vectors: equal keys
+    score equally in every shard and ties fall to the lower id, as in one bank. The rows are then
+    sorted again (descending score, then id; padding last). Used with the ``exact`` backend.
+
+    Args:
+      queries: float32[Q, D].
+      keys: float32[M_s, D], the keys of ``local_ids``.
+      local_ids: int64[M_s], sorted.
+      ids: int64[Q, n] results among ``local_ids`` (-1: padding).
+
+    Returns:
+      ``(ids int64[Q, n], scores float32[Q, n])``.
+    """
+    ids = np.asarray(ids, np.int64)
+    scores = np.full(ids.shape, -np.inf, np.float32)
+    valid = ids >= 0
+    if not valid.any():
+        return ids, scores
+    positions = np.searchsorted(local_ids, np.where(valid, ids, local_ids[0]))
+    width = max(1, ids.shape[1] * keys.shape[1])
+    block = max(1, (1 << 21) // width)  # about 8 MiB of candidate keys at once
+    for start in range(0, ids.shape[0], block):
+        query = np.asarray(queries[start : start + block], np.float32)
+        query_norm = np.sqrt((query * query).sum(-1))
+        key = np.asarray(keys, np.float32)[positions[start : start + block]]
+        key_norm = np.sqrt((key * key).sum(-1))
+        dot = (key * query[:, None, :]).sum(-1)
+        norms = np.maximum(query_norm, np.float32(1e-12))[:, None] * np.maximum(
+            key_norm, np.float32(1e-12)
+        )
+        exact = (dot / norms).astype(np.float32)
+        scores[start : start + block] = np.where(valid[start : start + block], exact, -np.inf)
+    order = np.lexsort((ids, -scores.astype(np.float64)), axis=1)
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def sharded_search(
+    local_search: Callable[[np.ndarray, int, np.ndarray | None], tuple[np.ndarray, np.ndarray]],
+    queries: np.ndarray,
+    k: int,
+    exclude_ids: np.ndarray | None,
+    dim: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` over the shards of every process (a collective: every process calls it).
+
+    Every process passes its own queries and the search of its own shard. Gathered: the queries
+    (``Q x dim`` float32 with their excluded ids, ``Q`` summed over processes), then each shard's
+    top-``k`` of all of them (``k`` ids and scores per query per shard, ``S x Q x k`` in all);
+    merged by :func:`merge_shard_results`.
+
+    Args:
+      local_search: ``local_search(queries, k, exclude_ids) -> (ids int64[Q, k], scores
+        float32[Q, k])`` over this process's shard (:meth:`MemoryBank.local_search`).
+      queries: float32[Q_p, dim], this process's queries.
+      k: neighbours per query.
+      exclude_ids: optional int64[Q_p] (-1: none); the same presence in every process.
+      dim: the key dimension (the queries' row shape must agree across processes).
+
+    Returns:
+      ``(ids int64[Q_p, k], scores float32[Q_p, k])`` for this process's queries.
+    """
+    queries = np.asarray(queries, np.float32)
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise ConfigError("queries", f"expected float32[Q, {dim}], got shape {queries.shape}")
+    count = queries.shape[0]
+    exclude = np.full(count, PAD_ID, np.int64) if exclude_ids is None else exclude_ids
+    exclude = np.asarray(exclude, np.int64).reshape(count)
+    owner = np.full(count, distributed.process_index(), np.int64)
+    gathered = distributed.allgather_rows(_pack_rows(owner, exclude, queries))
+    owner, exclude, queries = _unpack_rows(
+        gathered, (np.int64, ()), (np.int64, ()), (np.float32, (dim,))
+    )
+    ids, scores = local_search(queries, k, None if exclude_ids is None else exclude)
+    candidates = distributed.allgather_rows(_pack_rows(ids, scores))
+    ids, scores = merge_shard_results(
+        *_unpack_rows(candidates, (np.int64, (k,)), (np.float32, (k,))),
+        num_shards=distributed.process_count(),
+        k=k,
+    )
+    mine = owner == distributed.process_index()
+    return ids[mine], scores[mine]
+
+
+def merge_shard_results(
+    ids: np.ndarray, scores: np.ndarray, *, num_shards: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The global top-``k`` from every shard's top-``k`` of the same ``Q`` queries.
+
+    Args:
+      ids: int64[num_shards * Q, k_s], shard ``s``'s results in rows ``s * Q .. (s + 1) * Q - 1``
+        (the all-gather of the shards' results, in process order).
+      scores: float32[num_shards * Q, k_s], matching ``ids``.
+      num_shards: S.
+      k: results per query.
+
+    Returns:
+      ``(ids int64[Q, k], scores float32[Q, k])`` (:func:`~sgg_jax.retrieval.index.merge_topk`).
+    """
+    if ids.shape[0] % num_shards:
+        raise ConfigError("num_shards", f"{ids.shape[0]} rows do not split over {num_shards}")
+    rows = ids.shape[0] // num_shards
+    return merge_topk(
+        [ids[s * rows : (s + 1) * rows] for s in range(num_shards)],
+        [scores[s * rows : (s + 1) * rows] for s in range(num_shards)],
+        k,
+    )
+
+
 class MemoryBank:
     """Relation embeddings of every ground-truth training relation, searchable by cosine similarity.
 
@@ -167,6 +377,15 @@ class MemoryBank:
         embedding batch before the model sees it, e.g. the pixels of the ``roi`` feature source
         (:class:`~sgg_jax.data.images.ImageBatchTransform` over ``graphs``: the batches'
         ``image_index`` indexes ``graphs``, as the training loader's does).
+      num_shards, shard_index: this bank holds shard ``shard_index`` of ``num_shards``
+        (:func:`shard_bounds`); default: one shard per process, this process's
+        (:mod:`sgg_jax.distributed`). :meth:`search` with several shards needs one per process.
+
+    Attributes:
+      entries: every entry's metadata (all shards), ids ``0..M-1``.
+      local_ids: int64[M_s], this shard's entry ids (``arange(M)`` with one shard).
+      keys: float32[M_s, D] after :meth:`refresh`: the keys of ``local_ids``.
+      index: the index over this shard (None when the shard is empty).
 
     Raises:
       DataError: the training split holds no relation.
@@ -187,6 +406,8 @@ class MemoryBank:
         max_per_triplet: int | None = None,
         cap_seed: int = 0,
         batch_transform: Callable | None = None,
+        num_shards: int | None = None,
+        shard_index: int | None = None,
     ):
         check_int("max_objects", max_objects, minimum=1)
         check_int("num_predicates", num_predicates, minimum=1)
@@ -223,10 +444,23 @@ class MemoryBank:
             self.entries.predicate,
         )
         self._code_order = np.argsort(self._codes, kind="stable")
+        self._set_shard(num_shards, shard_index)
+        bounds = shard_bounds(self.entries.image_index, self.num_shards)
+        self.local_ids = np.arange(bounds[self.shard_index], bounds[self.shard_index + 1])
         self.keys: np.ndarray | None = None
         self.index: Index | None = None
         self.last_refresh: dict[str, float] = {}
         self._batches: list | None = None
+
+    def _set_shard(self, num_shards: int | None, shard_index: int | None) -> None:
+        self.num_shards = distributed.process_count() if num_shards is None else num_shards
+        self.shard_index = distributed.process_index() if shard_index is None else shard_index
+        check_int("num_shards", self.num_shards, minimum=1)
+        check_int("shard_index", self.shard_index, minimum=0)
+        if self.shard_index >= self.num_shards:
+            raise ConfigError(
+                "shard_index", f"shard {self.shard_index} of {self.num_shards} does not exist"
+            )
 
     def _model_input(self, batch: SceneGraphBatch) -> SceneGraphBatch:
         """``batch`` as the model reads it (``batch_transform`` applied, e.g. its pixels)."""
@@ -272,18 +506,19 @@ class MemoryBank:
     def embedding_batches(
         self,
     ) -> list[tuple[SceneGraphBatch, np.ndarray, np.ndarray, np.ndarray]]:
-        """The batches whose pairs are the bank's unique annotated pairs.
+        """The batches whose pairs are this shard's unique annotated pairs.
 
         Returns:
-          ``[(batch, ids, rows, slots)]``: ``keys[ids] = r[rows, slots]`` with ``r`` the batch's
-          relation embeddings; every entry id appears in exactly one batch.
+          ``[(batch, ids, rows, slots)]``: the key of entry ``ids`` is ``r[rows, slots]`` with
+          ``r`` the batch's relation embeddings; every id of ``local_ids`` appears in exactly one
+          batch.
         """
         entries = self.entries
         examples: list[dict[str, np.ndarray]] = []
-        entry_example = np.zeros(self.size, np.int64)
+        entry_example = np.full(self.size, -1, np.int64)
         entry_slot = np.zeros(self.size, np.int64)
         starts = np.searchsorted(entries.image_index, np.arange(len(self.graphs) + 1))
-        for image_index in np.unique(entries.image_index):
+        for image_index in np.unique(entries.image_index[self.local_ids]):
             begin, end = int(starts[image_index]), int(starts[image_index + 1])
             graph, dropped = pipeline.truncate_objects(self.graphs[image_index], self.max_objects)
             pair_keys = entries.subject[begin:end] * self.max_objects + entries.object[begin:end]
@@ -323,35 +558,63 @@ class MemoryBank:
             batches.append((batch, ids, entry_example[ids] - start, entry_slot[ids]))
         return batches
 
+    def _padding_batch(self) -> SceneGraphBatch:
+        """A batch of padding images (``graph_mask`` False, ``image_index`` -1)."""
+        feature_dim = None
+        if self.object_features is not None:
+            feature_dim = int(np.shape(self.object_features[0])[-1])
+        example = pipeline.padding_example(
+            max_objects=self.max_objects,
+            max_pairs=self.pair_budget,
+            object_feature_dim=feature_dim,
+        )
+        return pipeline.collate([example], self.batch_size)
+
     def refresh(self, embed_fn: EmbedFn) -> dict[str, float]:
-        """Recomputes every key with ``embed_fn`` and rebuilds the index.
+        """Recomputes this shard's keys with ``embed_fn`` and rebuilds its index.
+
+        With several processes every process runs ``embed_fn`` the same number of times (the
+        most batches any shard has; a shard with fewer feeds padding batches), as a jitted
+        function over the global mesh requires, and keeps the rows of its own batches.
 
         Args:
-          embed_fn: ``embed_fn(host_batch) -> float32[B, P, H]`` relation embeddings (e.g.
-            :func:`make_embed_fn` bound to the current variables); the batch is
-            ``batch_transform``'s output when one is given.
+          embed_fn: ``embed_fn(host_batch) -> float32[B, P, H]`` relation embeddings of this
+            process's rows (e.g. :func:`make_embed_fn` bound to the current variables); the batch
+            is ``batch_transform``'s output when one is given.
 
         Returns:
-          ``{"bank/size", "bank/embed_seconds", "bank/index_seconds"}``.
+          ``{"bank/size", "bank/embed_seconds", "bank/index_seconds"}`` (the size of all shards).
         """
         start = time.perf_counter()
         keys = None
         written = 0
         if self._batches is None:
             self._batches = self.embedding_batches()
-        for batch, ids, rows, slots in self._batches:
+        rounds = len(self._batches)
+        if self.num_shards > 1:
+            rounds = int(distributed.allgather_rows(np.array([rounds], np.int64)).max())
+        first = int(self.local_ids[0]) if self.local_ids.size else 0
+        for step in range(rounds):
+            if step < len(self._batches):
+                batch, ids, rows, slots = self._batches[step]
+            else:
+                batch, ids = self._padding_batch(), np.zeros(0, np.int64)
+                rows = slots = ids
             embeddings = np.asarray(embed_fn(self._model_input(batch)), np.float32)
             if keys is None:
-                keys = np.zeros((self.size, embeddings.shape[-1]), np.float32)
-            keys[ids] = embeddings[rows, slots]
+                keys = np.zeros((self.local_ids.size, embeddings.shape[-1]), np.float32)
+            keys[ids - first] = embeddings[rows, slots]
             written += ids.shape[0]
-        if written != self.size:  # an internal invariant of embedding_batches
-            raise RuntimeError(f"memory bank wrote {written} of {self.size} keys")
+        if written != self.local_ids.size:  # an internal invariant of embedding_batches
+            raise RuntimeError(f"memory bank wrote {written} of {self.local_ids.size} keys")
         embedded = time.perf_counter()
         if not np.all(np.isfinite(keys)):
             raise FloatingPointError("memory bank: the model produced non-finite embeddings")
         self.keys = keys
-        self.index = make_index(self.backend, **self.index_options).build(keys)
+        self.index = None
+        if self.local_ids.size:
+            index = make_index(self.backend, **self.index_options)
+            self.index = index.build(keys, self.local_ids)
         built = time.perf_counter()
         self.last_refresh = {
             "bank/size": float(self.size),
@@ -363,10 +626,45 @@ class MemoryBank:
     def search(
         self, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` entries per query (see :meth:`sgg_jax.retrieval.index.Index.search`)."""
-        if self.index is None:
+        """Top-``k`` entries per query (see :meth:`sgg_jax.retrieval.index.Index.search`).
+
+        With the ``exact`` backend the index selects the entries and :func:`exact_scores`
+        recomputes their scores pair by pair, so equal keys score equally in any shard.
+
+        With several shards (one per process) this is a collective that every process calls with
+        its own queries, the same number of times (module docstring, :func:`sharded_search`).
+        """
+        if self.keys is None:
             raise ConfigError("memory_bank", "the bank is empty: call refresh() first")
-        return self.index.search(queries, k, exclude_ids)
+        if self.num_shards == 1:
+            if self.index is None:
+                raise ConfigError("memory_bank", "the bank is empty: call refresh() first")
+            return self.local_search(queries, k, exclude_ids)
+        if self.num_shards != distributed.process_count():
+            raise ConfigError(
+                "num_shards",
+                f"searching {self.num_shards} shards needs as many processes, "
+                f"not {distributed.process_count()}",
+            )
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError("k", f"must be a positive integer, got {k!r}")
+        return sharded_search(self.local_search, queries, int(k), exclude_ids, self.keys.shape[1])
+
+    def local_search(
+        self, queries: np.ndarray, k: int, exclude_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` of this shard only (no collective): the index's results (with the ``exact``
+        backend, scores by :func:`exact_scores`); padding (-1 / -inf) for an empty shard."""
+        if self.index is None:
+            queries = np.asarray(queries)
+            return (
+                np.full((queries.shape[0], k), PAD_ID, np.int64),
+                np.full((queries.shape[0], k), -np.inf, np.float32),
+            )
+        ids, scores = self.index.search(queries, k, exclude_ids)
+        if self.backend != "exact":
+            return ids, scores
+        return exact_scores(queries, self.keys, self.local_ids, ids)
 
 
 class DetectionMemoryBank(MemoryBank):
@@ -435,6 +733,8 @@ class DetectionMemoryBank(MemoryBank):
         self.num_relations = 0
         self._codes = np.zeros(0, np.int64)
         self._code_order = np.zeros(0, np.int64)
+        self._set_shard(None, None)
+        self.local_ids = np.zeros(0, np.int64)
         self.keys = None
         self.index = None
         self.last_refresh = {}
@@ -456,11 +756,30 @@ class DetectionMemoryBank(MemoryBank):
 
         An image without any matched pair contributes nothing; a training split without any
         leaves the bank empty (``size`` 0, no index).
+
+        With several processes each process embeds its own ``batches`` (its part of the training
+        split; all run the same number of embedding batches, padded with empty ones) and keeps
+        the keys of its pairs as its shard; the entries' metadata (six int64 per entry, not the
+        keys) is all-gathered so that ids, ``entry_ids`` and ``predicates_of`` are global. Ids
+        number the entries in process order, then batch, image and pair order (the
+        single-process ids when process ``k``'s batches are the ``k``-th block of the
+        single-process ones); the per-triplet cap is drawn over all of them.
         """
         start = time.perf_counter()
         columns: dict[str, list[np.ndarray]] = {name: [] for name in _ENTRY_FIELDS}
         keys = []
-        for batch in self.input_batches:
+        rounds = len(self.input_batches)
+        if self.num_shards > 1:
+            rounds = int(distributed.allgather_rows(np.array([rounds], np.int64)).max())
+            if rounds and not self.input_batches:
+                raise DataError(
+                    f"process {self.shard_index} has no training batch for the memory bank"
+                )
+        for step in range(rounds):
+            if step < len(self.input_batches):
+                batch = self.input_batches[step]
+            else:  # lockstep with the processes that have more batches: an empty batch
+                batch = _padding_like(self.input_batches[0])
             found = embed_fn(self._model_input(batch))
             mask = np.asarray(found["mask"], bool) & np.asarray(batch.graph_mask, bool)[:, None]
             rows, slots = np.nonzero(mask)
@@ -469,13 +788,27 @@ class DetectionMemoryBank(MemoryBank):
             for name in _ENTRY_FIELDS[1:]:
                 columns[name].append(np.asarray(found[name], np.int64)[rows, slots])
             keys.append(np.asarray(found["embedding"], np.float32)[rows, slots])
-        entries = BankEntries(**{name: np.concatenate(parts) for name, parts in columns.items()})
+        entries = BankEntries(
+            **{
+                name: np.concatenate(parts) if parts else np.zeros(0, np.int64)
+                for name, parts in columns.items()
+            }
+        )
         keys = np.concatenate(keys) if keys else np.zeros((0, 1), np.float32)
+        # Every process's entries (metadata only), in process order; the keys stay local.
+        owner = np.full(entries.size, self.shard_index, np.int64)
+        table = np.stack([owner, *(getattr(entries, name) for name in _ENTRY_FIELDS)], axis=1)
+        if self.num_shards > 1:
+            table = distributed.allgather_rows(table)
+        owner = table[:, 0]
+        entries = BankEntries(**{name: table[:, i + 1] for i, name in enumerate(_ENTRY_FIELDS)})
         self.num_relations = entries.size
+        keep = np.ones(entries.size, bool)
         if self.max_per_triplet is not None:
             keep = _cap_mask(entries, self.max_per_triplet, self.cap_seed)
             entries = BankEntries(**{name: getattr(entries, name)[keep] for name in _ENTRY_FIELDS})
-            keys = keys[keep]
+        keys = keys[keep[owner == self.shard_index]]
+        self.local_ids = np.flatnonzero(owner[keep] == self.shard_index).astype(np.int64)
         embedded = time.perf_counter()
         if not np.all(np.isfinite(keys)):
             raise FloatingPointError("memory bank: the model produced non-finite embeddings")
@@ -488,8 +821,9 @@ class DetectionMemoryBank(MemoryBank):
         # No match at all (e.g. an untrained detector): an empty bank, no index; the augmenter
         # then leaves the batch's one-hot targets as they are.
         self.index = None
-        if entries.size:
-            self.index = make_index(self.backend, **self.index_options).build(keys)
+        if self.local_ids.size:
+            index = make_index(self.backend, **self.index_options)
+            self.index = index.build(keys, self.local_ids)
         built = time.perf_counter()
         self.last_refresh = {
             "bank/size": float(self.size),

@@ -45,6 +45,13 @@ self-exclusion uses the entry ``(image, subject detection, object detection, pre
 detection matches a ground-truth relation, e.g. an untrained detector) leaves the one-hot targets
 (metric ``ra/bank_empty``).
 
+With several processes (:mod:`sgg_jax.distributed`) each process transforms its own batch: the
+embedding functions return the process's rows of the jitted forward over the global mesh, and the
+memory bank is sharded by process (:mod:`sgg_jax.projects.ra_sgg.memory_bank`), so a refresh and
+every search are collectives that each process enters at every update (the training loop calls
+the transform at every update in every process; the background search runs even for a batch
+without background pairs).
+
 Randomness is ``numpy.random.default_rng((seed, step))``, so a step's targets depend only on the
 seed, the step and the model. A resumed run rebuilds the bank from the restored model at its first
 update, which is the same bank as an uninterrupted run only when the resume step is a refresh step.
@@ -67,7 +74,7 @@ from sgg_jax.projects.ra_sgg import augment as augment_lib
 from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank
 from sgg_jax.projects.ra_sgg.tail_sets import rarest_predicates
 from sgg_jax.structures import SceneGraphBatch
-from sgg_jax.train.mesh import process_local
+from sgg_jax.train.mesh import batch_sharding, process_local
 
 LAMBDA_MODES = ("beta", "fixed")
 BANKS = ("full", "official")
@@ -183,6 +190,9 @@ tail_predicates = rarest_predicates  # the name this module exported before tail
 def make_embed_fn(model: Any, mesh: Any, shard: Callable) -> Callable:
     """``embed(variables, host_batch) -> float32[B, P, H]``: ``aux["relation_embedding"]``, eval mode.
 
+    With several processes every process passes its own batch and gets its own rows back (the
+    jitted forward runs once over the global batch).
+
     Args:
       model: a module returning ``(outputs, aux)`` with ``aux["relation_embedding"]``.
       mesh: the device mesh.
@@ -194,7 +204,7 @@ def make_embed_fn(model: Any, mesh: Any, shard: Callable) -> Callable:
     @jax.jit
     def embed(variables, batch):
         _, aux = model.apply(variables, batch, train=False)
-        return aux["relation_embedding"]
+        return jax.lax.with_sharding_constraint(aux["relation_embedding"], batch_sharding(mesh))
 
     def run(variables, batch: SceneGraphBatch) -> np.ndarray:
         return process_local(embed(variables, shard(batch, mesh)))
@@ -232,7 +242,7 @@ def make_train_embed_fn(
         else:
             _, aux = model.apply(variables, batch, train=True, rngs=rngs)
         if not with_targets:
-            return aux["relation_embedding"]
+            return jax.lax.with_sharding_constraint(aux["relation_embedding"], batch_sharding(mesh))
         targets = aux.get("targets", batch)
         pairs = {
             "pairs": targets.pairs,
@@ -240,7 +250,9 @@ def make_train_embed_fn(
             "pair_mask": targets.pair_mask,
             "boxes": targets.boxes,
         }
-        return aux["relation_embedding"], pairs
+        return jax.lax.with_sharding_constraint(
+            (aux["relation_embedding"], pairs), batch_sharding(mesh)
+        )
 
     def run(variables, batch: SceneGraphBatch, dropout_key):
         found = process_local(embed(variables, shard(batch, mesh), dropout_key))
@@ -317,7 +329,7 @@ def make_detection_bank_fn(model: Any, mesh: Any, shard: Callable, *, budget: in
             jnp.asarray(outputs["pair_mask"], bool),
         )
         embedding = jnp.take_along_axis(aux["relation_embedding"], index[..., None], axis=1)
-        return {
+        found = {
             "embedding": embedding,
             "subject": subject,
             "object": obj,
@@ -326,10 +338,10 @@ def make_detection_bank_fn(model: Any, mesh: Any, shard: Callable, *, budget: in
             "predicate": predicate,
             "mask": valid,
         }
+        return jax.lax.with_sharding_constraint(found, batch_sharding(mesh))
 
     def run(variables, batch: SceneGraphBatch) -> dict[str, np.ndarray]:
-        found = bank_fn(variables, shard(batch, mesh))
-        return {name: np.asarray(value) for name, value in found.items()}
+        return process_local(bank_fn(variables, shard(batch, mesh)))
 
     return run
 
@@ -345,7 +357,7 @@ def _global_fields(batch: SceneGraphBatch) -> SceneGraphBatch:
     )
 
 
-def _local_rows(values: np.ndarray, local_batch: SceneGraphBatch) -> np.ndarray:
+def _own_rows(values: np.ndarray, local_batch: SceneGraphBatch) -> np.ndarray:
     """This process's rows of global-batch ``values`` (all of them with one process)."""
     size = np.asarray(local_batch.pair_labels).shape[0]
     start = process_index() * size if process_count() > 1 else 0
@@ -498,7 +510,8 @@ class RetrievalAugmenter:
         gt = pair_labels[rows, columns]
         own = self.bank.entry_ids(image_index, pairs[:, 0], pairs[:, 1], gt)
         k = config.num_neighbours
-        neighbour_ids, _ = self.bank.search(embeddings[rows, columns], k, own)
+        local_size = np.asarray(local_batch.pair_labels).shape[0]
+        neighbour_ids = self._search(rows, embeddings[rows, columns], k, local_size, own)
         neighbours = self.bank.predicates_of(neighbour_ids)
         result = augment_lib.augment(
             gt,
@@ -521,8 +534,10 @@ class RetrievalAugmenter:
         if config.relabel_background:
             background = pair_mask & (pair_labels == 0)
             bg_rows, bg_columns = np.nonzero(background)
+            # Searched even without background pairs: with several processes the search is a
+            # collective every process enters.
+            bg_ids = self._search(bg_rows, embeddings[bg_rows, bg_columns], k, local_size)
             if bg_rows.size:
-                bg_ids, _ = self.bank.search(embeddings[bg_rows, bg_columns], k)
                 new = augment_lib.relabel_background(
                     self.bank.predicates_of(bg_ids),
                     bg_rows.tolist(),
@@ -558,7 +573,7 @@ class RetrievalAugmenter:
                 "ra/search_seconds": time.perf_counter() - start,
             }
         )
-        return local_batch.replace(soft_targets=_local_rows(targets, local_batch)), metrics
+        return local_batch.replace(soft_targets=_own_rows(targets, local_batch)), metrics
 
     def _official(self, variables, batch, dropout_key, rng, metrics):
         """The official rule over every real pair of the batch (module docstring)."""
@@ -581,7 +596,8 @@ class RetrievalAugmenter:
         rows, columns = np.nonzero(pair_mask)  # image by image, in pair order
         labels = pair_labels[rows, columns]
         k = config.num_neighbours
-        ranked, _ = self.bank.search(embeddings[rows, columns], k + 1)
+        local_size = np.asarray(batch.pair_labels).shape[0]
+        ranked = self._search(rows, embeddings[rows, columns], k + 1, local_size)
         neighbours = self.bank.predicates_of(ranked[:, 1:])  # ret_idx[1:K+1]
         result = augment_lib.official_augment(
             labels,
@@ -616,7 +632,22 @@ class RetrievalAugmenter:
                 "ra/search_seconds": time.perf_counter() - start,
             }
         )
-        return batch.replace(soft_targets=_local_rows(targets, batch)), metrics
+        return batch.replace(soft_targets=_own_rows(targets, batch)), metrics
+
+    def _search(self, rows, queries, k, local_size, exclude_ids=None) -> np.ndarray:
+        """Neighbour ids of the global batch's queries (``rows``: their global batch rows).
+
+        With several processes each searches its own rows (the bank's search is a collective
+        over the processes' queries) and the results are gathered back into the global order.
+        """
+        if process_count() == 1:
+            return self.bank.search(queries, k, exclude_ids)[0]
+        start = process_index() * local_size
+        mine = (rows >= start) & (rows < start + local_size)
+        ids, _ = self.bank.search(
+            queries[mine], k, None if exclude_ids is None else exclude_ids[mine]
+        )
+        return allgather_rows(ids)
 
     def _training_pairs(self, variables, batch, dropout_key):
         """SGDet: ``(embeddings, pairs, pair_labels, pair_mask)`` of the detection pairs the
