@@ -206,7 +206,16 @@ def test_evaluation_of_shards_equals_one_evaluation(monkeypatch):
 
 # -- e2e: real processes --------------------------------------------------------------------------
 
-SMOKE = ("--flagfile=experiments/flags/smoke.flags", "--num_steps=6", "--eval_every=0")
+# RA-SGG: PE-Net phase 1, the official bank (sharded over the processes), phase 2.
+SMOKE = (
+    "--flagfile=experiments/flags/ra_sgg_smoke.flags",
+    "--ablations=",
+    "--num_steps=6",
+    "--phase2_steps=4",
+    "--eval_every=0",
+    "--log_every=1",
+)
+PHASES = ("phase1", "phase2")
 
 
 def _one_process(workdir, *extra):
@@ -273,22 +282,29 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     result = _two_processes(two)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "results:" in result.stdout and "[p0] results:" in result.stdout
+    assert "[p0] results:" in result.stdout
     assert "[p1] results:" not in result.stdout  # only process 0 reports and writes
     import sgg_jax
 
     sgg_jax.load_exported(two / "export")  # every file's sha256 checked: written once, intact
 
-    # Same updates: losses and gradient norms of every logged step, and the final parameters.
-    records_one, records_two = _records(one), _records(two)
-    assert [r["step"] for r in records_one] == [r["step"] for r in records_two]
-    for a, b in zip(records_one, records_two, strict=True):
-        for name in ("loss", "grad_norm"):
-            assert b[name] == pytest.approx(a[name], rel=1e-5, abs=1e-6)
-    params_one, params_two = _final_params(one), _final_params(two)
-    assert params_one.keys() == params_two.keys() and params_one
-    for name, value in params_one.items():
-        np.testing.assert_allclose(params_two[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+    # Same updates in both phases: losses, gradient norms and RA-SGG's selections of every
+    # logged step, and the final parameters.
+    for phase in PHASES:
+        records_one, records_two = _records(one / phase), _records(two / phase)
+        assert [r["step"] for r in records_one] == [r["step"] for r in records_two]
+        for a, b in zip(records_one, records_two, strict=True):
+            for name in ("loss", "grad_norm"):
+                assert b[name] == pytest.approx(a[name], rel=1e-5, abs=1e-6)
+            for name in ("ra/selected_fraction", "ra/augmented_fraction"):
+                assert b.get(name) == a.get(name)
+        params_one, params_two = _final_params(one / phase), _final_params(two / phase)
+        assert params_one.keys() == params_two.keys() and params_one
+        for name, value in params_one.items():
+            np.testing.assert_allclose(
+                params_two[name], value, rtol=1e-5, atol=1e-5, err_msg=f"{phase} {name}"
+            )
+    assert "ra/selected_fraction" in _records(one / "phase2")[-1]
     # Evaluation of (almost) the same parameters: the metrics agree to the same tolerance.
     scalars_one, scalars_two = _scalars(one), _scalars(two)
     assert scalars_one.keys() == scalars_two.keys()
@@ -303,7 +319,8 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
         (copy / "results.json").unlink()
         result = runner(copy)
         assert result.returncode == 0, result.stderr[-3000:]
-        assert _records(copy) == _records(source)  # nothing retrained, nothing written twice
+        for phase in PHASES:  # nothing retrained, nothing written twice
+            assert _records(copy / phase) == _records(source / phase)
         assert _scalars(copy) == _scalars(source)
 
 
