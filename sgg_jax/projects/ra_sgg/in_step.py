@@ -66,7 +66,7 @@ from jax.sharding import PartitionSpec as P
 
 from sgg_jax.errors import ConfigError
 from sgg_jax.projects.ra_sgg import augment as augment_lib
-from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank
+from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank, shard_bounds
 from sgg_jax.projects.ra_sgg.tail_sets import rarest_predicates
 from sgg_jax.retrieval.index import PAD_ID, l2_normalize
 from sgg_jax.structures import SceneGraphBatch
@@ -81,12 +81,14 @@ class RetrievalBatch(SceneGraphBatch):
     """A training batch with the memory bank on the devices (``--retrieval=in_step``).
 
     Attributes:
-      bank_keys: f32[M_pad, H] unit-norm keys, rows sharded over ``"data"`` (zero rows pad).
-      bank_predicates: int32[M_pad] predicate of each row; -1 on padding rows.
+      bank_keys: f32[R, H] unit-norm keys, rows sharded over ``"data"`` (zero rows pad).
+      bank_ids: int32[R] entry id of each row; -1 on padding rows.
+      bank_predicates: int32[R] predicate of each row; -1 on padding rows.
       own_entry: int32[B, P] the bank entry of each foreground pair (-1: none or not foreground).
     """
 
     bank_keys: jax.Array | None = None
+    bank_ids: jax.Array | None = None
     bank_predicates: jax.Array | None = None
     own_entry: jax.Array | None = None
 
@@ -115,33 +117,67 @@ def check_supported(config: Any, *, detection: bool) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def device_bank(keys: np.ndarray, predicates: np.ndarray, mesh: Any) -> tuple[jax.Array, jax.Array]:
+def device_bank(
+    keys: np.ndarray,
+    predicates: np.ndarray,
+    mesh: Any,
+    *,
+    local_ids: np.ndarray | None = None,
+    shard_sizes: Any = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Puts the bank on the mesh: rows split over ``"data"``, padded to a multiple of the devices.
 
+    One process, or every process holding every key (``shard_sizes`` None): row ``i`` is entry
+    ``i``. A bank sharded by process (:class:`~sgg_jax.projects.ra_sgg.memory_bank.MemoryBank`
+    with several processes: process ``p`` holds the contiguous ids of shard ``p``): each process
+    puts its shard on its own devices, padded to the largest shard's size (``shard_sizes``), so the
+    rows stay in id order across devices and no key crosses processes.
+
     Args:
-      keys: float[M, H] bank keys (L2-normalised here, as :class:`sgg_jax.retrieval.index.Index`).
-      predicates: int[M] predicate of each entry (entry id = row).
+      keys: float[M_p, H] this process's keys (L2-normalised here, as
+        :class:`sgg_jax.retrieval.index.Index`).
+      predicates: int[M] the predicate of every entry id (all shards).
       mesh: the device mesh.
+      local_ids: int[M_p] the entry ids of ``keys`` (default ``arange(M_p)``).
+      shard_sizes: every process's number of keys, in process order (None: not sharded).
 
     Returns:
-      ``(keys f32[M_pad, H], predicates int32[M_pad])`` with ``NamedSharding(mesh, P("data",
-      None))`` / ``P("data")``; padding rows are zero with predicate -1.
+      ``(keys f32[R, H], ids int32[R], predicates int32[R])`` with ``NamedSharding(mesh, P("data",
+      None))`` / ``P("data")``; padding rows are zero with id and predicate -1.
     """
     keys = l2_normalize(keys)
     size, dim = keys.shape
-    shards = mesh.shape[DATA_AXIS]
-    padded = -(-size // shards) * shards
-    host_keys = np.zeros((padded, dim), np.float32)
+    local_ids = np.arange(size) if local_ids is None else np.asarray(local_ids, np.int64)
+    predicates = np.asarray(predicates, np.int64)
+    if shard_sizes is None:
+        devices = mesh.shape[DATA_AXIS]
+        rows = -(-size // devices) * devices
+    else:
+        devices = len(mesh.local_devices)
+        largest = max(int(n) for n in shard_sizes)
+        rows = max(1, -(-largest // devices)) * devices
+    host_keys = np.zeros((rows, dim), np.float32)
     host_keys[:size] = keys
-    host_predicates = np.full(padded, -1, np.int32)
-    host_predicates[:size] = np.asarray(predicates, np.int64)
+    host_ids = np.full(rows, PAD_ID, np.int32)
+    host_ids[:size] = local_ids
+    host_predicates = np.full(rows, -1, np.int32)
+    host_predicates[:size] = predicates[local_ids]
     key_sharding = NamedSharding(mesh, P(DATA_AXIS, None))
-    predicate_sharding = NamedSharding(mesh, P(DATA_AXIS))
+    row_sharding = NamedSharding(mesh, P(DATA_AXIS))
+    if shard_sizes is None:
+        return tuple(
+            jax.make_array_from_callback(array.shape, sharding, lambda i, a=array: a[i])
+            for array, sharding in (
+                (host_keys, key_sharding),
+                (host_ids, row_sharding),
+                (host_predicates, row_sharding),
+            )
+        )
+    total = rows * len(shard_sizes)
     return (
-        jax.make_array_from_callback(host_keys.shape, key_sharding, lambda i: host_keys[i]),
-        jax.make_array_from_callback(
-            host_predicates.shape, predicate_sharding, lambda i: host_predicates[i]
-        ),
+        jax.make_array_from_process_local_data(key_sharding, host_keys, (total, dim)),
+        jax.make_array_from_process_local_data(row_sharding, host_ids, (total,)),
+        jax.make_array_from_process_local_data(row_sharding, host_predicates, (total,)),
     )
 
 
@@ -151,7 +187,12 @@ def _normalize(vectors: jax.Array) -> jax.Array:
 
 
 def sharded_topk(
-    queries: jax.Array, keys: jax.Array, predicates: jax.Array, k: int, mesh: Any
+    queries: jax.Array,
+    keys: jax.Array,
+    entry_ids: jax.Array,
+    predicates: jax.Array,
+    k: int,
+    mesh: Any,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Exact cosine top-``k`` over a bank whose rows are split over the ``"data"`` mesh axis.
 
@@ -162,8 +203,9 @@ def sharded_topk(
 
     Args:
       queries: f32[Q, H] (normalised here).
-      keys: f32[M_pad, H] unit-norm keys (:func:`device_bank`).
-      predicates: int32[M_pad], -1 on padding rows (masked out).
+      keys: f32[R, H] unit-norm keys (:func:`device_bank`), rows in increasing entry id.
+      entry_ids: int32[R] the entry id of each row, -1 on padding rows (masked out).
+      predicates: int32[R] the predicate of each row.
       k: neighbours per query.
       mesh: the mesh the bank is sharded over.
 
@@ -176,11 +218,11 @@ def sharded_topk(
     local_k = min(k, rows)
     merged_k = min(k, local_k * shards)
 
-    def local(query, key_rows, predicate_rows):
+    def local(query, key_rows, id_rows, predicate_rows):
         scores = jnp.dot(query, key_rows.T, precision=jax.lax.Precision.HIGHEST)
-        scores = jnp.where(predicate_rows[None, :] >= 0, scores, -jnp.inf)
+        scores = jnp.where(id_rows[None, :] >= 0, scores, -jnp.inf)
         top_scores, positions = jax.lax.top_k(scores, local_k)
-        ids = positions + jax.lax.axis_index(DATA_AXIS) * rows
+        ids = id_rows[positions]
         top_predicates = predicate_rows[positions]
         gathered = [
             jax.lax.all_gather(x, DATA_AXIS, axis=1, tiled=True)
@@ -196,10 +238,10 @@ def sharded_topk(
     scores, ids, neighbour_predicates = jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(P(), P(DATA_AXIS, None), P(DATA_AXIS)),
+        in_specs=(P(), P(DATA_AXIS, None), P(DATA_AXIS), P(DATA_AXIS)),
         out_specs=(P(), P(), P()),
         check_vma=False,  # the merge runs on all-gathered candidates: the same on every device
-    )(_normalize(jnp.asarray(queries, jnp.float32)), keys, predicates)
+    )(_normalize(jnp.asarray(queries, jnp.float32)), keys, entry_ids, predicates)
     missing = scores == -jnp.inf
     ids = jnp.where(missing, PAD_ID, ids)
     neighbour_predicates = jnp.where(missing, -1, neighbour_predicates)
@@ -217,6 +259,7 @@ def chunked_search(
     queries: jax.Array,
     active: jax.Array,
     keys: jax.Array,
+    entry_ids: jax.Array,
     predicates: jax.Array,
     k: int,
     mesh: Any,
@@ -234,7 +277,7 @@ def chunked_search(
     Args:
       queries: f32[Q, H].
       active: bool[Q] the queries whose results are used.
-      keys, predicates, k, mesh: as :func:`sharded_topk`.
+      keys, entry_ids, predicates, k, mesh: as :func:`sharded_topk`.
       chunk: most queries per search (bounds the f32[chunk, M / devices] scores).
       smallest: the smallest block searched.
 
@@ -256,7 +299,7 @@ def chunked_search(
     )
 
     def write(buffers, start, part):
-        results = sharded_topk(part, keys, predicates, k, mesh)
+        results = sharded_topk(part, keys, entry_ids, predicates, k, mesh)
         return tuple(
             jax.lax.dynamic_update_slice_in_dim(buffer, result, start, 0)
             for buffer, result in zip(buffers, results, strict=True)
@@ -510,6 +553,7 @@ def in_step_targets(
         embeddings[:, :slots].reshape(-1, dim),
         active.reshape(-1),
         batch.bank_keys,
+        batch.bank_ids,
         batch.bank_predicates,
         k + 1,
         mesh,
@@ -651,7 +695,7 @@ class InStepRetrieval:
         self.embed = embed
         self.config = config
         self.mesh = mesh
-        self.device: tuple[jax.Array, jax.Array] | None = None
+        self.device: tuple[jax.Array, jax.Array, jax.Array] | None = None
         self._refreshed_at: int | None = None
 
     def _refresh_due(self, step: int) -> bool:
@@ -675,7 +719,9 @@ class InStepRetrieval:
             self.device = None
         if self.device is None:
             start = time.perf_counter()
-            self.device = device_bank(self.bank.keys, self.bank.entries.predicate, self.mesh)
+            self.device = device_bank(
+                self.bank.keys, self.bank.entries.predicate, self.mesh, **_shard_layout(self.bank)
+            )
             metrics["bank/device_put_seconds"] = time.perf_counter() - start
         labels = np.asarray(batch.pair_labels)
         foreground = np.asarray(batch.pair_mask) & (labels > 0)
@@ -693,11 +739,26 @@ class InStepRetrieval:
             RetrievalBatch(
                 **fields,
                 bank_keys=self.device[0],
-                bank_predicates=self.device[1],
+                bank_ids=self.device[1],
+                bank_predicates=self.device[2],
                 own_entry=own,
             ),
             metrics,
         )
+
+
+def _shard_layout(bank: MemoryBank) -> dict[str, Any]:
+    """:func:`device_bank`'s ``local_ids`` / ``shard_sizes`` of a bank (sharded by process or not)."""
+    local_ids = getattr(bank, "local_ids", None)
+    num_shards = getattr(bank, "num_shards", 1)
+    if num_shards == 1:
+        return {"local_ids": local_ids}
+    if num_shards != jax.process_count() or bank.shard_index != jax.process_index():
+        raise ConfigError(
+            "retrieval", "in_step needs the memory bank sharded one shard per process, or whole"
+        )
+    bounds = shard_bounds(bank.entries.image_index, num_shards)
+    return {"local_ids": local_ids, "shard_sizes": np.diff(bounds).tolist()}
 
 
 def tail_of(config: Any, predicate_counts: np.ndarray, num_predicates: int) -> np.ndarray:

@@ -46,16 +46,18 @@ def test_sharded_topk_equals_exact_index_with_self_exclusion_and_ties(size, k):
     own = np.array([1, 4, -1, size - 1, *rng.integers(-1, size, 8)], np.int64)
     predicates = rng.integers(1, NUM_PREDICATES + 1, size)
     index = ExactIndex().build(keys)
-    bank_keys, bank_predicates = in_step.device_bank(keys, predicates, mesh)
+    bank_keys, bank_ids, bank_predicates = in_step.device_bank(keys, predicates, mesh)
     assert bank_keys.shape[0] % 4 == 0 and bank_keys.sharding.spec[0] == "data"
 
-    @functools.partial(jax.jit, static_argnums=(3,))
-    def search(queries, bank_keys, bank_predicates, k, own):
-        ids, scores, found = in_step.sharded_topk(queries, bank_keys, bank_predicates, k + 1, mesh)
+    @functools.partial(jax.jit, static_argnums=(4,))
+    def search(queries, bank_keys, bank_ids, bank_predicates, k, own):
+        ids, scores, found = in_step.sharded_topk(
+            queries, bank_keys, bank_ids, bank_predicates, k + 1, mesh
+        )
         return (ids, found), in_step.drop_excluded(ids, scores, found, own, k)
 
     (ranked, ranked_predicates), (ids, _, found) = search(
-        queries, bank_keys, bank_predicates, k, own
+        queries, bank_keys, bank_ids, bank_predicates, k, own
     )
     expected, _ = index.search(queries, k, own)
     np.testing.assert_array_equal(np.asarray(ids), expected)
@@ -72,10 +74,10 @@ def test_sharded_topk_equals_exact_index_with_self_exclusion_and_ties(size, k):
     position = np.arange(queries.shape[0])
     for chunk, smallest, active in ((3, 8, position % 3 != 1), (8, 2, position % 4 == 0)):
         chunked, _, chunked_predicates = jax.jit(
-            lambda q, a, keys, predicates, c=chunk, s=smallest: in_step.chunked_search(
-                q, a, keys, predicates, k + 1, mesh, chunk=c, smallest=s
+            lambda q, a, keys, ids, predicates, c=chunk, s=smallest: in_step.chunked_search(
+                q, a, keys, ids, predicates, k + 1, mesh, chunk=c, smallest=s
             )
-        )(queries, active, bank_keys, bank_predicates)
+        )(queries, active, bank_keys, bank_ids, bank_predicates)
         np.testing.assert_array_equal(np.asarray(chunked)[active], expected[active])
         np.testing.assert_array_equal(
             np.asarray(chunked_predicates)[active], np.asarray(ranked_predicates)[active]
