@@ -21,6 +21,13 @@ and one jit does everything:
 4. the neighbours' predicates, the label-inconsistency selection, the augmentation and the
    multi-prototype soft targets in ``jnp`` (:func:`paper_rule`, :func:`official_rule`), then the loss.
 
+With several processes the bank is sharded by process
+(:class:`~sgg_jax.projects.ra_sgg.memory_bank.MemoryBank`): each process puts its shard on its own
+devices (:func:`device_bank`), so the device rows stay in entry-id order and the merge keeps the
+lower-id tie rule; the step's batch is the global one, so the selections and draws are those of one
+process with the same global batch (checked with 2 processes x 2 devices against ``ExactIndex``).
+The host's memory bank still builds its ``--retrieval_backend`` index at each refresh, unused here.
+
 What the host still does, per batch: look up the own entry ids of the batch's foreground pairs from
 their labels (a sorted search, no device data) and, when a refresh is due (when the host path would
 refresh), re-embed the bank with :meth:`MemoryBank.refresh` and put the new keys on the mesh
