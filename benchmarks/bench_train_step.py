@@ -210,7 +210,13 @@ def main() -> None:
     }
     print(json.dumps(row))
     if args.retrieval and args.in_step:
-        print(json.dumps(_interleaved_row(args, row, graphs, vocab, model, model_config, batches)))
+        print(
+            json.dumps(
+                _interleaved_row(
+                    args, row, graphs, vocab, model, model_config, batches, phase1=(step, state)
+                )
+            )
+        )
     elif args.retrieval:
         print(json.dumps(_phase2_row(args, row, graphs, vocab, model, model_config, batches)))
 
@@ -298,13 +304,16 @@ def _phase2_row(args, phase1, graphs, vocab, model, model_config, batches) -> di
     }
 
 
-def _interleaved_row(args, phase1, graphs, vocab, model, model_config, batches) -> dict:
+def _interleaved_row(
+    args, phase1_row, graphs, vocab, model, model_config, batches, *, phase1
+) -> dict:
     """Phase 1, phase 2 on the host path and phase 2 in the step, timed in interleaved rounds.
 
     Each kind runs as :func:`sgg_jax.train.fit` runs it: dispatch the step, prepare the next batch
     (batch transform + placement on the devices), wait for the step's metrics. Rounds of
     ``steps / rounds`` updates of each kind alternate (in a rotating order), so a change of the
-    machine's load hits all three alike; the medians over rounds are reported.
+    machine's load hits all three alike; the medians over rounds are reported. ``phase1`` is the
+    already compiled PE-Net ``(step, state)`` of :func:`main`.
     """
     from sgg_jax.projects.ra_sgg import in_step
     from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank
@@ -326,7 +335,6 @@ def _interleaved_row(args, phase1, graphs, vocab, model, model_config, batches) 
     host_config = RASGGConfig(num_neighbours=20)
     in_step_config = RASGGConfig(num_neighbours=20, retrieval="in_step")
     kinds = {
-        "phase1": (make_penet_loss(model_config), None),
         "host": (
             make_penet_loss(model_config, multi_prototype=True),
             RetrievalAugmenter(
@@ -349,7 +357,7 @@ def _interleaved_row(args, phase1, graphs, vocab, model, model_config, batches) 
             in_step.InStepRetrieval(bank(), embed, in_step_config, mesh),
         ),
     }
-    runners = {}
+    runners = {"phase1": {"step": phase1[0], "state": phase1[1], "transform": None, "update": 0}}
     for name, (loss, transform) in kinds.items():
         optimizer, schedule = make_optimizer(OptimConfig(optimizer="sgd", learning_rate=1e-3), 1000)
         state = create_train_state(model, optimizer, batches[0], seed=0, mesh=mesh)
