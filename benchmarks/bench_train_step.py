@@ -24,8 +24,17 @@ loss, and reports ``phase2_step_ms / phase1_step_ms`` with the breakdown. The me
 master parameters and optimizer state, the dense layers' matmuls (forward and backward) in
 bfloat16, the loss in float32. The matmul reference uses the same dtype.
 
+With ``--retrieval --in_step`` it times, instead, three steps side by side in interleaved rounds
+(:func:`_interleaved_row`): the PE-Net step, the host path above, and the phase-2 step with the
+retrieval inside the jitted step (``--retrieval=in_step``, :mod:`sgg_jax.projects.ra_sgg.in_step`: the
+same bank held on the devices, exact top-K of the training forward's own embeddings, selection,
+augmentation and soft targets in the step, no second forward; its transform only adds the bank
+arrays and the own entry ids), each run as the training loop runs it, and reports both ratios to
+the PE-Net step (medians over the rounds, so that the load of a shared machine moves all three);
+these three run in float32 whatever ``--dtype``.
+
     python benchmarks/bench_train_step.py [--size small|official] [--batch 8] [--pairs 512]
-        [--steps 20] [--dtype float32|bfloat16] [--retrieval] [--fg 64]
+        [--steps 20] [--dtype float32|bfloat16] [--retrieval] [--in_step] [--rounds 4] [--fg 64]
 
 Prints one JSON line per measurement.
 """
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -113,6 +123,12 @@ def main() -> None:
     parser.add_argument("--retrieval", action="store_true", help="also time the RA-SGG step")
     parser.add_argument("--fg", type=int, default=None, help="max_fg (default min(256, pairs))")
     parser.add_argument("--backend", choices=("scann", "exact"), default="scann")
+    parser.add_argument(
+        "--in_step",
+        action="store_true",
+        help="with --retrieval: phase 1, the host path and the in-step retrieval, interleaved",
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds (--in_step)")
     args = parser.parse_args()
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
 
@@ -193,7 +209,15 @@ def main() -> None:
         "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}",
     }
     print(json.dumps(row))
-    if args.retrieval:
+    if args.retrieval and args.in_step:
+        print(
+            json.dumps(
+                _interleaved_row(
+                    args, row, graphs, vocab, model, model_config, batches, phase1=(step, state)
+                )
+            )
+        )
+    elif args.retrieval:
         print(json.dumps(_phase2_row(args, row, graphs, vocab, model, model_config, batches)))
 
 
@@ -277,6 +301,124 @@ def _phase2_row(args, phase1, graphs, vocab, model, model_config, batches) -> di
         "transform_search_and_augment_ms": round(transform_ms - embed_ms, 2),
         "target_ratio": 1.15,
         "loss_last": float(np.asarray(metrics["loss"])),
+    }
+
+
+def _interleaved_row(
+    args, phase1_row, graphs, vocab, model, model_config, batches, *, phase1
+) -> dict:
+    """Phase 1, phase 2 on the host path and phase 2 in the step, timed in interleaved rounds.
+
+    Each kind runs as :func:`sgg_jax.train.fit` runs it: dispatch the step, prepare the next batch
+    (batch transform + placement on the devices), wait for the step's metrics. Rounds of
+    ``steps / rounds`` updates of each kind alternate (in a rotating order), so a change of the
+    machine's load hits all three alike; the medians over rounds are reported. ``phase1`` is the
+    already compiled PE-Net ``(step, state)`` of :func:`main`.
+    """
+    from sgg_jax.projects.ra_sgg import in_step
+    from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank
+    from sgg_jax.projects.ra_sgg.ra_sgg import RASGGConfig, RetrievalAugmenter, make_embed_fn
+
+    mesh = make_mesh()
+    foreground_slots = args.fg or min(256, args.pairs)
+    embed = make_embed_fn(model, mesh, shard_batch)
+
+    def bank():
+        return MemoryBank(
+            graphs,
+            max_objects=40,
+            num_predicates=vocab.num_predicates,
+            backend=args.backend,
+            batch_size=args.batch,
+        )
+
+    host_config = RASGGConfig(num_neighbours=20)
+    in_step_config = RASGGConfig(num_neighbours=20, retrieval="in_step")
+    kinds = {
+        "host": (
+            make_penet_loss(model_config, multi_prototype=True),
+            RetrievalAugmenter(
+                bank(),
+                embed,
+                vocab.predicate_counts,
+                host_config,
+                foreground_slots=foreground_slots,
+            ),
+        ),
+        "in_step": (
+            in_step.make_in_step_loss(
+                make_penet_loss(model_config, multi_prototype=True),
+                in_step_config,
+                vocab.predicate_counts,
+                in_step.tail_of(in_step_config, vocab.predicate_counts, vocab.num_predicates),
+                mesh,
+                foreground_slots=foreground_slots,
+            ),
+            in_step.InStepRetrieval(bank(), embed, in_step_config, mesh),
+        ),
+    }
+    runners = {"phase1": {"step": phase1[0], "state": phase1[1], "transform": None, "update": 0}}
+    for name, (loss, transform) in kinds.items():
+        optimizer, schedule = make_optimizer(OptimConfig(optimizer="sgd", learning_rate=1e-3), 1000)
+        state = create_train_state(model, optimizer, batches[0], seed=0, mesh=mesh)
+        step = make_train_step(model, loss, optimizer, mesh=mesh, learning_rate_fn=schedule)
+        runners[name] = {"state": state, "step": step, "transform": transform, "update": 0}
+
+    def prepare(runner, batch):
+        runner["update"] += 1
+        if runner["transform"] is not None:
+            batch, _ = runner["transform"](runner["state"].variables, runner["update"], batch)
+        return shard_batch(batch, mesh)
+
+    def run(runner, count, offset):
+        """``count`` updates as the training loop runs them; seconds."""
+        start = time.perf_counter()
+        device_batch = prepare(runner, batches[offset % len(batches)])
+        for index in range(count):
+            runner["state"], metrics = runner["step"](runner["state"], device_batch)
+            if index + 1 < count:
+                device_batch = prepare(runner, batches[(offset + index + 1) % len(batches)])
+            runner["metrics"] = {name: float(value) for name, value in metrics.items()}
+        return time.perf_counter() - start
+
+    setup = {}
+    for name, runner in runners.items():  # bank builds, compilation, warm-up
+        start = time.perf_counter()
+        run(runner, 2, 0)
+        setup[name] = time.perf_counter() - start
+    rounds = max(1, args.rounds)
+    per_round = max(1, args.steps // rounds)
+    times = {name: [] for name in runners}
+    order = list(runners)
+    for round_index in range(rounds):
+        for name in order[round_index % 3 :] + order[: round_index % 3]:
+            seconds = run(runners[name], per_round, 2 + round_index * per_round)
+            times[name].append(seconds / per_round * 1e3)
+    median = {name: float(np.median(values)) for name, values in times.items()}
+    return {
+        "bench": "ra_sgg_phase2_host_vs_in_step",
+        "size": args.size,
+        "dtype": "float32",
+        "batch": args.batch,
+        "pairs_per_image": args.pairs,
+        "foreground_slots": foreground_slots,
+        "devices": jax.device_count(),
+        "rounds": rounds,
+        "steps_per_round": per_round,
+        "bank_entries": kinds["host"][1].bank.size,
+        "phase1_step_ms": round(median["phase1"], 2),
+        "phase2_host_step_ms": round(median["host"], 2),
+        "phase2_in_step_step_ms": round(median["in_step"], 2),
+        "ratio_host_to_phase1": round(median["host"] / median["phase1"], 3),
+        "ratio_in_step_to_phase1": round(median["in_step"] / median["phase1"], 3),
+        "per_round_ms": {name: [round(v, 1) for v in values] for name, values in times.items()},
+        "setup_s": {name: round(v, 1) for name, v in setup.items()},
+        "target_ratio": 1.05,
+        "loss_last": {name: round(r["metrics"]["loss"], 4) for name, r in runners.items()},
+        "in_step_selected_fraction_last": round(
+            runners["in_step"]["metrics"]["loss/ra/selected_fraction"], 3
+        ),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
     }
 
 

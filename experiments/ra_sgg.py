@@ -6,7 +6,8 @@ Methods (``--method``):
 
 * ``ra_sgg`` — the full method (Yoon et al., "RA-SGG", AAAI 2025): phase 1 trains PE-Net as below;
   phase 2 continues from it with a memory bank of every annotated training relation (searched with
-  ScaNN or exactly, refreshed every ``--bank_refresh_steps``), label-inconsistency selection,
+  ScaNN or exactly on the host, or, with ``--retrieval=in_step``, exactly inside the jitted train
+  step; refreshed every ``--bank_refresh_steps``), label-inconsistency selection,
   inverse-propensity augmentation of tail predicates and the multi-prototype loss
   (``sgg_jax.projects.ra_sgg.ra_sgg``). ``--ablations`` trains the variants without selection, without
   inverse-propensity weighting and a same-length PE-Net continuation (the control), and every
@@ -224,6 +225,15 @@ def define_flags(flag_values: flags.FlagValues) -> None:
         "scann",
         ["scann", "exact"],
         "Memory-bank search backend.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_enum(
+        "retrieval",
+        "host",
+        ["host", "in_step"],
+        "Where phase 2 retrieves: 'host' (a second forward, the memory-bank search and the soft "
+        "targets on the host, --retrieval_backend) or 'in_step' (exact search, selection and soft "
+        "targets inside the jitted train step on a bank held on the devices; PredCls / SGCls).",
         flag_values=flag_values,
     )
     flags.DEFINE_list(

@@ -145,7 +145,9 @@ def model_loss(model: nn.Module, loss_fn: LossFn) -> ParamsLossFn:
       model: module applied as ``model.apply(variables, batch, train=True, rngs={"dropout": key},
         mutable=[...])`` returning ``(outputs, aux)``; every collection besides ``params`` is
         mutable.
-      loss_fn: ``(outputs, aux, batch) -> (loss f32[], {term: f32[]})`` with masked reductions.
+      loss_fn: ``(outputs, aux, batch) -> (loss f32[], {term: f32[]})`` with masked reductions;
+        a loss with a true ``wants_step_key`` attribute is called ``loss_fn(outputs, aux, batch,
+        step_key)`` with the update's dropout key (e.g. RA-SGG's in-step retrieval draws from it).
 
     Returns:
       ``loss(params, collections, batch, dropout_key) -> (loss, (terms, new_collections))``.
@@ -161,7 +163,10 @@ def model_loss(model: nn.Module, loss_fn: LossFn) -> ParamsLossFn:
         else:
             outputs, aux = model.apply(variables, batch, train=True, rngs={"dropout": dropout_key})
             new_collections = {}
-        loss, terms = loss_fn(outputs, aux, batch)
+        if getattr(loss_fn, "wants_step_key", False):
+            loss, terms = loss_fn(outputs, aux, batch, dropout_key)
+        else:
+            loss, terms = loss_fn(outputs, aux, batch)
         return loss, (terms, dict(new_collections))
 
     return compute_loss

@@ -120,6 +120,10 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
         :class:`~sgg_jax.structures.SceneGraphBatch` (``None`` fields stay None); leaves may differ in their leading
         size (e.g. anchors and the graphs they index), each must split over the devices.
 
+      Leaves that are already ``jax.Array`` s are taken to be global arrays on ``mesh`` and pass
+      through unchanged (e.g. RA-SGG's memory bank held on the devices, rows split over
+      ``"data"``).
+
     Returns:
       The batch as global ``jax.Array`` leaves with sharding ``P("data")``.
 
@@ -127,15 +131,21 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
       ConfigError: ``batch_size`` when a leading size is not divisible by this process's devices
         of ``mesh``.
     """
-    leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(batch)]
+    leaves = [
+        np.asarray(leaf) for leaf in jax.tree.leaves(batch) if not isinstance(leaf, jax.Array)
+    ]
     if any(leaf.ndim == 0 for leaf in leaves):
         raise ConfigError("batch", "every array of a batch needs a leading batch axis")
     for size in sorted({int(leaf.shape[0]) for leaf in leaves}):
         check_batch_size(size, mesh)
     sharding = batch_sharding(mesh)
-    return jax.tree.map(
-        lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), batch
-    )
+
+    def put(leaf):
+        if isinstance(leaf, jax.Array):
+            return leaf
+        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+
+    return jax.tree.map(put, batch)
 
 
 def process_local(tree: Any) -> Any:

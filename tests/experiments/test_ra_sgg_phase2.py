@@ -5,9 +5,11 @@ The flag errors are checked in-process on the config the main builds before load
 
 import json
 
+import numpy as np
 import pytest
 
 from experiments import ra_sgg
+from sgg_jax.errors import ConfigError
 from tests.experiments import config_error, config_of, error_line
 from tests.experiments import run_ra_sgg as _run
 
@@ -78,6 +80,43 @@ def test_phase2_with_a_scann_tree_is_reproducible_run_to_run(tmp_path):
     assert first == second
 
 
+@pytest.mark.e2e
+def test_phase2_with_the_retrieval_inside_the_step(tmp_path):
+    """``--retrieval=in_step``: both variants train (finite losses, the step's ``loss/ra/*``)."""
+    result = _run(
+        "--flagfile=experiments/flags/ra_sgg_smoke.flags",
+        f"--workdir={tmp_path}",
+        "--variant=official",
+        "--bank=official",
+        "--retrieval=in_step",
+        "--ablations=paper",
+        "--noexport",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert {"RA-SGG", "RA-SGG (paper)"} <= set(document["runs"])
+    for label in ("RA-SGG", "RA-SGG (paper)"):
+        assert 0.0 <= document["runs"][label]["R@100"] <= 1.0
+        assert "ra/selected_fraction" in document["ra_sgg"]["augmentation"][label]
+    for folder in ("phase2", "phase2_paper"):
+        records = [
+            json.loads(line)
+            for line in (tmp_path / folder / "metrics.jsonl").read_text().splitlines()
+        ]
+        train = [r for r in records if r["kind"] == "train"]
+        assert train[-1]["step"] == 6 and all(np.isfinite(r["loss"]) for r in train)
+        assert all(0.0 <= r["loss/ra/selected_fraction"] <= 1.0 for r in train)
+
+
+def test_in_step_retrieval_refuses_sgdet_before_any_work():
+    # RASGGExperimentConfig.validate runs this check for every run of --task=sgdet
+    from sgg_jax.projects.ra_sgg.in_step import check_supported
+
+    config = config_of(ra_sgg, "--flagfile=experiments/flags/ra_sgg_smoke.flags")
+    with pytest.raises(ConfigError, match="option 'retrieval': in_step supports predcls and sgcls"):
+        check_supported(config.ra_config(retrieval="in_step"), detection=True)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -99,6 +138,10 @@ def test_phase2_with_a_scann_tree_is_reproducible_run_to_run(tmp_path):
         (["--phase2_steps=0"], "error: option 'phase2_steps': must be positive, got 0"),
         (["--num_neighbours=0"], "error: option 'num_neighbours': must be an integer >= 1, got 0"),
         (["--ablations=typo"], "error: option 'ablations': unknown ['typo']"),
+        (
+            ["--retrieval=in_step", "--relabel_background"],
+            "error: option 'relabel_background': is not supported with --retrieval=in_step",
+        ),
     ],
 )
 def test_bad_phase2_flags_are_one_line_errors(args, message):

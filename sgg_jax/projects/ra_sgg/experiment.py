@@ -90,7 +90,10 @@ class Phase2Config:
       tail_only, relabel_background: official-code options.
       lambda_mode, lambda_value: λ ~ Beta(20, 5) or fixed.
       bank_refresh_steps: rebuild the bank every N updates (0: never).
-      retrieval_backend: ``scann`` or ``exact``.
+      retrieval_backend: ``scann`` or ``exact`` (the host search).
+      retrieval: ``host`` (a second forward, the search and the soft targets on the host) or
+        ``in_step`` (exact search, selection and soft targets inside the jitted step on a bank held
+        on the devices; :mod:`sgg_jax.projects.ra_sgg.in_step`; PredCls / SGCls).
       ablations: extra phase-2 runs, some of :data:`ABLATIONS`.
     """
 
@@ -117,6 +120,7 @@ class Phase2Config:
     lambda_value: float = 0.8
     bank_refresh_steps: int = 0
     retrieval_backend: str = "scann"
+    retrieval: str = "host"
     ablations: tuple[str, ...] = ()
 
     def ra_config(self, dataset: str, seed: int, **overrides):
@@ -150,6 +154,7 @@ class Phase2Config:
             tail_fraction=self.tail_fraction,
             bank=self.bank if variant == self.variant else _VARIANT_BANKS[variant],
             memory_size=self.memory_size,
+            retrieval=self.retrieval,
         )
         options.update(overrides)
         return RASGGConfig(**options)
@@ -227,6 +232,10 @@ class RASGGExperimentConfig:
         # variant refuses (e.g. --weighting=inverse_propensity with --variant=paper) is fine.
         for name in [*phase2.ablations, "ra_sgg"]:
             ra_config = self.ra_config(**_VARIANTS[name][1])
+            if ra_config.retrieval == "in_step" and _VARIANTS[name][2]:
+                from sgg_jax.projects.ra_sgg.in_step import check_supported
+
+                check_supported(ra_config, detection=self.data.task == "sgdet")
         if ra_config.tail_ids is not None and self.data.dataset in _KNOWN_PREDICATES:
             from sgg_jax.projects.ra_sgg.augment import check_tail_ids
 
@@ -701,6 +710,7 @@ def _bank_input_batches(experiment) -> list:
 
 def run_ra_sgg(config: RASGGExperimentConfig, workdir: str, splits, vocab) -> dict:
     """Phase 1 (PE-Net), phase 2 (RA-SGG) and the requested ablations, all evaluated on test."""
+    from sgg_jax.projects.ra_sgg import in_step
     from sgg_jax.projects.ra_sgg.memory_bank import DetectionMemoryBank, MemoryBank
     from sgg_jax.projects.ra_sgg.ra_sgg import (
         RetrievalAugmenter,
@@ -794,7 +804,21 @@ def run_ra_sgg(config: RASGGExperimentConfig, workdir: str, splits, vocab) -> di
         label, overrides, retrieval = _VARIANTS[variant]
         ra_config = config.ra_config(**overrides)
         augmenter = None
-        if retrieval:
+        loss_fn = make_penet_loss(experiment.model_config, multi_prototype=retrieval)
+        if retrieval and ra_config.retrieval == "in_step":
+            augmenter = in_step.InStepRetrieval(
+                bank_of(ra_config.bank), embed, ra_config, mesh, detection=detection
+            )
+            tail = in_step.tail_of(ra_config, vocab.predicate_counts, vocab.num_predicates)
+            loss_fn = in_step.make_in_step_loss(
+                loss_fn,
+                ra_config,
+                vocab.predicate_counts,
+                tail,
+                mesh,
+                foreground_slots=data.max_fg,
+            )
+        elif retrieval:
             augmenter = RetrievalAugmenter(
                 bank_of(ra_config.bank),
                 embed,
@@ -809,14 +833,18 @@ def run_ra_sgg(config: RASGGExperimentConfig, workdir: str, splits, vocab) -> di
             os.path.join(workdir, "phase2" if variant == "ra_sgg" else f"phase2_{variant}"),
             num_steps=phase2.phase2_steps,
             optim_config=config.phase2_optim_config(),
-            loss_fn=make_penet_loss(experiment.model_config, multi_prototype=retrieval),
+            loss_fn=loss_fn,
             batch_transform=augmenter,
             init_variables=phase1_variables,
             extra_config={"phase": 2, "variant": variant, "ra_sgg": vars(ra_config)},
             loader=loader,
         )
         runs[label] = experiment.test_metrics(state.variables)
-        if augmenter is not None:
+        if isinstance(augmenter, in_step.InStepRetrieval):  # the step's metrics of the last update
+            summaries[label] = {
+                k.removeprefix("loss/"): v for k, v in last.items() if k.startswith("loss/ra/")
+            }
+        elif augmenter is not None:
             summary = augmenter.summary()
             if summary["foreground_relations"] == 0:  # a finished run resumed: from its metrics
                 summary = {k: v for k, v in last.items() if k.startswith("ra/")}

@@ -52,6 +52,11 @@ every search are collectives that each process enters at every update (the train
 the transform at every update in every process; the background search runs even for a batch
 without background pairs).
 
+With ``retrieval="in_step"`` (``--retrieval=in_step``) the experiment uses
+:class:`sgg_jax.projects.ra_sgg.in_step.InStepRetrieval` and its loss instead of this transform: the
+search, the rules and the soft targets run inside the jitted train step on the training forward's
+own embeddings (PredCls / SGCls).
+
 Randomness is ``numpy.random.default_rng((seed, step))``, so a step's targets depend only on the
 seed, the step and the model. A resumed run rebuilds the bank from the restored model at its first
 update, which is the same bank as an uninterrupted run only when the resume step is a refresh step.
@@ -78,6 +83,7 @@ from sgg_jax.train.mesh import batch_sharding, process_local
 
 LAMBDA_MODES = ("beta", "fixed")
 BANKS = ("full", "official")
+RETRIEVALS = ("host", "in_step")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +119,9 @@ class RASGGConfig:
         refreshed).
       memory_size: the official bank's cap per (subject class, object class, predicate) triplet
         (``RASGG.MEMORY_SIZE``, 8 in the official scripts).
+      retrieval: ``"host"`` (:class:`RetrievalAugmenter`: a second forward and the search on the
+        host) or ``"in_step"`` (exact search, selection and soft targets inside the jitted train
+        step on a bank held on the devices: :mod:`sgg_jax.projects.ra_sgg.in_step`).
     """
 
     num_neighbours: int = 20
@@ -136,8 +145,11 @@ class RASGGConfig:
     tail_ids: tuple[int, ...] | None = None
     bank: str = "full"
     memory_size: int = 8
+    retrieval: str = "host"
 
     def __post_init__(self):
+        if self.retrieval not in RETRIEVALS:
+            raise ConfigError("retrieval", f"must be one of {RETRIEVALS}, got {self.retrieval!r}")
         if self.variant not in augment_lib.VARIANTS:
             raise ConfigError(
                 "variant", f"must be one of {augment_lib.VARIANTS}, got {self.variant!r}"
