@@ -103,11 +103,12 @@ def predicate_shares() -> np.ndarray:
 
 
 def relation_like(
-    size: int, dim: int, seed: int, shares: np.ndarray, chunk: int = 65_536
+    size: int, dim: int, seed: int, shares: np.ndarray, chunk: int = 65_536, out=None
 ) -> np.ndarray:
     """float32[size, dim] unit-norm clustered embeddings with the VG150 long tail (module doc).
 
-    Generated and normalised in float32 chunks, so the only large allocation is the result.
+    Generated and normalised in float32 chunks, so the only large allocation is the result
+    (``out`` when given, e.g. a memory-mapped ``.npy``).
     """
     rng = np.random.default_rng(seed)
     world = np.random.default_rng(WORLD_SEED)
@@ -116,7 +117,7 @@ def relation_like(
     subs = centres + SUB_CENTRE_SPREAD * world.standard_normal(
         (num_clusters, NUM_SUB_CENTRES, dim), dtype=np.float32
     )
-    out = np.empty((size, dim), np.float32)
+    out = np.empty((size, dim), np.float32) if out is None else out
     for start in range(0, size, chunk):
         n = min(chunk, size - start)
         cluster = rng.choice(num_clusters, size=n, p=shares)
@@ -191,6 +192,159 @@ class PeakRss:
         return False
 
 
+class AnonPeak:
+    """Peak of the process's anonymous resident memory (``RssAnon``) over a block, sampled.
+
+    VmHWM also counts mapped file pages (clean page cache the kernel can drop); this samples
+    ``RssAnon`` every ``interval`` seconds from a thread, a lower bound of its true peak.
+    """
+
+    def __init__(self, interval: float = 0.005):
+        import threading
+
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, (_status_kib("RssAnon") or 0) * 1024)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self.before = (_status_kib("RssAnon") or 0) * 1024
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, (_status_kib("RssAnon") or 0) * 1024)
+        self.delta = max(0, self.peak - self.before)
+        return False
+
+
+BUILD_MODES = {
+    "copy": "build(keys): the normalised keys in a new array (default)",
+    "in_place": "build(keys, copy=False): the caller's float32 keys normalised in place",
+    "spill": "ScannIndex(spill_dir=...): normalised keys written to a .npy, memory-mapped for ScaNN",
+}
+
+
+def run_build_memory(size: int, dim: int, backend: str, mode: str, args) -> dict:
+    """One build's memory (in its own process): peak RSS growth over ``Index.build`` / bank bytes."""
+    from sgg_jax.retrieval.index import make_index
+
+    keys = relation_like(size, dim, BANK_SEED, args.shares)
+    bank = keys.nbytes
+    options, build_kwargs = {}, {}
+    spill = None
+    if mode == "in_place":
+        build_kwargs["copy"] = False
+    if mode == "spill":
+        spill = tempfile.TemporaryDirectory()
+        options["spill_dir"] = spill.name
+    index = make_index(backend, **options)
+    with PeakRss() as peak, AnonPeak() as anon:
+        t0 = time.perf_counter()
+        index.build(keys, **build_kwargs)
+        build_s = time.perf_counter() - t0
+    gc.collect()
+    _malloc_trim()
+    held = (_status_kib("VmRSS") or 0) * 1024 - peak.before
+    if spill is not None:
+        spill.cleanup()
+    return {
+        "M": size,
+        "D": dim,
+        "backend": backend,
+        "mode": mode,
+        "mode_what": BUILD_MODES[mode],
+        "bank_bytes": bank,
+        "build_s": build_s,
+        "peak_rss_growth_bytes": peak.delta,
+        "peak_rss_growth_x_bank": peak.delta / bank,
+        "peak_rss_measure": peak.measure,
+        "peak_anon_growth_x_bank": anon.delta / bank,
+        "held_after_build_x_bank": held / bank,
+        "parameters": index.parameters,
+    }
+
+
+def build_memory_main(args) -> None:
+    """``--build_memory``: each (M, D, backend, mode) built once in its own process."""
+    records = []
+    root = os.path.abspath(args.import_root)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    with tempfile.TemporaryDirectory() as folder:
+        for size in _ints(args.sizes):
+            for dim in _ints(args.dims):
+                for backend in args.backends:
+                    for mode in args.build_modes:
+                        if mode == "spill" and backend != "scann":
+                            continue
+                        out = os.path.join(folder, "row.json")
+                        command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
+                        command += ["--child", f"{size},{dim},{backend},{mode}"]
+                        command += ["--child_out", out]
+                        done = subprocess.run(command, check=False, env=env, cwd=root)
+                        if done.returncode == 0 and os.path.exists(out):
+                            with open(out, encoding="utf-8") as handle:
+                                row = json.load(handle)
+                            os.remove(out)
+                        else:
+                            row = {"M": size, "D": dim, "backend": backend, "mode": mode}
+                            row["failed"] = f"process exited with {done.returncode}"
+                        row["code"] = args.code_label
+                        print(json.dumps(row), flush=True)
+                        records.append(row)
+    lines = [
+        "| M | D | backend | build | code | peak RSS growth / bank | peak anon / bank "
+        "| held after / bank | build time |",
+        "|---:|---:|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        head = f"| {r['M']:,} | {r['D']} | {r['backend']} | {r['mode']} | {r['code']} "
+        if "failed" in r:
+            lines.append(head + f"| {r['failed']} | | | |")
+            continue
+        lines.append(
+            head + f"| {r['peak_rss_growth_x_bank']:.2f}x | {r['peak_anon_growth_x_bank']:.2f}x "
+            f"| {r['held_after_build_x_bank']:.2f}x | {r['build_s']:.1f} s |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        old = []
+        if args.update and os.path.exists(args.out):
+            with open(args.out, encoding="utf-8") as handle:
+                old = json.load(handle)["rows"]
+        fresh = {(r["M"], r["D"], r["backend"], r["mode"], r["code"]) for r in records}
+        rows = [
+            r for r in old if (r["M"], r["D"], r["backend"], r["mode"], r["code"]) not in fresh
+        ] + records
+        result = {
+            "benchmark": "index build memory",
+            "machine": {"arch": platform.machine(), "cpus": os.cpu_count(), **versions()},
+            "data": DATA_DESCRIPTION,
+            "what_is_measured": {
+                "peak_rss_growth_x_bank": "growth of the process peak RSS (VmHWM reset before) "
+                "over Index.build, divided by the bank's bytes (the caller's float32 [M, D] "
+                "array, which exists before the build and is not counted)",
+                "peak_anon_growth_x_bank": "the same for RssAnon, sampled every 5 ms (excludes "
+                "mapped file pages, i.e. the page cache of spilled keys)",
+                "held_after_build_x_bank": "RSS growth still held once the build returned "
+                "(after gc and malloc_trim): the index itself",
+                "mode": BUILD_MODES,
+                "code": "which sgg_jax was measured (--code_label / --import_root)",
+            },
+            "rows": sorted(rows, key=lambda r: (r["M"], r["D"], r["backend"], r["code"])),
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+        print(f"# wrote {args.out}")
+
+
 def timed(search, queries: np.ndarray, repeats: int):
     """(best seconds, all seconds, last result) of ``search(queries)`` after one warm-up call.
 
@@ -213,26 +367,37 @@ def timed(search, queries: np.ndarray, repeats: int):
 
 
 def estimated_peak_bytes(
-    backend: str, size: int, dim: int, shard_bytes: int, presize_ivf: bool = False
+    backend: str,
+    size: int,
+    dim: int,
+    shard_bytes: int,
+    presize_ivf: bool = False,
+    bank_on_disk: bool = False,
+    scann_spill: bool = False,
 ) -> int:
-    """Rough peak of the process while ``backend`` is built, the bank itself included.
+    """Rough peak of the process's (anonymous) memory while ``backend`` is built, bank included.
 
-    From the code paths: ``Index.build`` copies the keys (``astype``) and ``l2_normalize`` makes a
-    full-size temporary (``np.linalg.norm`` squares the array) next to its normalised copy;
-    ``ExactIndex`` then adds a re-ordered copy, a padded copy and the device array; ScaNN keeps its
-    own float32 copy for re-ordering; faiss HNSW / flat store one copy, faiss IVF one copy plus the
-    growth slack of its inverted lists (none when pre-sized, see ``_add_ivf_presized``).
+    From the code paths: ``Index.build`` validates the keys without a copy and normalises them
+    chunk by chunk: ``ExactIndex`` writes the chunks straight into its device array (about one
+    shard), ``ScannIndex`` into one float32 array (none with ``spill_dir``: page cache) which ScaNN
+    copies; ScaNN's tree build holds a second transient copy and its tree and hashing training
+    samples (``min(M, 100000)`` rows each) (``--build_memory`` measures these). faiss HNSW / flat
+    store one copy, faiss IVF one copy plus the growth slack of its inverted lists (none when
+    pre-sized, see ``_add_ivf_presized``). ``bank_on_disk``: the bank is a memory-mapped file
+    (page cache the kernel can drop), not counted.
     """
     bank = size * dim * 4
+    resident = 0 if bank_on_disk else bank
+    sample = min(size, 100_000) * dim * 4
     if backend == "exact":
-        return bank + 6 * min(bank, shard_bytes)
+        return resident + int(1.2 * min(bank, shard_bytes))
     if backend == "scann":
-        return bank + 4 * bank + bank // 8
+        return resident + (0 if scann_spill else bank) + 2 * bank + 2 * sample + bank // 8
     if backend == "faiss_hnsw":
-        return 2 * bank + size * 32 * 2 * 4 * 2
+        return resident + bank + size * 32 * 2 * 4 * 2
     if backend == "faiss_ivf" and not presize_ivf:  # list growth slack: up to 2x the bank
-        return 3 * bank + min(size, 100_000) * dim * 4
-    return 2 * bank + min(size, 100_000) * dim * 4
+        return resident + 2 * bank + sample
+    return resident + bank + sample
 
 
 def bench_exact(keys, queries, args, shard_rows: int) -> tuple[dict, np.ndarray]:
@@ -303,14 +468,17 @@ def bench_scann(keys, queries, args, truth) -> list[dict]:
     n_recall = len(truth)
     with PeakRss() as peak:
         t0 = time.perf_counter()
-        index = make_index("scann").build(keys)
+        options = {"spill_dir": args.scann_spill_dir} if args.scann_spill_dir else {}
+        index = make_index("scann", **options).build(keys)
         build_s = time.perf_counter() - t0
         best, runs, (ids, _) = timed(
             lambda q, index=index: index.search(q, K), queries, args.repeats
         )
-    with tempfile.TemporaryDirectory() as folder:
-        index.save(folder)
-        index_bytes = folder_bytes(folder)
+    index_bytes = None
+    if not args.no_scann_save:
+        with tempfile.TemporaryDirectory() as folder:
+            index.save(folder)
+            index_bytes = folder_bytes(folder)
     derived = index.derived_parameters(len(keys))
     parameters = {**index.parameters, **derived}
     row = {
@@ -322,7 +490,12 @@ def bench_scann(keys, queries, args, truth) -> list[dict]:
         "throughput": "measured",
         "recall@20": recall_at_k(ids[:n_recall], truth),
         "index_bytes": index_bytes,
-        "index_bytes_what": "ScannIndex.save folder (searcher + ids + manifest)",
+        "index_bytes_what": (
+            "ScannIndex.save folder (searcher + ids + manifest)"
+            if index_bytes is not None
+            else "not measured (--no_scann_save)"
+        ),
+        "spill_dir": bool(args.scann_spill_dir),
         "peak_rss_delta_bytes": peak.delta,
         "threads": (
             "ScaNN's thread pool (ScannIndex calls search_batched_parallel)"
@@ -483,7 +656,15 @@ def run_config(size: int, dim: int, args) -> None:
     )
     runnable = []
     for backend in dict.fromkeys(["exact", *args.backends]):
-        estimate = estimated_peak_bytes(backend, size, dim, shard_bytes, args.ivf_presize)
+        estimate = estimated_peak_bytes(
+            backend,
+            size,
+            dim,
+            shard_bytes,
+            args.ivf_presize,
+            bool(args.bank_on_disk),
+            bool(args.scann_spill_dir),
+        )
         if estimate > budget and not args.ignore_memory_estimate:
             emit(
                 {
@@ -500,7 +681,16 @@ def run_config(size: int, dim: int, args) -> None:
         emit({"backend": "(all)", "skipped": "exact ground truth does not fit the memory budget"})
         return
     t0 = time.perf_counter()
-    keys = relation_like(size, dim, BANK_SEED, args.shares)
+    if args.bank_on_disk:  # a memory-mapped .npy: page cache, not process memory
+        bank_dir = tempfile.TemporaryDirectory(dir=args.bank_on_disk)
+        path = os.path.join(bank_dir.name, "bank.npy")
+        mapped = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(size, dim))
+        relation_like(size, dim, BANK_SEED, args.shares, out=mapped)
+        mapped.flush()
+        del mapped
+        keys = np.load(path, mmap_mode="r")
+    else:
+        keys = relation_like(size, dim, BANK_SEED, args.shares)
     queries = relation_like(args.queries, dim, QUERY_SEED, args.shares)
     print(f"# {size:,} x {dim}: data generated in {time.perf_counter() - t0:.1f} s", flush=True)
     row, truth = bench_exact(keys, queries, args, shard_rows)
@@ -566,8 +756,9 @@ def markdown(records: list[dict]) -> str:
         lines.append(
             head + f"| {_short_parameters(r)} | {r['recall@20']:.3f} | "
             f"{r['queries_per_s']:,.0f}{note} | {r['speedup_vs_exact']:.1f} | "
-            f"{r['build_s']:.1f} s | {r['index_bytes'] / 2**20:,.0f} MiB | "
-            f"{r['peak_rss_delta_bytes'] / 2**20:,.0f} MiB |"
+            f"{r['build_s']:.1f} s | "
+            + ("n/m" if r["index_bytes"] is None else f"{r['index_bytes'] / 2**20:,.0f} MiB")
+            + f" | {r['peak_rss_delta_bytes'] / 2**20:,.0f} MiB |"
         )
         for name, raw in r.get("raw_searcher_diagnostic", {}).items():
             lines.append(
@@ -663,6 +854,28 @@ def main() -> None:
     parser.add_argument("--memory_budget_gib", type=float, default=20.0)
     parser.add_argument("--exact_shard_gib", type=float, default=1.0)
     parser.add_argument("--ignore_memory_estimate", action="store_true")
+    parser.add_argument(
+        "--bank_on_disk",
+        default=None,
+        help="generate the bank into a memory-mapped .npy in this folder (page cache, not "
+        "process memory), so a bank of half the RAM leaves room for the index build",
+    )
+    parser.add_argument(
+        "--scann_spill_dir",
+        default=None,
+        help="ScannIndex(spill_dir=...): its normalised keys go to a file here, memory-mapped",
+    )
+    parser.add_argument(
+        "--no_scann_save",
+        action="store_true",
+        help="skip ScannIndex.save (index size not measured; saves its serialisation memory)",
+    )
+    parser.add_argument(
+        "--keep_backends",
+        action="store_true",
+        help="with --update: also keep the old rows of the (M, D) run now whose backend is not "
+        "run now (e.g. re-run scann and exact at 1M x 2048, keep the faiss rows)",
+    )
     parser.add_argument("--quick", action="store_true", help="20k x 64, 512 queries (< 60 s)")
     parser.add_argument("--out", default=None, help="write the results as one JSON file here")
     parser.add_argument(
@@ -670,9 +883,27 @@ def main() -> None:
         action="store_true",
         help="keep the rows of --out for the (M, D) not run now (re-run one configuration)",
     )
+    parser.add_argument(
+        "--build_memory",
+        action="store_true",
+        help="measure only the peak RSS of Index.build per backend and --build_modes "
+        "(each build in its own process; --sizes 100000 --dims 2048 by default)",
+    )
+    parser.add_argument("--build_modes", default="copy,in_place,spill")
+    parser.add_argument(
+        "--import_root",
+        default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        help="checkout whose sgg_jax is measured (default: this repository)",
+    )
+    parser.add_argument("--code_label", default="this checkout", help="names --import_root")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child_out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.build_memory:
+        args.sizes = args.sizes or "100000"
+        args.dims = args.dims or "2048"
+        if args.backends == DEFAULT_BACKENDS:
+            args.backends = "exact,scann"
     quick = {"sizes": "20000", "dims": "64", "queries": 512}
     full = {"sizes": "100000,1000000", "dims": "256,2048", "queries": 4096}
     for name, value in (quick if args.quick else full).items():
@@ -692,10 +923,23 @@ def main() -> None:
 
     global REPEAT_BUDGET_S
     REPEAT_BUDGET_S = args.repeat_budget_s
+    args.build_modes = [m.strip() for m in args.build_modes.split(",") if m.strip()]
+    if set(args.build_modes) - set(BUILD_MODES):
+        parser.error(f"unknown --build_modes {sorted(set(args.build_modes) - set(BUILD_MODES))}")
+    if args.child and args.build_memory:
+        args.shares = predicate_shares()
+        size, dim, backend, mode = args.child.split(",")
+        row = run_build_memory(int(size), int(dim), backend, mode, args)
+        with open(args.child_out, "w", encoding="utf-8") as handle:
+            json.dump(row, handle)
+        return
     if args.child:
         args.shares = predicate_shares()
         size, dim = (int(x) for x in args.child.split(","))
         run_config(size, dim, args)
+        return
+    if args.build_memory:
+        build_memory_main(args)
         return
 
     if any(b.startswith("faiss") for b in args.backends):
@@ -713,7 +957,12 @@ def main() -> None:
                 command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
                 command += ["--child", f"{size},{dim}", "--child_out", child_out]
                 t0 = time.perf_counter()
-                done = subprocess.run(command, check=False)
+                root = os.path.abspath(args.import_root)
+                env = {
+                    **os.environ,
+                    "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+                }
+                done = subprocess.run(command, check=False, env=env)
                 with open(child_out, encoding="utf-8") as handle:
                     got = [json.loads(line) for line in handle if line.strip()]
                 records.extend(got)
@@ -760,10 +1009,19 @@ def write_json(args, records: list[dict], started: float, load_before) -> None:
         if old.get("data") != DATA_DESCRIPTION:
             raise SystemExit(f"--update: {args.out} was measured on other data")
         fresh = {(r["M"], r["D"]) for r in records}
-        kept = [r for r in old["rows"] if (r["M"], r["D"]) not in fresh]
-        rows = sorted(kept + rows, key=lambda r: (r["M"], r["D"]))  # stable: backend order kept
+        run_now = {(r["M"], r["D"], r["backend"]) for r in records}
+        kept = [
+            r
+            for r in old["rows"]
+            if (r["M"], r["D"]) not in fresh
+            or (args.keep_backends and (r["M"], r["D"], r["backend"]) not in run_now)
+        ]
+        for r in kept:
+            if (r["M"], r["D"]) in fresh and "kept_from" not in r:
+                r["kept_from"] = "an earlier run (see runs); speedup_vs_exact vs that run's exact"
+        rows = sorted(rows + kept, key=lambda r: (r["M"], r["D"]))  # stable: backend order kept
         for old_run in reversed(old["runs"]):
-            configs = [c for c in old_run["configs"] if tuple(c) not in fresh]
+            configs = [c for c in old_run["configs"] if tuple(c) not in fresh or args.keep_backends]
             if configs:  # a run whose every configuration was re-run is dropped
                 runs.insert(0, {**old_run, "configs": configs})
     table = markdown(rows)

@@ -11,6 +11,12 @@ This module provides that search:
 * :class:`ExactIndex`: exact search with a ``jnp`` matmul and ``jax.lax.top_k``, chunked over the bank
   and over the queries so memory stays bounded. It is the ground truth the approximate backend is
   tested against.
+* Build memory: the bank is validated without a copy and L2-normalised chunk by chunk
+  (``CHUNK_BYTES`` at a time) into one float32 array: ``ExactIndex`` writes the chunks straight into
+  its device array, ``ScannIndex`` hands ScaNN one normalised copy (none with
+  ``build(keys, copy=False)``, which normalises the caller's float32 keys in place, or with
+  ``ScannIndex(spill_dir=...)``, which writes them to a memory-mapped file). The rows are
+  bit-identical to :func:`l2_normalize` of the whole bank.
 * :class:`ScannIndex`: approximate search with ScaNN (tree partitioning + anisotropic asymmetric
   hashing + exact re-ordering), with parameters derived from the bank size.
 * :class:`ShardedIndex` and :func:`merge_topk`: each shard (e.g. one per process) holds a disjoint id
@@ -70,6 +76,82 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, np.float32(1e-12))
 
 
+# Rows per step of the bank's validation and normalisation: about 64 MiB of float32 at once.
+CHUNK_BYTES = 1 << 26
+
+
+def bank_chunks(num_rows: int, dim: int) -> range:
+    """Start rows of the chunks (about ``CHUNK_BYTES`` of float32 each) the bank is processed in."""
+    return range(0, num_rows, max(1, CHUNK_BYTES // (4 * max(dim, 1))))
+
+
+def _chunk_stop(start: int, num_rows: int, dim: int) -> int:
+    return min(num_rows, start + max(1, CHUNK_BYTES // (4 * max(dim, 1))))
+
+
+def normalised_rows(
+    keys: np.ndarray, start: int, stop: int, order: np.ndarray | None = None, out=None
+) -> np.ndarray:
+    """Rows ``start:stop`` of ``keys`` (or of ``keys[order]``) as :func:`l2_normalize` gives them.
+
+    The arithmetic is :func:`l2_normalize`'s (float32, per row), so normalising a bank chunk by
+    chunk gives bit-identical rows to normalising it at once.
+
+    Args:
+      keys: float[M, D] bank (any real dtype; converted to float32 per chunk).
+      start: first row.
+      stop: end row (exclusive).
+      order: optional int[M]; rows ``order[start:stop]`` are taken instead.
+      out: optional float32[stop - start, D] destination (may be the rows of ``keys`` themselves).
+
+    Returns:
+      float32[stop - start, D], ``out`` when given.
+    """
+    part = keys[start:stop] if order is None else keys[order[start:stop]]
+    part = np.asarray(part, dtype=np.float32)
+    norms = np.linalg.norm(part, axis=1, keepdims=True)
+    return np.divide(part, np.maximum(norms, np.float32(1e-12)), out=out)
+
+
+def normalise_bank(keys: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """The L2-normalised bank in ONE float32 array, written chunk by chunk.
+
+    Args:
+      keys: float[M, D] validated bank.
+      in_place: overwrite ``keys`` (it must be a writeable C-contiguous float32 array); otherwise
+        a new float32[M, D] array is filled. Peak memory beyond ``keys`` is the result plus one
+        chunk (``CHUNK_BYTES``), not the several full-size temporaries of ``l2_normalize``.
+
+    Returns:
+      float32[M, D] unit-norm rows (zero rows stay zero), ``keys`` itself when ``in_place``.
+    """
+    num_rows, dim = keys.shape
+    out = keys if in_place else np.empty((num_rows, dim), np.float32)
+    for start in bank_chunks(num_rows, dim):
+        stop = _chunk_stop(start, num_rows, dim)
+        normalised_rows(keys, start, stop, out=out[start:stop])
+    return out
+
+
+def can_normalise_in_place(keys: np.ndarray) -> bool:
+    """Whether ``keys`` can be overwritten by :func:`normalise_bank` (float32, C order, writeable)."""
+    return (
+        isinstance(keys, np.ndarray)
+        and keys.dtype == np.float32
+        and keys.flags.c_contiguous
+        and keys.flags.writeable
+    )
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether every value of the 2-D array is finite, checked chunk by chunk (no full-size mask)."""
+    num_rows, dim = values.shape
+    return all(
+        np.isfinite(values[start : _chunk_stop(start, num_rows, dim)]).all()
+        for start in bank_chunks(num_rows, dim)
+    )
+
+
 def _check_matrix(name: str, values: Any, dim: int | None = None) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim != 2:
@@ -81,6 +163,27 @@ def _check_matrix(name: str, values: Any, dim: int | None = None) -> np.ndarray:
     array = array.astype(np.float32)
     if not np.all(np.isfinite(array)):
         raise DataError("contains NaN or infinite values", field=name, record_kind="array")
+    return array
+
+
+def _check_bank(values: Any) -> np.ndarray:
+    """The bank validated without a copy (``np.asarray``; finiteness checked chunk by chunk).
+
+    Values are checked as float32, as they will be indexed: a float64 value beyond float32's range
+    counts as infinite.
+    """
+    array = np.asarray(values)
+    if array.ndim != 2:
+        raise ConfigError("keys", f"expected a 2-D array [N, D], got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise ConfigError("keys", f"expected a numeric array, got dtype {array.dtype}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ConfigError("keys", f"bank must be non-empty, got shape {array.shape}")
+    num_rows, dim = array.shape
+    for start in bank_chunks(num_rows, dim):
+        part = np.asarray(array[start : _chunk_stop(start, num_rows, dim)], dtype=np.float32)
+        if not np.isfinite(part).all():
+            raise DataError("contains NaN or infinite values", field="keys", record_kind="array")
     return array
 
 
@@ -214,12 +317,20 @@ class Index(abc.ABC):
     def parameters(self) -> dict[str, Any]:
         """The backend's parameters, as written to the manifest."""
 
-    def build(self, keys: np.ndarray, ids: np.ndarray | None = None) -> Index:
+    def build(self, keys: np.ndarray, ids: np.ndarray | None = None, copy: bool = True) -> Index:
         """Indexes ``keys`` (replacing any previous bank).
 
+        Memory: ``keys`` is validated without a copy and L2-normalised chunk by chunk into one
+        float32 array (the backend's layout where it has one), so the build holds at most one
+        normalised copy of the bank next to the caller's array, plus the backend's own structures
+        (ScaNN: see :class:`ScannIndex`).
+
         Args:
-          keys: float32[M, D] bank vectors; L2-normalised here.
+          keys: float32[M, D] bank vectors; L2-normalised here (any real dtype is read as float32).
           ids: int64[M] unique ids of the keys; defaults to ``arange(M)``.
+          copy: with ``False`` and a writeable C-contiguous float32 ``keys``, the keys are
+            normalised in place (``keys`` then holds the unit-norm rows) instead of into a new
+            array: the build adds no copy of the bank of its own. Other inputs are copied as usual.
 
         Returns:
           ``self``, for chaining.
@@ -229,9 +340,7 @@ class Index(abc.ABC):
             repeats an id (named option ``ids``), or an id is negative.
           DataError: ``keys`` contains NaN or infinite values.
         """
-        keys = _check_matrix("keys", keys)
-        if keys.shape[0] == 0 or keys.shape[1] == 0:
-            raise ConfigError("keys", f"bank must be non-empty, got shape {keys.shape}")
+        keys = _check_bank(keys)
         if ids is None:
             ids = np.arange(keys.shape[0], dtype=np.int64)
         ids = np.asarray(ids)
@@ -247,7 +356,7 @@ class Index(abc.ABC):
             raise ConfigError("ids", "ids must be unique")
         self._dim = int(keys.shape[1])
         self._ids = ids
-        self._build(l2_normalize(keys))
+        self._build(keys, in_place=not copy and can_normalise_in_place(keys))
         return self
 
     def search(
@@ -373,8 +482,12 @@ class Index(abc.ABC):
     # -- backend hooks ------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def _build(self, normalised_keys: np.ndarray) -> None:
-        """Indexes float32[M, D] unit-norm keys whose ids are ``self._ids``."""
+    def _build(self, keys: np.ndarray, in_place: bool) -> None:
+        """Indexes the validated bank ``keys`` (ids ``self._ids``), L2-normalising it itself.
+
+        ``normalise_bank`` / ``normalised_rows`` give the rows; ``in_place``: ``keys`` may be
+        overwritten with them (the caller passed ``copy=False``).
+        """
 
     @abc.abstractmethod
     def _search(self, normalised_queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -396,6 +509,12 @@ class Index(abc.ABC):
 # ---------------------------------------------------------------------------------------------------
 # Exact backend.
 # ---------------------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _put_chunk(chunks: jax.Array, rows: jax.Array, index: jax.Array) -> jax.Array:
+    """``chunks`` with chunk ``index`` replaced by ``rows`` (``chunks`` is donated: updated in place)."""
+    return jax.lax.dynamic_update_index_in_dim(chunks, rows, index, 0)
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
@@ -449,6 +568,11 @@ class ExactIndex(Index):
     size, so repeated searches reuse the compiled function). The bank is stored sorted by id, which
     makes ties resolve to the lower id exactly.
 
+    The build allocates the device bank once and normalises the keys into it chunk by chunk (in id
+    order), so it holds no host copy of the bank: its peak is the device bank plus one chunk (on
+    CPU about 1x the bank, ``benchmarks/bench_retrieval.py --build_memory``). ``save`` writes the
+    keys from the device chunk by chunk.
+
     Args:
       chunk_size: bank rows scored per step.
       query_chunk_size: queries scored per call.
@@ -463,7 +587,6 @@ class ExactIndex(Index):
                 raise ConfigError(name, f"must be a positive integer, got {value!r}")
         self.chunk_size = int(chunk_size)
         self.query_chunk_size = int(query_chunk_size)
-        self._keys: np.ndarray | None = None
         self._key_chunks: jax.Array | None = None
         self._valid_chunks: jax.Array | None = None
 
@@ -471,20 +594,38 @@ class ExactIndex(Index):
     def parameters(self) -> dict[str, Any]:
         return {"chunk_size": self.chunk_size, "query_chunk_size": self.query_chunk_size}
 
-    def _build(self, normalised_keys: np.ndarray) -> None:
-        order = np.argsort(self._ids, kind="stable")
-        self._ids = self._ids[order]
-        self._set_keys(normalised_keys[order])
+    def _build(self, keys: np.ndarray, in_place: bool) -> None:
+        order = None
+        if np.any(self._ids[1:] <= self._ids[:-1]):  # not sorted: store the bank sorted by id
+            order = np.argsort(self._ids, kind="stable")
+            self._ids = self._ids[order]
+        self._set_keys(keys, order=order, normalise=True)
 
-    def _set_keys(self, keys: np.ndarray) -> None:
-        self._keys = keys
+    def _set_keys(
+        self, keys: np.ndarray, order: np.ndarray | None = None, normalise: bool = False
+    ) -> None:
+        """Fills the device bank chunk by chunk (normalising each chunk when ``normalise``).
+
+        The device array ``[num_chunks, chunk, D]`` is allocated once (zero rows pad the last
+        chunk) and each chunk is written into it in place (a donated update), so the build holds
+        the device bank plus one chunk: no normalised, re-ordered or padded host copy of the bank.
+        """
         size, dim = keys.shape
         chunk = min(self.chunk_size, size)
         num_chunks = -(-size // chunk)
-        padded = np.zeros((num_chunks * chunk, dim), np.float32)
-        padded[:size] = keys
+        device = jnp.zeros((num_chunks, chunk, dim), jnp.float32)
+        for index in range(num_chunks):
+            start, stop = index * chunk, min(size, (index + 1) * chunk)
+            if normalise:
+                rows = normalised_rows(keys, start, stop, order)
+            else:
+                rows = np.asarray(keys[start:stop] if order is None else keys[order[start:stop]])
+                rows = rows.astype(np.float32, copy=False)
+            if stop - start < chunk:
+                rows = np.concatenate([rows, np.zeros((chunk - (stop - start), dim), np.float32)])
+            device = _put_chunk(device, rows, np.int32(index))
         valid = np.arange(num_chunks * chunk) < size
-        self._key_chunks = jnp.asarray(padded.reshape(num_chunks, chunk, dim))
+        self._key_chunks = device
         self._valid_chunks = jnp.asarray(valid.reshape(num_chunks, chunk))
 
     def _search(self, normalised_queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -504,7 +645,18 @@ class ExactIndex(Index):
         return self._ids[positions], np.concatenate(all_scores, axis=0)
 
     def _save(self, path: str) -> None:
-        np.save(os.path.join(path, "keys.npy"), self._keys)
+        # Written chunk by chunk from the device bank (id order, padding dropped): no host copy.
+        size, dim = self.size, self._dim
+        with open(os.path.join(path, "keys.npy"), "wb") as handle:
+            header = {
+                "descr": np.dtype(np.float32).str,
+                "fortran_order": False,
+                "shape": (size, dim),
+            }
+            np.lib.format.write_array_header_1_0(handle, header)
+            for index in range(self._key_chunks.shape[0]):
+                rows = np.asarray(self._key_chunks[index])
+                rows[: max(0, size - index * rows.shape[0])].tofile(handle)
 
     def _restore(self, path: str) -> None:
         keys_path = os.path.join(path, "keys.npy")
@@ -515,7 +667,7 @@ class ExactIndex(Index):
             raise DataError(
                 f"expected shape ({self.size}, {self._dim}), got {keys.shape}", path=keys_path
             )
-        self._set_keys(keys.astype(np.float32))
+        self._set_keys(keys)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -543,6 +695,15 @@ class ScannIndex(Index):
       float32 keys, so the returned scores are true cosine similarities.
 
     Ties are ordered by the lower id among the candidates ScaNN returns.
+
+    **Memory.** The wrapper hands ScaNN one float32 copy of the normalised keys and drops it once
+    ScaNN has built (``build(keys, copy=False)``: the caller's keys normalised in place instead;
+    ``spill_dir``: the normalised keys written chunk by chunk to a temporary ``.npy`` there and
+    memory-mapped, page cache rather than process memory; removed after the build). ScaNN itself,
+    measured on 1.4.2 (``bench_retrieval.py --build_memory``), copies the keys (kept for the exact
+    re-ordering), holds a second transient copy while it builds the tree, and copies its tree and
+    hashing training samples (``training_sample_size`` rows each): about
+    ``2 + 2 * training_sample_size / M`` times the bank at its peak, 1.1x once built.
 
     **Determinism.** With ``deterministic=True`` (default) the same keys give the same index and the
     same neighbours in every process. ScaNN's tree training is not reproducible as ScaNN configures
@@ -573,6 +734,8 @@ class ScannIndex(Index):
       parallel_search: search batches of at least ``PARALLEL_MIN_QUERIES`` queries with ScaNN's
         multi-threaded ``search_batched_parallel`` (identical results; about 2x the throughput of
         the single-threaded call on 2 cores, see benchmarks/RESULTS.md).
+      spill_dir: folder for the build's temporary memory-mapped normalised keys (see Memory);
+        ``None``: in memory. Not a parameter of the index (not saved).
     """
 
     backend = "scann"
@@ -591,6 +754,7 @@ class ScannIndex(Index):
         num_threads: int = 0,
         parallel_search: bool = True,
         deterministic: bool = True,
+        spill_dir: str | None = None,
     ):
         super().__init__()
         positive = {
@@ -629,6 +793,7 @@ class ScannIndex(Index):
         self.num_threads = int(num_threads)
         self.parallel_search = bool(parallel_search)
         self.deterministic = bool(deterministic)
+        self.spill_dir = None if spill_dir is None else os.fspath(spill_dir)
         self._searcher: Any = None
         self._brute_force: bool = False
 
@@ -675,36 +840,71 @@ class ScannIndex(Index):
             "training_sample_size": min(size, self.training_sample_size or 100_000),
         }
 
-    def _build(self, normalised_keys: np.ndarray) -> None:
+    def _build(self, keys: np.ndarray, in_place: bool) -> None:
         import scann  # Imported lazily: only this backend needs it.
 
-        size = normalised_keys.shape[0]
+        size = keys.shape[0]
         derived = self.derived_parameters(size)
-        builder = scann.scann_ops_pybind.builder(normalised_keys, 10, "dot_product")
-        if derived["brute_force"]:
-            builder = builder.score_brute_force()
+        spill_path = None
+        if self.spill_dir is not None:
+            normalised, spill_path = self._spill(keys)
         else:
-            sample = derived["training_sample_size"]
-            builder = (
-                builder.tree(
-                    num_leaves=derived["num_leaves"],
-                    num_leaves_to_search=derived["num_leaves_to_search"],
-                    training_sample_size=sample,
-                    random_init=not self.deterministic,  # k-means++ when deterministic
+            normalised = normalise_bank(keys, in_place=in_place)
+        try:
+            builder = scann.scann_ops_pybind.builder(normalised, 10, "dot_product")
+            if derived["brute_force"]:
+                builder = builder.score_brute_force()
+            else:
+                sample = derived["training_sample_size"]
+                builder = (
+                    builder.tree(
+                        num_leaves=derived["num_leaves"],
+                        num_leaves_to_search=derived["num_leaves_to_search"],
+                        training_sample_size=sample,
+                        random_init=not self.deterministic,  # k-means++ when deterministic
+                    )
+                    .score_ah(
+                        self.dimensions_per_block,
+                        anisotropic_quantization_threshold=self.anisotropic_quantization_threshold,
+                        training_sample_size=sample,
+                    )
+                    .reorder(self.reorder_factor * 10)
                 )
-                .score_ah(
-                    self.dimensions_per_block,
-                    anisotropic_quantization_threshold=self.anisotropic_quantization_threshold,
-                    training_sample_size=sample,
-                )
-                .reorder(self.reorder_factor * 10)
-            )
-        if self.deterministic:
-            builder = builder.set_n_training_threads(1)
-        elif self.num_threads:
-            builder = builder.set_n_training_threads(self.num_threads)
-        self._searcher = builder.build()
+            if self.deterministic:
+                builder = builder.set_n_training_threads(1)
+            elif self.num_threads:
+                builder = builder.set_n_training_threads(self.num_threads)
+            self._searcher = builder.build()
+            # The builder references the normalised keys; ScaNN keeps its own copy, so ours goes.
+            del builder, normalised
+        finally:
+            if spill_path is not None:
+                os.remove(spill_path)
         self._brute_force = derived["brute_force"]
+
+    def _spill(self, keys: np.ndarray) -> tuple[np.ndarray, str]:
+        """The normalised keys written chunk by chunk to a ``.npy`` under ``spill_dir``, memory-mapped.
+
+        Plain writes put the rows in the page cache, not in this process's memory; ScaNN then reads
+        them through a read-only map (clean file pages the kernel can drop under memory pressure).
+        """
+        import tempfile
+
+        os.makedirs(self.spill_dir, exist_ok=True)
+        num_rows, dim = keys.shape
+        handle = tempfile.NamedTemporaryFile(
+            dir=self.spill_dir, prefix="scann_keys_", suffix=".npy", delete=False
+        )
+        try:
+            with handle:
+                header = {"descr": np.dtype(np.float32).str, "fortran_order": False}
+                np.lib.format.write_array_header_1_0(handle, {**header, "shape": (num_rows, dim)})
+                for start in bank_chunks(num_rows, dim):
+                    normalised_rows(keys, start, _chunk_stop(start, num_rows, dim)).tofile(handle)
+            return np.load(handle.name, mmap_mode="r"), handle.name
+        except BaseException:
+            os.remove(handle.name)
+            raise
 
     def _search(self, normalised_queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         search = self._searcher.search_batched

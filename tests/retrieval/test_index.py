@@ -924,3 +924,63 @@ def test_scann_tree_builds_are_reproducible_across_builds_and_processes(tmp_path
         np.testing.assert_array_equal(scores, builds[0][1])
     # The search is approximate but sensible: most neighbours are exact duplicates (score 1).
     assert np.mean(builds[0][1][:, 0] > 0.999) > 0.9
+
+
+# ---------------------------------------------------------------------------------------------------
+# Build memory: one normalised copy at most, bit-identical rows.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _traced_peak(function):
+    """Peak bytes numpy (and Python) allocated while ``function`` ran (tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        function()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.fixture
+def memory_bank(monkeypatch):
+    """float32[20000, 256] bank (20.5 MB), processed in chunks of 1/16 of it."""
+    from sgg_jax.retrieval import index as index_module
+
+    keys = np.random.default_rng(11).standard_normal((20_000, 256), dtype=np.float32)
+    keys[3] = 0.0
+    monkeypatch.setattr(index_module, "CHUNK_BYTES", keys.nbytes // 16)
+    return keys
+
+
+def test_build_allocates_at_most_one_normalised_copy_of_the_bank(memory_bank):
+    # tracemalloc sees numpy's allocations (the wrapper's copies), not XLA's device buffers nor
+    # ScaNN's C++ memory (benchmarks/bench_retrieval.py --build_memory measures the whole process).
+    keys = memory_bank
+    bank = keys.nbytes
+    ids = np.random.default_rng(0).permutation(len(keys))  # unsorted: the bank is re-ordered
+    original = keys.copy()
+    # ExactIndex normalises chunk by chunk into its device array: no host copy of the bank.
+    assert _traced_peak(lambda: ExactIndex(chunk_size=1000).build(keys, ids)) <= 0.5 * bank
+    # ScannIndex hands ScaNN one normalised float32 copy (plus a chunk at a time).
+    scann = ScannIndex(brute_force_threshold=10**9)
+    assert _traced_peak(lambda: scann.build(keys)) <= 1.3 * bank
+    np.testing.assert_array_equal(keys, original)  # copy=True leaves the caller's keys alone
+    # copy=False normalises the caller's float32 keys in place: no copy at all.
+    in_place = ScannIndex(brute_force_threshold=10**9)
+    assert _traced_peak(lambda: in_place.build(keys, copy=False)) <= 0.3 * bank
+    np.testing.assert_array_equal(keys, l2_normalize(original))
+    queries = original[:50] + 0.1
+    for a, b in zip(in_place.search(queries, 5), scann.search(queries, 5), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_chunked_normalisation_is_bit_identical_to_l2_normalize(tmp_path, memory_bank):
+    keys = memory_bank.astype(np.float64) * 3.0  # converted to float32 chunk by chunk
+    ids = np.random.default_rng(1).permutation(len(keys)) + 5
+    ExactIndex(chunk_size=3000).build(keys, ids).save(tmp_path / "exact")
+    stored = np.load(tmp_path / "exact" / "keys.npy")
+    order = np.argsort(ids, kind="stable")
+    np.testing.assert_array_equal(stored, l2_normalize(keys)[order])
+    assert stored.dtype == np.float32 and not stored[np.searchsorted(ids[order], ids[3])].any()

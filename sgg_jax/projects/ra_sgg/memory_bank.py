@@ -71,7 +71,7 @@ import numpy as np
 from sgg_jax import distributed
 from sgg_jax.data import pipeline
 from sgg_jax.errors import ConfigError, DataError, check_int
-from sgg_jax.retrieval.index import PAD_ID, Index, make_index, merge_topk
+from sgg_jax.retrieval.index import PAD_ID, Index, all_finite, make_index, merge_topk
 from sgg_jax.structures import SceneGraph, SceneGraphBatch
 
 EmbedFn = Callable[[SceneGraphBatch], np.ndarray]
@@ -608,7 +608,7 @@ class MemoryBank:
         if written != self.local_ids.size:  # an internal invariant of embedding_batches
             raise RuntimeError(f"memory bank wrote {written} of {self.local_ids.size} keys")
         embedded = time.perf_counter()
-        if not np.all(np.isfinite(keys)):
+        if not all_finite(keys):  # chunk by chunk: no bank-sized mask
             raise FloatingPointError("memory bank: the model produced non-finite embeddings")
         self.keys = keys
         self.index = None
@@ -810,7 +810,7 @@ class DetectionMemoryBank(MemoryBank):
         keys = keys[keep[owner == self.shard_index]]
         self.local_ids = np.flatnonzero(owner[keep] == self.shard_index).astype(np.int64)
         embedded = time.perf_counter()
-        if not np.all(np.isfinite(keys)):
+        if not all_finite(keys):  # chunk by chunk: no bank-sized mask
             raise FloatingPointError("memory bank: the model produced non-finite embeddings")
         self.entries = entries
         self._codes = self._encode(
