@@ -984,3 +984,16 @@ def test_chunked_normalisation_is_bit_identical_to_l2_normalize(tmp_path, memory
     order = np.argsort(ids, kind="stable")
     np.testing.assert_array_equal(stored, l2_normalize(keys)[order])
     assert stored.dtype == np.float32 and not stored[np.searchsorted(ids[order], ids[3])].any()
+
+
+def test_scann_spill_dir_gives_the_same_index_and_removes_its_file(tmp_path, small_bank):
+    keys, queries = small_bank
+    spill = tmp_path / "spill"
+    spilled = ScannIndex(brute_force_threshold=10**9, spill_dir=spill).build(
+        keys.astype(np.float64)
+    )
+    in_memory = ScannIndex(brute_force_threshold=10**9).build(keys)
+    assert os.listdir(spill) == []  # the memory-mapped keys are deleted after the build
+    assert "spill_dir" not in spilled.parameters  # not part of the saved index
+    for a, b in zip(spilled.search(queries, 7), in_memory.search(queries, 7), strict=True):
+        np.testing.assert_array_equal(a, b)
