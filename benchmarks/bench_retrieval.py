@@ -47,6 +47,16 @@ here, recall varied by about +-0.005 between builds (``bench_scann_build.py``).
         [--backends scann,exact,faiss_ivf,faiss_hnsw,faiss_flat] [--max_exact_queries 4096]
         [--quick] [--out benchmarks/results/bench_retrieval.json [--update]]
 
+Large banks: ``--bank_on_disk DIR`` generates the bank into a memory-mapped ``.npy`` (page cache,
+not process memory) and ``--scann_spill_dir DIR`` builds ``ScannIndex(spill_dir=DIR)``; with both the
+1M x 2048 ScaNN row fits 24 GiB (``--no_scann_save`` skips the index-size measurement);
+``--keep_backends`` with ``--update`` keeps the other backends' rows of the re-run (M, D).
+
+Build memory: ``--build_memory [--sizes 100000] [--dims 2048] [--build_modes copy,in_place,spill]``
+builds each backend once per mode in its own process and reports the growth of the peak RSS over
+``Index.build`` divided by the bank's bytes (and the same for ``RssAnon``); ``--import_root`` /
+``--code_label`` measure another checkout (e.g. the previous code) the same way.
+
 faiss-cpu is not a dependency of sgg_jax: ``pip install -e '.[bench]'``. Prints one JSON line per
 measurement and a markdown table at the end; ``--out`` writes everything as one JSON file
 (``--update`` keeps the rows of the configurations not run now, to re-run one (M, D)).
