@@ -133,6 +133,7 @@ def test_a_pair_matching_two_relations_draws_one_of_them():
     assert seen == {3, 4}
 
 
+@pytest.mark.e2e
 def test_detection_batch_in_training_samples_foreground_first_within_the_budget():
     batch = gt_batch([(0, 1, 5), (1, 0, 6)])
     config = SGDetConfig(train_pairs=6, train_fg=1)

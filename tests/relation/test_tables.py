@@ -185,6 +185,7 @@ def relation_models():
         )
 
 
+@pytest.mark.e2e
 def test_relation_models_with_tables_match_the_recorded_outputs(batch, tables):
     reference = np.load(REFERENCE)
     for name, model, with_tables, fields in relation_models():
@@ -229,6 +230,7 @@ def test_scene_graph_gcn_with_tables_matches_the_recorded_outputs(graphs, tables
         assert_same(f"sg_gcn/{mode}/embedding", values["embedding"], reference)
 
 
+@pytest.mark.e2e
 def test_cce_scorer_model_tables_go_under_the_base_scope(batch, tables):
     from sgg_jax.projects.cce_scorer.model import CCEScorerModel
     from sgg_jax.projects.cce_scorer.scorer import ScorerConfig

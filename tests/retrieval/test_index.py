@@ -888,6 +888,7 @@ np.savez(sys.argv[2], ids=ids, scores=scores)
 """
 
 
+@pytest.mark.e2e
 def test_scann_tree_builds_are_reproducible_across_builds_and_processes(tmp_path):
     """Same keys -> same ScaNN tree -> same neighbours, in this process and in a fresh one.
 

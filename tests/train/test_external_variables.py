@@ -53,6 +53,7 @@ def _host(tree):
     return jax.tree.map(lambda leaf: np.array(leaf, copy=True), jax.device_get(tree))
 
 
+@pytest.mark.e2e
 def test_checkpoints_leave_the_frozen_subtree_out_and_resume_equals_uninterrupted(tmp_path):
     whole, _ = _train(tmp_path / "whole", 3)
     _train(tmp_path / "resumed", 2)  # "killed" after the checkpoint of step 2

@@ -68,6 +68,7 @@ def test_the_transform_sees_each_step_with_the_variables_entering_it(tmp_path):
     )
 
 
+@pytest.mark.e2e
 def test_a_fresh_run_starts_from_init_variables_and_leaves_them_intact(tmp_path):
     model, loader = make_model(), make_train_loader()
     optimizer, _ = make_optimizer(NO_DECAY, 2)

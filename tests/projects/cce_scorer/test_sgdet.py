@@ -38,6 +38,7 @@ DETECTOR = DetectorConfig.tiny(detections_per_image=4, score_thresh=0.0)
 SIZES = [(64, 64), (40, 56), (64, 48), (56, 64)]  # (height, width); the canvas is 64 x 64
 
 
+@pytest.mark.e2e
 def test_cce_loss_and_scorer_targets_on_the_detection_batch():
     """Official CCE (every detection pair, background included) and the Scorer's BCE on the
     pairs ``sgdet.detection_batch`` samples, against numpy; the ground-truth batch's 4 pairs are

@@ -79,6 +79,7 @@ def _init(model, batch):
     return jax.jit(lambda b: model.init(keys, b, train=False))(batch)
 
 
+@pytest.mark.e2e
 def test_bank_keys_are_embedded_from_the_pixels(tmp_path):
     graphs = _graphs(_images(tmp_path, 0))
     other = _graphs(_images(tmp_path, 1))  # the same annotations, other pixels

@@ -197,6 +197,7 @@ def test_bad_training_options(changes, option):
         sg_embed.EmbedTrainConfig(**changes)
 
 
+@pytest.mark.e2e
 def test_saved_embedder_round_trip_and_model_free_function(data, tmp_path):
     graphs, similarity, model_config = data[:3]
     trained = sg_embed.train_embedding(
