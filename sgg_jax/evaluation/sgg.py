@@ -895,29 +895,16 @@ def evaluate(
     if images is not None:  # every process's per-image terms, summed as one process does
         for sums in (graph_sums, free_sums, all_sums):
             sums.gather()
-        totals = allgather_rows(
-            np.array(
-                [
-                    [
-                        counts["num_images_evaluated"],
-                        counts["num_images_skipped_no_gt"],
-                        counts["num_images_empty_prediction"],
-                        num_images_zeroshot,
-                        accuracy_count,
-                        *(accuracy_hits[k] for k in ks),
-                        *class_images,
-                    ]
-                ],
-                np.float64,
-            )
-        ).sum(axis=0)
-        names_of_counts = ("num_images_evaluated", "num_images_skipped_no_gt")
-        for position, name in enumerate((*names_of_counts, "num_images_empty_prediction")):
-            counts[name] = int(totals[position])
-        num_images_zeroshot = int(totals[3])
-        accuracy_count = float(totals[4])
-        accuracy_hits = {k: float(totals[5 + i]) for i, k in enumerate(ks)}
-        class_images = totals[5 + len(ks) :]
+        count_names = list(counts)  # integer image counts, then the other totals
+        local = [*(counts[n] for n in count_names), num_images_zeroshot, accuracy_count]
+        local += [*(accuracy_hits[k] for k in ks), *class_images]
+        totals = allgather_rows(np.array([local], np.float64)).sum(axis=0)
+        counts = {name: int(total) for name, total in zip(count_names, totals, strict=False)}
+        num_images_zeroshot = int(totals[len(count_names)])
+        accuracy_count = float(totals[len(count_names) + 1])
+        first_hit = len(count_names) + 2
+        accuracy_hits = {k: float(totals[first_hit + i]) for i, k in enumerate(ks)}
+        class_images = totals[first_hit + len(ks) :]
 
     return _finalise(
         ks=ks,

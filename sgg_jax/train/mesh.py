@@ -16,7 +16,6 @@ assembles the per-process batches into one global array with
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,8 +28,6 @@ from sgg_jax import distributed
 from sgg_jax.errors import ConfigError
 
 DATA_AXIS = "data"
-
-_LOG = logging.getLogger(__name__)
 
 
 def initialize_distributed(enabled: bool, **options: Any) -> bool:

@@ -73,7 +73,7 @@ from jax.sharding import PartitionSpec as P
 
 from sgg_jax.errors import ConfigError
 from sgg_jax.projects.ra_sgg import augment as augment_lib
-from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank, shard_bounds
+from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank, refresh_due, shard_bounds
 from sgg_jax.projects.ra_sgg.tail_sets import rarest_predicates
 from sgg_jax.retrieval.index import PAD_ID, l2_normalize
 from sgg_jax.structures import SceneGraphBatch
@@ -706,14 +706,7 @@ class InStepRetrieval:
         self._refreshed_at: int | None = None
 
     def _refresh_due(self, step: int) -> bool:
-        if self.config.bank == "official":
-            if not self.bank.last_refresh:
-                raise ConfigError("bank", "the official bank must be built before phase 2")
-            return False
-        if self._refreshed_at is None:
-            return True
-        every = self.config.bank_refresh_steps
-        return every > 0 and (step - 1) % every == 0 and step - 1 != self._refreshed_at
+        return refresh_due(self.config, self.bank, self._refreshed_at, step)
 
     def __call__(
         self, variables: Mapping[str, Any], step: int, batch: SceneGraphBatch

@@ -356,6 +356,26 @@ def merge_shard_results(
     )
 
 
+def refresh_due(config: Any, bank: MemoryBank, refreshed_at: int | None, step: int) -> bool:
+    """Whether update ``step`` (1-based) re-embeds the bank first (host path and in-step alike).
+
+    The official bank is built once before phase 2 and never refreshed; the full bank is built
+    before the first update and then every ``config.bank_refresh_steps`` updates (0 = never).
+    ``refreshed_at`` is the update count at the last refresh (None = never built).
+
+    Raises:
+      ConfigError: ``bank`` when the official bank has not been built.
+    """
+    if config.bank == "official":
+        if not bank.last_refresh:
+            raise ConfigError("bank", "the official bank must be built before phase 2")
+        return False
+    if refreshed_at is None:
+        return True
+    every = config.bank_refresh_steps
+    return every > 0 and (step - 1) % every == 0 and step - 1 != refreshed_at
+
+
 class MemoryBank:
     """Relation embeddings of every ground-truth training relation, searchable by cosine similarity.
 

@@ -76,7 +76,7 @@ import numpy as np
 from sgg_jax.distributed import allgather_rows, process_count, process_index
 from sgg_jax.errors import ConfigError, check_int, is_finite_number
 from sgg_jax.projects.ra_sgg import augment as augment_lib
-from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank
+from sgg_jax.projects.ra_sgg.memory_bank import MemoryBank, refresh_due
 from sgg_jax.projects.ra_sgg.tail_sets import rarest_predicates
 from sgg_jax.structures import SceneGraphBatch
 from sgg_jax.train.mesh import batch_sharding, process_local
@@ -372,7 +372,7 @@ def _global_fields(batch: SceneGraphBatch) -> SceneGraphBatch:
 def _own_rows(values: np.ndarray, local_batch: SceneGraphBatch) -> np.ndarray:
     """This process's rows of global-batch ``values`` (all of them with one process)."""
     size = np.asarray(local_batch.pair_labels).shape[0]
-    start = process_index() * size if process_count() > 1 else 0
+    start = process_index() * size
     return values[start : start + size]
 
 
@@ -440,14 +440,7 @@ class RetrievalAugmenter:
         self.totals = {"foreground": 0, "selected": 0, "augmented": 0, "background_relabelled": 0}
 
     def _refresh_due(self, step: int) -> bool:
-        if self.config.bank == "official":
-            if not self.bank.last_refresh:
-                raise ConfigError("bank", "the official bank must be built before phase 2")
-            return False
-        if self._refreshed_at is None:
-            return True
-        every = self.config.bank_refresh_steps
-        return every > 0 and (step - 1) % every == 0 and step - 1 != self._refreshed_at
+        return refresh_due(self.config, self.bank, self._refreshed_at, step)
 
     def __call__(
         self,
